@@ -1,0 +1,28 @@
+"""qo: a serverless task queue whose only infrastructure is an object store."""
+
+from qo.app import App, Fatal, TaskFunction
+from qo.context import Context
+from qo.errors import QoError
+from qo.models import RetryPolicy, Status
+from qo.queue import Queue, TaskCancelled, TaskFailed, TaskHandle
+from qo.settings import Settings
+from qo.submit import IdempotencyConflict, SubmitRequest
+
+__all__ = [
+    "App",
+    "Context",
+    "Fatal",
+    "IdempotencyConflict",
+    "QoError",
+    "Queue",
+    "RetryPolicy",
+    "Settings",
+    "Status",
+    "SubmitRequest",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskFunction",
+    "TaskHandle",
+]
+
+__version__ = "0.1.0"

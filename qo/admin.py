@@ -1,0 +1,244 @@
+"""Inspecting and repairing tasks: show, ls, stats, cancel, retry, dead letters, pause.
+
+Reads are cheap LISTs of the indexes plus a GET per task shown. Writes follow
+the protocol: cancel is one CAS to a terminal state; everything that brings
+a task back to life (retry) runs under the task's lease, like a worker would.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from qo import index, keys, leases, records
+from qo.cas import delete_quietly, put_if_absent
+from qo.errors import PreconditionFailed, QoError, StoreError
+from qo.keys import parse_delayed_key, parse_ready_key
+from qo.models import TERMINAL, CorruptRecord, Lease, Status, TaskRecord, loads
+from qo.names import check_name, check_task_id
+from qo.settings import Settings
+from qo.store.base import Store
+
+
+class TaskNotFound(QoError):
+    exit_code = 4
+
+
+class InvalidTransition(QoError):
+    exit_code = 3
+
+
+@dataclass
+class TaskView:
+    """A record plus what only the indexes know (is it running, and where)."""
+
+    record: TaskRecord
+    status: Status
+    lease: Lease | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = self.record.model_dump(mode="json")
+        data["status"] = self.status.value
+        if self.lease is not None:
+            data["lease"] = self.lease.model_dump(mode="json")
+        return data
+
+
+def show(store: Store, task_id: str) -> TaskView:
+    check_task_id(task_id)
+    current = records.read(store, task_id)
+    if current is None:
+        raise TaskNotFound(f"no task with id {task_id}")
+    return _view(store, current.record)
+
+
+def _view(store: Store, record: TaskRecord) -> TaskView:
+    if record.terminal:
+        return TaskView(record, record.status)
+    held = None
+    try:
+        held = leases.read(store, keys.lease_key(record.queue, record.id))
+    except CorruptRecord:
+        pass
+    if held is not None and held.lease.kind == "run":
+        return TaskView(record, Status.RUNNING, held.lease)
+    return TaskView(record, record.status)
+
+
+def cancel(store: Store, task_id: str, reason: str = "cancelled by user") -> TaskView:
+    """One CAS to ``cancelled``; a running handler learns it at its next heartbeat."""
+    check_task_id(task_id)
+    for _ in range(10):
+        current = records.read(store, task_id)
+        if current is None:
+            raise TaskNotFound(f"no task with id {task_id}")
+        record = current.record
+        if record.terminal:
+            raise InvalidTransition(f"task {task_id} is already {record.status}; nothing to cancel")
+        now = store.now()
+        new = record.model_copy(update={
+            "status": Status.CANCELLED, "finished_at": now, "cancel_reason": reason})
+        try:
+            records.replace(store, new, current.etag)
+        except PreconditionFailed:
+            continue
+        index.drop_markers(store, record)
+        return TaskView(new, Status.CANCELLED)
+    raise StoreError(f"task {task_id} kept changing; try again")
+
+
+def retry(store: Store, settings: Settings, task_id: str) -> TaskView:
+    """Run a dead, cancelled or waiting-to-retry task again now, with fresh attempts."""
+    check_task_id(task_id)
+    current = records.read(store, task_id)
+    if current is None:
+        raise TaskNotFound(f"no task with id {task_id}")
+    record = current.record
+    if record.status not in (Status.DEAD, Status.CANCELLED, Status.FAILED, Status.SCHEDULED):
+        raise InvalidTransition(
+            f"task {task_id} is {_view(store, record).status}; only dead, cancelled, "
+            "failed or scheduled tasks can be retried")
+    now = store.now()
+    held = leases.acquire(store, record.queue, task_id, owner="admin", kind="admin",
+                          seconds=settings.repair_lease_seconds, now=now)
+    if held is None:
+        raise InvalidTransition(f"task {task_id} is running or being repaired; try later")
+    try:
+        current = records.read(store, task_id)  # the lease is ours: read the truth again
+        if current is None:
+            raise TaskNotFound(f"no task with id {task_id}")
+        old = current.record
+        new = old.model_copy(update={
+            "status": Status.PENDING, "available_at": now, "attempt": 0,
+            "finished_at": None, "cancel_reason": None})
+        records.replace(store, new, current.etag)
+        index.ensure_indexed(store, new, now)
+        index.drop_markers(store, old)
+        delete_quietly(store, keys.dead_key(old.queue, old.id))
+        return TaskView(new, Status.PENDING)
+    finally:
+        held.release(store)
+
+
+def purge_dead(store: Store, settings: Settings, queue: str | None = None) -> int:
+    """Delete dead tasks for good (record, payloads, index); returns how many."""
+    purged = 0
+    for info in store.list(keys.DEAD + (f"{check_name(queue, 'queue name')}/" if queue else "")):
+        _, q, task_id = info.key.split("/", 2)
+        current = records.read(store, task_id)
+        if current is not None and current.record.status == Status.DEAD:
+            try:
+                store.delete(keys.task_key(task_id), if_match=current.etag)
+            except PreconditionFailed:
+                continue  # retried meanwhile
+            for payload in store.list(f"{keys.PAYLOADS}{task_id}/"):
+                delete_quietly(store, payload.key)
+            purged += 1
+        delete_quietly(store, info.key, if_match=info.etag)
+    return purged
+
+
+def pause(store: Store, queue: str) -> None:
+    put_if_absent(store, keys.paused_key(check_name(queue, "queue name")), b"")
+
+
+def resume(store: Store, queue: str) -> None:
+    delete_quietly(store, keys.paused_key(check_name(queue, "queue name")))
+
+
+def paused_queues(store: Store) -> list[str]:
+    return [i.key.split("/")[1] for i in store.list(keys.READY) if i.key.endswith(keys.PAUSED_MARK)]
+
+
+def stats(store: Store) -> dict[str, dict[str, int]]:
+    """Counts by queue and status from the indexes only: a few LISTs, no GETs.
+
+    Finished tasks (succeeded, cancelled) have no index; ``ls`` finds them.
+    """
+    counts: dict[str, Counter[str]] = {}
+
+    def bump(queue: str, status: str) -> None:
+        counts.setdefault(queue, Counter())[status] += 1
+
+    for info in store.list(keys.READY):
+        m = parse_ready_key(info.key)
+        if m is not None:
+            bump(m.queue, "pending")
+        elif info.key.endswith(keys.PAUSED_MARK):
+            counts.setdefault(info.key.split("/")[1], Counter())
+    for info in store.list(keys.DELAYED):
+        m = parse_delayed_key(info.key)
+        if m is not None:
+            bump(m.queue, "scheduled")
+    for info in store.list(keys.LEASES):
+        bump(info.key.split("/")[1], "running")
+    for info in store.list(keys.DEAD):
+        bump(info.key.split("/")[1], "dead")
+    return {q: dict(c) for q, c in sorted(counts.items())}
+
+
+def ls(
+    store: Store,
+    *,
+    status: Status | None = None,
+    queue: str | None = None,
+    limit: int = 20,
+    after: str | None = None,
+) -> list[TaskView]:
+    """Tasks newest first (by id), filtered; indexes serve the live statuses."""
+    if queue is not None:
+        check_name(queue, "queue name")
+    if after is not None:
+        check_task_id(after)
+    ids = _candidate_ids(store, status, queue, after)
+    views: list[TaskView] = []
+    seen: set[str] = set()
+    for task_id in ids:
+        if len(views) >= limit:
+            break
+        if task_id in seen:
+            continue
+        seen.add(task_id)
+        try:
+            current = records.read(store, task_id)
+        except CorruptRecord:
+            continue
+        if current is None:
+            continue
+        view = _view(store, current.record)
+        if queue is not None and view.record.queue != queue:
+            continue
+        if status is not None and view.status != status:
+            continue
+        views.append(view)
+    return views
+
+
+def _candidate_ids(store: Store, status: Status | None, queue: str | None, after: str | None):
+    qpart = f"{queue}/" if queue else ""
+    if status == Status.PENDING:
+        for info in store.list(keys.READY + qpart):
+            m = parse_ready_key(info.key)
+            if m is not None:
+                yield m.task_id
+    elif status in (Status.SCHEDULED, Status.FAILED):
+        for info in store.list(keys.DELAYED):
+            m = parse_delayed_key(info.key)
+            if m is not None and (queue is None or m.queue == queue):
+                yield m.task_id
+    elif status == Status.RUNNING:
+        for info in store.list(keys.LEASES + qpart):
+            yield info.key.rsplit("/", 1)[1]
+    elif status == Status.DEAD:
+        for info in store.list(keys.DEAD + qpart):
+            yield info.key.rsplit("/", 1)[1]
+    else:
+        start = keys.task_key(after) if after else None
+        for info in store.list(keys.TASKS, start_after=start):
+            task_id = keys.task_id_from_key(info.key)
+            if task_id is not None:
+                yield task_id
+
+
+__all__ = ["TERMINAL", "TaskNotFound", "TaskView", "cancel", "ls", "show", "stats", "retry"]

@@ -1,0 +1,183 @@
+"""Registering handlers: ``@app.task`` keeps the function callable as before.
+
+A handler receives the task's input as keyword arguments (a JSON object), or
+as its single argument when the input is not an object. A parameter named
+``ctx`` receives the ``Context``. Arguments are validated against the type
+hints with pydantic when the task runs; a validation error is not retried.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from pydantic import ValidationError, validate_call
+
+from qo.context import Context
+from qo.errors import QoError
+from qo.models import RetryPolicy
+from qo.names import check_name
+from qo.queue import Queue, TaskHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Fatal(Exception):
+    """Raise (or subclass) to fail a task at once, without retries."""
+
+
+class UnknownTaskType(QoError):
+    exit_code = 2
+
+
+@dataclass(eq=False)
+class TaskDef:
+    """How to run one task type, and its submit defaults."""
+
+    name: str
+    fn: Callable[..., Any]
+    queue: str | None = None
+    priority: int = 128
+    max_attempts: int = 3
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    no_retry: tuple[type[BaseException], ...] = ()
+    wants_ctx: bool = False
+    params: list[str] = field(default_factory=list)
+
+    def retryable(self, exc: BaseException) -> bool:
+        return not isinstance(exc, (Fatal, ValidationError, *self.no_retry))
+
+    def call(self, payload: Any, ctx: Context) -> Any:
+        """Invoke the handler with a task's input (validated against its hints)."""
+        validated = self._validated()
+        extra = {"ctx": ctx} if self.wants_ctx else {}
+        if isinstance(payload, dict):
+            return validated(**payload, **extra)
+        if payload is None and not self.params:
+            return validated(**extra)
+        if len(self.params) == 1:
+            return validated(payload, **extra)
+        raise Fatal(
+            f"task {self.name!r} takes keyword arguments {self.params}; "
+            f"its input must be a JSON object, got {type(payload).__name__}"
+        )
+
+    @functools.cache  # noqa: B019 - one wrapper per TaskDef, kept for its lifetime
+    def _validated(self) -> Callable[..., Any]:
+        return validate_call(self.fn)
+
+    def input_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Map a Python call to the JSON input a worker will pass back."""
+        sig = inspect.signature(self.fn)
+        params = [p for p in sig.parameters.values() if p.name != "ctx"]
+        try:
+            bound = sig.replace(parameters=params).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise QoError(f"bad arguments for task {self.name!r}: {exc}") from None
+        return dict(bound.arguments)
+
+
+class TaskFunction(Generic[P, R]):
+    """The decorated function: call it directly, or ``.submit()`` it to the queue."""
+
+    def __init__(self, app: App, definition: TaskDef) -> None:
+        self.app = app
+        self.definition = definition
+        functools.update_wrapper(self, definition.fn)
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.definition.fn(*args, **kwargs)
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        return self.app.submit(self.name, self.definition.input_for(args, kwargs))
+
+    def options(self, **options: Any) -> _BoundOptions[P, R]:
+        """``fn.options(priority=200, delay=60, key="x").submit(...)``."""
+        return _BoundOptions(self, options)
+
+
+class _BoundOptions(Generic[P, R]):
+    def __init__(self, fn: TaskFunction[P, R], options: dict[str, Any]) -> None:
+        self.fn = fn
+        self.opts = options
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        payload = self.fn.definition.input_for(args, kwargs)
+        return self.fn.app.submit(self.fn.name, payload, **self.opts)
+
+
+class App:
+    """A registry of handlers, bound to a queue URL (or ``QO_QUEUE``)."""
+
+    def __init__(self, url: str | Queue | None = None, *, default_queue: str = "default") -> None:
+        self._queue = url if isinstance(url, Queue) else None
+        self._url = None if isinstance(url, Queue) else url
+        self.default_queue = check_name(default_queue, "queue name")
+        self.tasks: dict[str, TaskDef] = {}
+
+    @property
+    def queue(self) -> Queue:
+        if self._queue is None:
+            self._queue = Queue.from_url(self._url)
+        return self._queue
+
+    def use(self, queue: Queue) -> None:
+        self._queue = queue
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int = 128,
+        max_attempts: int = 3,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        no_retry: tuple[type[BaseException], ...] = (),
+    ) -> Any:
+        def register(f: Callable[P, R]) -> TaskFunction[P, R]:
+            task_name = check_name(name or f.__name__, "task type")
+            if task_name in self.tasks:
+                raise QoError(f"task type {task_name!r} is registered twice")
+            params = [p for p in inspect.signature(f).parameters if p != "ctx"]
+            definition = TaskDef(
+                name=task_name, fn=f, queue=queue and check_name(queue, "queue name"),
+                priority=priority, max_attempts=max_attempts, retry=retry or RetryPolicy(),
+                timeout=timeout, no_retry=no_retry,
+                wants_ctx="ctx" in inspect.signature(f).parameters, params=params,
+            )
+            self.tasks[task_name] = definition
+            return TaskFunction(self, definition)
+
+        return register(fn) if fn is not None else register
+
+    def submit(self, task_type: str, input: Any = None, **options: Any) -> TaskHandle:
+        """Submit with the task's registered defaults; unknown types are refused."""
+        definition = self.tasks.get(task_type)
+        if definition is None:
+            raise UnknownTaskType(
+                f"unknown task type {task_type!r}; registered: {', '.join(sorted(self.tasks)) or 'none'}"
+            )
+        defaults: dict[str, Any] = {
+            "queue": definition.queue or self.default_queue,
+            "priority": definition.priority,
+            "max_attempts": definition.max_attempts,
+            "retry": definition.retry,
+            "timeout": definition.timeout,
+        }
+        defaults.update(options)
+        return self.queue.submit(task_type, input, **defaults)
+
+    def queues(self) -> list[str]:
+        names = {d.queue or self.default_queue for d in self.tasks.values()}
+        return sorted(names)

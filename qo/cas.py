@@ -1,0 +1,87 @@
+"""Conditional writes that survive ambiguous failures.
+
+A write can be applied and still be reported as failed (a timeout, or
+botocore retrying a PUT that had landed, which then answers 412 to our own
+write). Every body qo writes is unique (it carries a fresh token or
+timestamp), so "did my write land?" is answered by reading the key back and
+comparing bytes. That read happens only on a failure path.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from qo.errors import PreconditionFailed, StoreUnavailable
+from qo.store.base import Store
+
+ATTEMPTS = 4
+
+
+def _pause(attempt: int) -> None:
+    time.sleep(random.uniform(0, 0.05 * 2**attempt))
+
+
+def put_checked(
+    store: Store,
+    key: str,
+    body: bytes,
+    *,
+    if_match: str | None = None,
+    if_none_match: bool = False,
+) -> str:
+    """Conditional put; returns the etag, or raises PreconditionFailed if it lost."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return store.put(key, body, if_match=if_match, if_none_match=if_none_match)
+        except PreconditionFailed:
+            if not (if_match or if_none_match):
+                raise
+            current = get_retrying(store, key)
+            if current is not None and current.body == body:
+                return current.etag  # our own write had landed
+            raise
+        except StoreUnavailable:
+            if attempt == ATTEMPTS - 1:
+                raise
+            _pause(attempt)
+    raise AssertionError("unreachable")
+
+
+def put_if_absent(store: Store, key: str, body: bytes) -> bool:
+    """Create an index marker; False if it already existed (which is fine)."""
+    try:
+        put_checked(store, key, body, if_none_match=True)
+        return True
+    except PreconditionFailed:
+        return False
+
+
+def get_retrying(store: Store, key: str):  # noqa: ANN201 - StoredObject | None
+    for attempt in range(ATTEMPTS):
+        try:
+            return store.get(key)
+        except StoreUnavailable:
+            if attempt == ATTEMPTS - 1:
+                raise
+            _pause(attempt)
+    raise AssertionError("unreachable")
+
+
+def delete_quietly(store: Store, key: str, *, if_match: str | None = None) -> bool:
+    """Best-effort delete of a hint; False when it lost or kept failing.
+
+    Safe to lose: every key deleted this way is either re-checked by whoever
+    finds it later (stale markers) or covered by a lease (repairs).
+    """
+    for attempt in range(ATTEMPTS):
+        try:
+            store.delete(key, if_match=if_match)
+            return True
+        except PreconditionFailed:
+            return False
+        except StoreUnavailable:
+            if attempt == ATTEMPTS - 1:
+                return False
+            _pause(attempt)
+    return False

@@ -1,0 +1,239 @@
+"""Claiming: find the best ready marker, take the task's lease, read the record.
+
+Linearization point: the create-only PUT of ``leases/{queue}/{id}``. Reading
+the record *after* taking the lease means a claimer with a stale listing can
+never run a task that another worker already finished: it sees the record's
+current state. Cost on the happy path: one PUT (lease), one GET (record), one
+free DELETE (marker), plus a LIST shared by many claims.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from qo import index, keys, leases, records
+from qo.cas import delete_quietly
+from qo.keys import Marker, parse_ready_key
+from qo.leases import HeldLease
+from qo.models import CorruptRecord, TaskRecord
+from qo.settings import Settings
+from qo.store.base import ObjectInfo, Store
+
+log = logging.getLogger("qo.claim")
+
+#: The S3 Date header has a resolution of one second, so two readers of the
+#: store clock may disagree by that much; a marker someone judged due is not
+#: refused for being early by less than this.
+CLOCK_TOLERANCE = 1.0
+
+
+@dataclass
+class Claim:
+    """A task this worker holds: the record as read, its etag, and the lease."""
+
+    record: TaskRecord
+    etag: str
+    lease: HeldLease
+    input: Any
+    marker: Marker
+
+    @property
+    def attempt(self) -> int:
+        return self.record.attempt + 1
+
+    @property
+    def task_id(self) -> str:
+        return self.record.id
+
+
+@dataclass
+class _Listing:
+    items: list[tuple[ObjectInfo, Marker]]
+    paused: bool
+    fetched: float
+
+
+@dataclass
+class ClaimStats:
+    lists: int = 0
+    lease_conflicts: int = 0
+    stale: int = 0
+    claims: int = 0
+    by_queue: dict[str, int] = field(default_factory=dict)
+
+
+class Claimer:
+    """Claims tasks for one worker process; safe to share between its threads.
+
+    One LIST serves many claims: its result is cached for ``listing_ttl``
+    seconds and each thread takes a different key out of it. To keep workers
+    of other processes from fighting over the head of the queue, a claim
+    picks at random among the first ``spread`` keys of the best priority.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        queues: list[str],
+        task_types: set[str] | None,
+        owner: str,
+        spread: int = 8,
+        listing_size: int = 100,
+        listing_ttl: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.queues = queues
+        self.task_types = task_types
+        self.owner = owner
+        self.spread = max(1, spread)
+        self.listing_size = listing_size
+        self.listing_ttl = listing_ttl
+        self.rng = rng or random.Random()
+        self.stats = ClaimStats()
+        self._lock = threading.Lock()
+        self._listings: dict[str, _Listing] = {}
+        self._skip: dict[str, float] = {}  # key -> monotonic time until which to skip it
+
+    def claim(self) -> Claim | None:
+        """Claim the best available task, or None if there is none right now."""
+        for queue in self.queues:
+            for _ in range(self.spread * 2):
+                picked = self._pick(queue)
+                if picked is None:
+                    break
+                claim = self._try(*picked)
+                if claim is not None:
+                    with self._lock:
+                        self.stats.claims += 1
+                        self.stats.by_queue[queue] = self.stats.by_queue.get(queue, 0) + 1
+                    return claim
+        return None
+
+    def is_paused(self, queue: str) -> bool:
+        with self._lock:
+            listing = self._listings.get(queue)
+        return bool(listing and listing.paused)
+
+    def forget(self) -> None:
+        """Drop cached listings, e.g. after an idle sleep."""
+        with self._lock:
+            self._listings.clear()
+
+    # -- choosing a candidate -------------------------------------------------
+
+    def _pick(self, queue: str) -> tuple[ObjectInfo, Marker] | None:
+        with self._lock:
+            listing = self._listings.get(queue)
+            fresh = listing and time.monotonic() - listing.fetched < self.listing_ttl
+        if not fresh:
+            listing = self._list(queue)
+        with self._lock:
+            now = time.monotonic()
+            self._skip = {k: t for k, t in self._skip.items() if t > now} if len(
+                self._skip) > 1000 else self._skip
+            usable = [
+                (info, m) for info, m in listing.items if self._skip.get(info.key, 0) <= now
+            ]
+            if listing.paused or not usable:
+                return None
+            best = usable[0][1].priority
+            same = [c for c in usable[: self.spread] if c[1].priority == best]
+            choice = self.rng.choice(same)
+            listing.items.remove(choice)
+            if not listing.items:
+                listing.fetched = 0.0  # used up, not empty: list again next time
+            self._skip[choice[0].key] = now + 2.0
+            return choice
+
+    def _list(self, queue: str) -> _Listing:
+        items: list[tuple[ObjectInfo, Marker]] = []
+        paused = False
+        infos = list(self.store.list(keys.ready_prefix(queue), limit=self.listing_size))
+        with self._lock:
+            self.stats.lists += 1
+        for info in infos:
+            if info.key == keys.paused_key(queue):
+                paused = True
+                continue
+            marker = parse_ready_key(info.key)
+            if marker is None or marker.queue != queue:
+                continue
+            if self.task_types is not None and marker.task_type not in self.task_types:
+                continue
+            items.append((info, marker))
+        listing = _Listing(items, paused, time.monotonic())
+        with self._lock:
+            self._listings[queue] = listing
+        return listing
+
+    def _skip_for(self, key: str, seconds: float) -> None:
+        with self._lock:
+            self._skip[key] = time.monotonic() + seconds
+
+    # -- the claim itself -----------------------------------------------------
+
+    def _try(self, info: ObjectInfo, marker: Marker) -> Claim | None:
+        now = self.store.now()
+        held = leases.acquire(
+            self.store, marker.queue, marker.task_id, owner=self.owner, kind="run",
+            seconds=self.settings.lease_seconds, now=now,
+        )
+        if held is None:
+            with self._lock:
+                self.stats.lease_conflicts += 1
+            self._skip_for(info.key, min(30.0, self.settings.lease_seconds / 2))
+            return None
+        try:
+            current = records.read(self.store, marker.task_id)
+        except CorruptRecord as exc:
+            log.error("skipping task %s: %s", marker.task_id, exc)
+            held.release(self.store)
+            self._skip_for(info.key, 3600)
+            return None
+        except Exception:
+            held.release(self.store)
+            raise
+        if current is None:
+            if now - info.last_modified > self.settings.orphan_grace:
+                delete_quietly(self.store, info.key, if_match=info.etag)  # submitter died
+            else:
+                self._skip_for(info.key, 1.0)  # submit in flight: record comes next
+            held.release(self.store)
+            self._count_stale()
+            return None
+        record = current.record
+        if not record.claimable(now + CLOCK_TOLERANCE):
+            self._tidy(info, record, now)
+            held.release(self.store)
+            self._count_stale()
+            return None
+        delete_quietly(self.store, info.key, if_match=info.etag)
+        own = index.marker_of(record).ready_key
+        if own != info.key:
+            delete_quietly(self.store, own)
+        try:
+            payload = records.load_input(self.store, record)
+        except CorruptRecord as exc:
+            log.error("task %s: %s", record.id, exc)
+            payload = None  # the worker fails the attempt with a clear error
+        return Claim(record, current.etag, held, payload, marker)
+
+    def _tidy(self, info: ObjectInfo, record: TaskRecord, now: float) -> None:
+        """Under the lease: drop a marker the record no longer justifies."""
+        if not record.terminal:
+            index.ensure_indexed(self.store, record, now)  # e.g. the delayed marker
+        if index.index_key(record, now) != info.key:
+            delete_quietly(self.store, info.key, if_match=info.etag)
+
+    def _count_stale(self) -> None:
+        with self._lock:
+            self.stats.stale += 1

@@ -1,0 +1,1 @@
+"""Small example apps, used by the README demo and the tests."""

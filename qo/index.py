@@ -1,0 +1,43 @@
+"""Index markers: empty objects whose keys make LIST return work in order.
+
+Markers are hints; the record decides. Writing one is create-only and
+idempotent, deleting one is free on S3. The body is empty: every fact a
+claimer needs before touching the record is in the key.
+"""
+
+from __future__ import annotations
+
+from qo import keys
+from qo.cas import delete_quietly, put_if_absent
+from qo.keys import Marker
+from qo.models import WAITING, Status, TaskRecord
+from qo.store.base import Store
+
+
+def marker_of(record: TaskRecord) -> Marker:
+    return Marker(record.queue, record.priority, record.available_at, record.id, record.type)
+
+
+def index_key(record: TaskRecord, now: float) -> str | None:
+    """The one index key a record in this state should have, if any."""
+    if record.status in WAITING:
+        m = marker_of(record)
+        return m.ready_key if record.available_at <= now else m.delayed_key
+    if record.status == Status.DEAD:
+        return keys.dead_key(record.queue, record.id)
+    return None
+
+
+def ensure_indexed(store: Store, record: TaskRecord, now: float) -> str | None:
+    """Write the marker this record needs; used by every repair path."""
+    key = index_key(record, now)
+    if key is not None:
+        put_if_absent(store, key, b"")
+    return key
+
+
+def drop_markers(store: Store, record: TaskRecord) -> None:
+    """Delete the ready and delayed markers derived from the record (free on S3)."""
+    m = marker_of(record)
+    delete_quietly(store, m.ready_key)
+    delete_quietly(store, m.delayed_key)

@@ -1,0 +1,116 @@
+"""The key layout, in one place. See docs/protocol.md for what each key means.
+
+::
+
+    tasks/{id}.json                                  record: the truth
+    ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}   claimable now
+    ready/{queue}/!paused                            queue is paused (sorts first)
+    delayed/{due_us:016d}/{queue}/{255-prio:03d}/{id}-{type}   claimable later
+    leases/{queue}/{id}                              who works on a task
+    dead/{queue}/{id}                                dead-letter index
+    payloads/{id}/input, payloads/{id}/result-{n}    large bodies
+    workers/{worker_id}.json                         worker heartbeats
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TASKS = "tasks/"
+READY = "ready/"
+DELAYED = "delayed/"
+LEASES = "leases/"
+DEAD = "dead/"
+PAYLOADS = "payloads/"
+WORKERS = "workers/"
+PAUSED_MARK = "!paused"
+
+
+def micros(ts: float) -> int:
+    return int(round(ts * 1_000_000))
+
+
+def task_key(task_id: str) -> str:
+    return f"{TASKS}{task_id}.json"
+
+
+def task_id_from_key(key: str) -> str | None:
+    if key.startswith(TASKS) and key.endswith(".json"):
+        return key[len(TASKS) : -len(".json")]
+    return None
+
+
+def ready_prefix(queue: str) -> str:
+    return f"{READY}{queue}/"
+
+
+def paused_key(queue: str) -> str:
+    return f"{READY}{queue}/{PAUSED_MARK}"
+
+
+def lease_key(queue: str, task_id: str) -> str:
+    return f"{LEASES}{queue}/{task_id}"
+
+
+def dead_key(queue: str, task_id: str) -> str:
+    return f"{DEAD}{queue}/{task_id}"
+
+
+def worker_key(worker_id: str) -> str:
+    return f"{WORKERS}{worker_id}.json"
+
+
+def input_key(task_id: str) -> str:
+    return f"{PAYLOADS}{task_id}/input"
+
+
+def result_key(task_id: str, attempt: int) -> str:
+    return f"{PAYLOADS}{task_id}/result-{attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """What an index key says about a task, parsed without reading the record."""
+
+    queue: str
+    priority: int
+    available_at: float
+    task_id: str
+    task_type: str
+
+    @property
+    def ready_key(self) -> str:
+        return (
+            f"{READY}{self.queue}/{255 - self.priority:03d}/"
+            f"{micros(self.available_at):016d}-{self.task_id}-{self.task_type}"
+        )
+
+    @property
+    def delayed_key(self) -> str:
+        return (
+            f"{DELAYED}{micros(self.available_at):016d}/{self.queue}/"
+            f"{255 - self.priority:03d}/{self.task_id}-{self.task_type}"
+        )
+
+
+def parse_ready_key(key: str) -> Marker | None:
+    """The marker a ready key encodes, or None for anything else (e.g. !paused)."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != READY[:-1]:
+        return None
+    _, queue, inv, rest = parts
+    fields = rest.split("-", 2)
+    if len(fields) != 3 or not inv.isdigit() or not fields[0].isdigit():
+        return None
+    return Marker(queue, 255 - int(inv), int(fields[0]) / 1_000_000, fields[1], fields[2])
+
+
+def parse_delayed_key(key: str) -> Marker | None:
+    parts = key.split("/")
+    if len(parts) != 5 or parts[0] != DELAYED[:-1]:
+        return None
+    _, due, queue, inv, rest = parts
+    fields = rest.split("-", 1)
+    if len(fields) != 2 or not inv.isdigit() or not due.isdigit():
+        return None
+    return Marker(queue, 255 - int(inv), int(due) / 1_000_000, fields[0], fields[1])

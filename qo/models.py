@@ -1,0 +1,155 @@
+"""Records stored in the bucket: pydantic at the edges, orjson on the wire."""
+
+from __future__ import annotations
+
+import random
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qo.errors import QoError
+
+SCHEMA_VERSION = 1
+M = TypeVar("M", bound=BaseModel)
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"  # shown, never stored: a live lease means running
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # an attempt failed, a retry is scheduled
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+#: Stored statuses of a task that still has to run once it is due.
+WAITING = frozenset({Status.PENDING, Status.SCHEDULED, Status.FAILED})
+TERMINAL = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED})
+
+
+class CorruptRecord(QoError):
+    """An object in the store is not a record this version of qo can read."""
+
+
+class RetryPolicy(BaseModel):
+    """Exponential backoff with full jitter: delay ~ U(0, min(cap, base * 2**(n-1)))."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: float = Field(1.0, ge=0, le=86_400)
+    cap: float = Field(300.0, ge=0, le=7 * 86_400)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        ceiling = min(self.cap, self.base * 2 ** max(0, attempt - 1))
+        return (rng or random).uniform(0, ceiling)
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    message: str
+    traceback: str | None = None
+    attempt: int = 0
+    retryable: bool = True
+
+
+class TaskRecord(BaseModel):
+    """The source of truth for one task. Index keys are hints derived from it."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    v: int = SCHEMA_VERSION
+    id: str
+    queue: str
+    type: str
+    input: Any = None
+    input_ref: str | None = None
+    input_hash: str
+    priority: int = Field(128, ge=0, le=255)
+    status: Status = Status.PENDING
+    attempt: int = 0  # attempts finished (or lost) so far
+    max_attempts: int = Field(3, ge=1, le=1000)
+    retry: RetryPolicy = RetryPolicy()
+    timeout: float | None = Field(None, gt=0)
+    created_at: float
+    available_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    result_ref: str | None = None
+    error: ErrorInfo | None = None
+    idempotency_key: str | None = None
+    idempotency_expires_at: float | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    worker: str | None = None
+    cancel_reason: str | None = None
+    last_lease: str | None = None  # token of the last run lease whose outcome is recorded
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def claimable(self, now: float) -> bool:
+        return self.status in WAITING and self.available_at <= now
+
+
+class Lease(BaseModel):
+    """Body of ``leases/{queue}/{id}``; expiry is LastModified + seconds (store clock).
+
+    ``kind`` says who holds it: a worker running the task (``run``), an admin
+    command changing the record (``admin``), or a reaper repairing an expired
+    lease (``reap``). ``token`` names one claim and survives renewals; a reap
+    lease remembers the token of the run lease it took over, so that the lost
+    attempt is recorded exactly once (the record keeps ``last_lease``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str
+    kind: str = "run"
+    owner: str
+    token: str
+    seconds: float = Field(60.0, gt=0)
+    claimed_at: float
+    renewals: int = 0
+    reaped_token: str | None = None
+
+
+class WorkerInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    started_at: float
+    seen_at: float
+    running: list[str] = Field(default_factory=list)
+    processed: int = 0
+    failed: int = 0
+    state: str = "running"
+
+
+def dumps(model: BaseModel) -> bytes:
+    return orjson.dumps(model.model_dump(mode="json", exclude_defaults=False))
+
+
+def loads(cls: type[M], body: bytes, what: str) -> M:
+    """Parse a stored body; anything unreadable is a CorruptRecord, never a crash."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptRecord(f"{what} is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and "v" in data and data["v"] != SCHEMA_VERSION:
+        raise CorruptRecord(f"{what} has unknown schema version {data['v']!r}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise CorruptRecord(f"{what} is invalid: {where}: {first.get('msg')}") from None

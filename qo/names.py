@@ -1,0 +1,40 @@
+"""Validation of every user-supplied name that ends up inside a store key.
+
+A name is one key segment: it can never contain ``/``, be ``.``/``..``, hold
+control characters, or be long enough to break S3's 1,024-byte key limit.
+"""
+
+from __future__ import annotations
+
+import re
+
+from qo.errors import InvalidName
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+_TASK_ID = re.compile(r"[0-9a-z]{8,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(value: object, what: str = "name") -> str:
+    """Queue, task type, schedule and tag names: ``[A-Za-z0-9][A-Za-z0-9_.:-]*``."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        raise InvalidName(
+            f"invalid {what} {value!r}: use 1-128 letters, digits, '_', '.', ':' or '-', "
+            "starting with a letter or digit, without '..'"
+        )
+    return value
+
+
+def check_task_id(value: object) -> str:
+    if not isinstance(value, str) or not _TASK_ID.fullmatch(value):
+        raise InvalidName(f"invalid task id {value!r}: expected 8-64 lowercase letters or digits")
+    return value
+
+
+def check_free_text(value: object, what: str, max_len: int = 256) -> str:
+    """Free text that is hashed or stored in a body, never used raw in a key."""
+    if not isinstance(value, str) or not value or len(value) > max_len or _CONTROL.search(value):
+        raise InvalidName(
+            f"invalid {what} {value!r}: 1-{max_len} characters, no control characters"
+        )
+    return value

@@ -1,0 +1,154 @@
+"""The Python entry point: ``Queue.from_url(...)`` and task handles."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace as dc_replace
+from typing import Any
+
+from qo import admin, records, sweep
+from qo.admin import TaskView
+from qo.errors import QoError
+from qo.models import Status, TaskRecord
+from qo.settings import Settings
+from qo.store.base import Store
+from qo.store.url import open_store
+from qo.submit import SubmitRequest, Submitted, submit_many, submit_one
+
+
+class TaskFailed(QoError):
+    """The task is dead: its last attempt failed and no retry is left."""
+
+    def __init__(self, record: TaskRecord) -> None:
+        err = record.error
+        detail = f"{err.type}: {err.message}" if err else "unknown error"
+        super().__init__(f"task {record.id} failed after {record.attempt} attempt(s): {detail}")
+        self.record = record
+
+
+class TaskCancelled(QoError):
+    def __init__(self, record: TaskRecord) -> None:
+        super().__init__(f"task {record.id} was cancelled ({record.cancel_reason or 'no reason'})")
+        self.record = record
+
+
+class ResultTimeout(QoError, TimeoutError):
+    pass
+
+
+class TaskHandle:
+    """A submitted task: poll its status, wait for its result, cancel it."""
+
+    def __init__(self, queue: Queue, task_id: str, created: bool = True) -> None:
+        self.queue = queue
+        self.id = task_id
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.id!r})"
+
+    def view(self) -> TaskView:
+        return admin.show(self.queue.store, self.id)
+
+    def status(self) -> Status:
+        return self.view().status
+
+    def cancel(self, reason: str = "cancelled by user") -> None:
+        admin.cancel(self.queue.store, self.id, reason)
+
+    def result(self, timeout: float | None = None, poll: float = 0.05, max_poll: float = 1.0) -> Any:
+        """Block until the task ends; return its result or raise why it did not succeed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.view().record
+            if record.terminal:
+                return self._outcome(record)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(f"task {self.id} did not finish within {timeout} s")
+            wait = poll if deadline is None else min(poll, max(0.0, deadline - time.monotonic()))
+            time.sleep(wait)
+            poll = min(max_poll, poll * 1.5)
+
+    async def aresult(self, timeout: float | None = None, poll: float = 0.05,
+                      max_poll: float = 1.0) -> Any:
+        """The asyncio variant of ``result``; store calls run in a thread."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            view = await asyncio.to_thread(self.view)
+            if view.record.terminal:
+                return await asyncio.to_thread(self._outcome, view.record)
+            if deadline is not None and loop.time() >= deadline:
+                raise ResultTimeout(f"task {self.id} did not finish within {timeout} s")
+            await asyncio.sleep(poll)
+            poll = min(max_poll, poll * 1.5)
+
+    def _outcome(self, record: TaskRecord) -> Any:
+        if record.status == Status.SUCCEEDED:
+            return records.load_result(self.queue.store, record)
+        if record.status == Status.CANCELLED:
+            raise TaskCancelled(record)
+        raise TaskFailed(record)
+
+
+class Queue:
+    """One queue URL: submit, inspect and repair tasks from Python."""
+
+    def __init__(self, store: Store, settings: Settings | None = None) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+
+    @classmethod
+    def from_url(cls, url: str | None = None, **settings: Any) -> Queue:
+        return cls(open_store(url), dc_replace(Settings(), **settings))
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    def submit(self, task_type: str, input: Any = None, **options: Any) -> TaskHandle:
+        """Submit one task; options are those of ``SubmitRequest`` (priority, delay, key...)."""
+        req = SubmitRequest(type=task_type, input=input, **options)
+        done = submit_one(self.store, req, self.settings)
+        return TaskHandle(self, done.id, done.created)
+
+    def submit_many(self, requests: list[SubmitRequest | dict[str, Any]]) -> list[TaskHandle]:
+        reqs = [r if isinstance(r, SubmitRequest) else SubmitRequest(**r) for r in requests]
+        return [self._handle(d) for d in submit_many(self.store, reqs, self.settings)]
+
+    def _handle(self, done: Submitted) -> TaskHandle:
+        return TaskHandle(self, done.id, done.created)
+
+    def handle(self, task_id: str) -> TaskHandle:
+        return TaskHandle(self, task_id, created=False)
+
+    def get(self, task_id: str) -> TaskView:
+        return admin.show(self.store, task_id)
+
+    def cancel(self, task_id: str, reason: str = "cancelled by user") -> TaskView:
+        return admin.cancel(self.store, task_id, reason)
+
+    def retry(self, task_id: str) -> TaskView:
+        return admin.retry(self.store, self.settings, task_id)
+
+    def ls(self, **filters: Any) -> list[TaskView]:
+        return admin.ls(self.store, **filters)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return admin.stats(self.store)
+
+    def pause(self, queue: str) -> None:
+        admin.pause(self.store, queue)
+
+    def resume(self, queue: str) -> None:
+        admin.resume(self.store, queue)
+
+    def sweep(self, owner: str = "sweeper") -> sweep.SweepReport:
+        """Promote due tasks and reap expired leases, once."""
+        now = self.store.now()
+        promoted = sweep.promote(self.store, now)
+        reaped = sweep.reap(self.store, self.settings, owner, now)
+        promoted.reaped = reaped.reaped
+        promoted.errors += reaped.errors
+        return promoted

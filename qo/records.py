@@ -1,0 +1,94 @@
+"""Reading and writing task records and their large payloads."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from qo import keys
+from qo.cas import get_retrying, put_checked
+from qo.errors import QoError
+from qo.models import CorruptRecord, TaskRecord, dumps, loads
+from qo.settings import Settings
+from qo.store.base import Store
+
+
+class PayloadTooLarge(QoError):
+    exit_code = 2
+
+
+class InvalidPayload(QoError):
+    exit_code = 2
+
+
+@dataclass
+class Versioned:
+    """A record together with the etag it was read at (the CAS token)."""
+
+    record: TaskRecord
+    etag: str
+
+
+def read(store: Store, task_id: str) -> Versioned | None:
+    obj = get_retrying(store, keys.task_key(task_id))
+    if obj is None:
+        return None
+    return Versioned(loads(TaskRecord, obj.body, f"task record {task_id}"), obj.etag)
+
+
+def create(store: Store, record: TaskRecord) -> str:
+    return put_checked(store, keys.task_key(record.id), dumps(record), if_none_match=True)
+
+
+def replace(store: Store, record: TaskRecord, etag: str) -> str:
+    """The compare-and-swap every transition of a record goes through."""
+    return put_checked(store, keys.task_key(record.id), dumps(record), if_match=etag)
+
+
+def encode_json(value: Any, what: str) -> bytes:
+    """Canonical JSON (sorted keys); a non-JSON value is a clear error."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        raise InvalidPayload(f"{what} is not JSON-serializable: {exc}") from None
+
+
+def input_hash(task_type: str, encoded_input: bytes) -> str:
+    return hashlib.sha256(task_type.encode() + b"\x00" + encoded_input).hexdigest()[:32]
+
+
+def check_size(encoded: bytes, what: str, settings: Settings) -> None:
+    if len(encoded) > settings.max_payload:
+        raise PayloadTooLarge(
+            f"{what} is {len(encoded):,} bytes, over the limit of {settings.max_payload:,} bytes"
+        )
+
+
+def offload(
+    store: Store, key: str, encoded: bytes, value: Any, settings: Settings
+) -> tuple[Any, str | None]:
+    """Keep small values inline; store large ones at ``key`` and return a reference."""
+    if len(encoded) <= settings.inline_limit:
+        return value, None
+    store.put(key, encoded)
+    return None, key
+
+
+def load_input(store: Store, record: TaskRecord) -> Any:
+    return _load_ref(store, record.input_ref, record.input, "input", record.id)
+
+
+def load_result(store: Store, record: TaskRecord) -> Any:
+    return _load_ref(store, record.result_ref, record.result, "result", record.id)
+
+
+def _load_ref(store: Store, ref: str | None, inline: Any, what: str, task_id: str) -> Any:
+    if ref is None:
+        return inline
+    obj = get_retrying(store, ref)
+    if obj is None:
+        raise CorruptRecord(f"{what} payload of task {task_id} is missing ({ref})")
+    return orjson.loads(obj.body)

@@ -1,0 +1,106 @@
+"""Housekeeping anyone may run at any time, any number of times at once.
+
+- ``promote``: delayed markers that are due become ready markers (create the
+  ready marker, then delete the delayed one; both idempotent).
+- ``reap``: an expired lease is taken over by a CAS on the lease itself (the
+  linearization point that fences the old holder's heartbeat), then the
+  record is repaired (a lost run counts as an attempt, recorded once thanks to
+  ``last_lease``), the task is indexed again and the lease deleted. A reaper
+  that dies midway leaves its own short lease, which the next reaper takes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from qo import index, keys, leases, records
+from qo.cas import delete_quietly, put_checked, put_if_absent
+from qo.errors import PreconditionFailed, StoreError
+from qo.ids import new_token
+from qo.keys import parse_delayed_key
+from qo.models import CorruptRecord, ErrorInfo, Lease, Status, dumps
+from qo.settings import Settings
+from qo.store.base import ObjectInfo, Store
+
+log = logging.getLogger("qo.sweep")
+
+
+@dataclass
+class SweepReport:
+    promoted: int = 0
+    reaped: int = 0
+    next_due: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def promote(store: Store, now: float | None = None, limit: int = 1000) -> SweepReport:
+    now = store.now() if now is None else now
+    report = SweepReport()
+    for info in store.list(keys.DELAYED, limit=limit):
+        marker = parse_delayed_key(info.key)
+        if marker is None:
+            continue
+        if marker.available_at > now:
+            report.next_due = marker.available_at
+            break
+        put_if_absent(store, marker.ready_key, b"")
+        delete_quietly(store, info.key, if_match=info.etag)
+        report.promoted += 1
+    return report
+
+
+def reap(store: Store, settings: Settings, owner: str, now: float | None = None) -> SweepReport:
+    now = store.now() if now is None else now
+    report = SweepReport()
+    for info in store.list(keys.LEASES):
+        if info.last_modified + min(settings.repair_lease_seconds, settings.lease_seconds) >= now:
+            continue  # too young to have expired, whatever its length
+        try:
+            if reap_one(store, settings, info, owner, now):
+                report.reaped += 1
+        except (StoreError, CorruptRecord) as exc:
+            report.errors.append(f"{info.key}: {exc}")
+            log.warning("reaping %s failed: %s", info.key, exc)
+    return report
+
+
+def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now: float) -> bool:
+    held = leases.read(store, info.key)
+    if held is None or not leases.expired(held.lease, info.last_modified, now):
+        return False
+    if held.etag != info.etag:
+        return False  # renewed since we listed it
+    old = held.lease
+    run_token = old.token if old.kind == "run" else old.reaped_token
+    takeover = Lease(task_id=old.task_id, kind="reap", owner=owner, token=new_token(),
+                     seconds=settings.repair_lease_seconds, claimed_at=now,
+                     reaped_token=run_token)
+    try:
+        etag = put_checked(store, info.key, dumps(takeover), if_match=held.etag)
+    except PreconditionFailed:
+        return False  # the holder renewed it, or another reaper won
+    mine = leases.HeldLease(info.key, takeover, etag)
+    _repair(store, mine, run_token, now)
+    mine.release(store)
+    return True
+
+
+def _repair(store: Store, held: leases.HeldLease, run_token: str | None, now: float) -> None:
+    current = records.read(store, held.lease.task_id)
+    if current is None:
+        return  # a claim of a marker whose submitter died: nothing to repair
+    record = current.record
+    if not record.terminal and run_token is not None and record.last_lease != run_token:
+        attempt = record.attempt + 1
+        error = ErrorInfo(type="LeaseExpired",
+                          message="the worker stopped renewing its lease (crash or stall)",
+                          attempt=attempt)
+        changes = {"attempt": attempt, "error": error, "last_lease": run_token}
+        if attempt >= record.max_attempts:
+            changes.update(status=Status.DEAD, finished_at=now)
+        else:
+            changes.update(status=Status.PENDING, available_at=now)
+        record = record.model_copy(update=changes)
+        records.replace(store, record, current.etag)
+    index.ensure_indexed(store, record, now)

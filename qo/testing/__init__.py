@@ -1,0 +1,1 @@
+"""Test helpers shipped with qo: a local S3 server for tests, benchmarks and dev."""
