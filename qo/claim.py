@@ -71,9 +71,13 @@ class Claimer:
     """Claims tasks for one worker process; safe to share between its threads.
 
     One LIST serves many claims: its result is cached for ``listing_ttl``
-    seconds and each thread takes a different key out of it. To keep workers
-    of other processes from fighting over the head of the queue, a claim
-    picks at random among the first ``spread`` keys of the best priority.
+    seconds and each thread takes a different key out of it; a lease conflict
+    or a stale marker shows that others claim from the same keys, so the next
+    pick lists again. To keep workers of other processes from fighting over
+    the head of the queue, a claim picks at random among the first ``spread``
+    keys of the best priority. The spread adapts: it doubles on every lease
+    conflict and shrinks back slowly on clean claims, so a lone worker claims
+    in near-FIFO order and a crowd spreads over the listing.
     """
 
     def __init__(
@@ -84,8 +88,8 @@ class Claimer:
         queues: list[str],
         task_types: set[str] | None,
         owner: str,
-        spread: int = 8,
-        listing_size: int = 100,
+        spread: int = 4,
+        listing_size: int = 200,
         listing_ttl: float = 2.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -94,7 +98,8 @@ class Claimer:
         self.queues = queues
         self.task_types = task_types
         self.owner = owner
-        self.spread = max(1, spread)
+        self.min_spread = max(1, spread)
+        self.spread = float(self.min_spread)
         self.listing_size = listing_size
         self.listing_ttl = listing_ttl
         self.rng = rng or random.Random()
@@ -106,13 +111,14 @@ class Claimer:
     def claim(self) -> Claim | None:
         """Claim the best available task, or None if there is none right now."""
         for queue in self.queues:
-            for _ in range(self.spread * 2):
+            for _ in range(16):
                 picked = self._pick(queue)
                 if picked is None:
                     break
                 claim = self._try(*picked)
                 if claim is not None:
                     with self._lock:
+                        self.spread = max(self.min_spread, self.spread * 0.97)
                         self.stats.claims += 1
                         self.stats.by_queue[queue] = self.stats.by_queue.get(queue, 0) + 1
                     return claim
@@ -146,7 +152,7 @@ class Claimer:
             if listing.paused or not usable:
                 return None
             best = usable[0][1].priority
-            same = [c for c in usable[: self.spread] if c[1].priority == best]
+            same = [c for c in usable[: int(self.spread)] if c[1].priority == best]
             choice = self.rng.choice(same)
             listing.items.remove(choice)
             if not listing.items:
@@ -179,6 +185,13 @@ class Claimer:
         with self._lock:
             self._skip[key] = time.monotonic() + seconds
 
+    def _listing_is_stale(self, queue: str) -> None:
+        """Someone else is claiming from this listing: list again before the next pick."""
+        with self._lock:
+            listing = self._listings.get(queue)
+            if listing is not None:
+                listing.fetched = 0.0
+
     # -- the claim itself -----------------------------------------------------
 
     def _try(self, info: ObjectInfo, marker: Marker) -> Claim | None:
@@ -190,6 +203,8 @@ class Claimer:
         if held is None:
             with self._lock:
                 self.stats.lease_conflicts += 1
+                self.spread = min(self.listing_size, self.spread * 2)
+            self._listing_is_stale(marker.queue)
             self._skip_for(info.key, min(30.0, self.settings.lease_seconds / 2))
             return None
         try:
@@ -208,13 +223,13 @@ class Claimer:
             else:
                 self._skip_for(info.key, 1.0)  # submit in flight: record comes next
             held.release(self.store)
-            self._count_stale()
+            self._count_stale(marker.queue)
             return None
         record = current.record
         if not record.claimable(now + CLOCK_TOLERANCE):
             self._tidy(info, record, now)
             held.release(self.store)
-            self._count_stale()
+            self._count_stale(marker.queue)
             return None
         delete_quietly(self.store, info.key, if_match=info.etag)
         own = index.marker_of(record).ready_key
@@ -234,6 +249,7 @@ class Claimer:
         if index.index_key(record, now) != info.key:
             delete_quietly(self.store, info.key, if_match=info.etag)
 
-    def _count_stale(self) -> None:
+    def _count_stale(self, queue: str) -> None:
+        self._listing_is_stale(queue)
         with self._lock:
             self.stats.stale += 1

@@ -79,7 +79,7 @@ class Worker:
         self.queues = self.options.queues or app.queues()
         self.claimer = Claimer(
             self.store, self.settings, queues=self.queues, task_types=set(app.tasks),
-            owner=self.id, spread=max(4, self.options.concurrency * 2),
+            owner=self.id, spread=max(2, self.options.concurrency),
         )
         self.summary = WorkerSummary()
         self.started_at = time.time()
