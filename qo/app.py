@@ -58,7 +58,7 @@ class TaskDef:
         extra = {"ctx": ctx} if self.wants_ctx else {}
         if isinstance(payload, dict):
             return validated(**payload, **extra)
-        if payload is None and not self.params:
+        if payload is None and self._all_optional():
             return validated(**extra)
         if len(self.params) == 1:
             return validated(payload, **extra)
@@ -66,6 +66,10 @@ class TaskDef:
             f"task {self.name!r} takes keyword arguments {self.params}; "
             f"its input must be a JSON object, got {type(payload).__name__}"
         )
+
+    def _all_optional(self) -> bool:
+        sig = inspect.signature(self.fn)
+        return all(sig.parameters[p].default is not inspect.Parameter.empty for p in self.params)
 
     @functools.cache  # noqa: B019 - one wrapper per TaskDef, kept for its lifetime
     def _validated(self) -> Callable[..., Any]:

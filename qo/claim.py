@@ -124,6 +124,20 @@ class Claimer:
                     return claim
         return None
 
+    def claim_marker(self, key: str, last_modified: float | None = None) -> Claim | None:
+        """Claim the task a known ready key names (an S3 event), if still claimable.
+
+        Duplicate or late events are harmless: the lease and the record decide.
+        Without ``last_modified`` a marker whose record is missing is left alone.
+        """
+        marker = parse_ready_key(key)
+        if marker is None or marker.queue not in self.queues:
+            return None
+        if self.task_types is not None and marker.task_type not in self.task_types:
+            return None
+        seen = self.store.now() if last_modified is None else last_modified
+        return self._try(ObjectInfo(key, "", 0, seen), marker)
+
     def is_paused(self, queue: str) -> bool:
         with self._lock:
             listing = self._listings.get(queue)
@@ -219,7 +233,7 @@ class Claimer:
             raise
         if current is None:
             if now - info.last_modified > self.settings.orphan_grace:
-                delete_quietly(self.store, info.key, if_match=info.etag)  # submitter died
+                delete_quietly(self.store, info.key, if_match=info.etag or None)  # submitter died
             else:
                 self._skip_for(info.key, 1.0)  # submit in flight: record comes next
             held.release(self.store)
@@ -231,7 +245,7 @@ class Claimer:
             held.release(self.store)
             self._count_stale(marker.queue)
             return None
-        delete_quietly(self.store, info.key, if_match=info.etag)
+        delete_quietly(self.store, info.key, if_match=info.etag or None)
         own = index.marker_of(record).ready_key
         if own != info.key:
             delete_quietly(self.store, own)
@@ -247,7 +261,7 @@ class Claimer:
         if not record.terminal:
             index.ensure_indexed(self.store, record, now)  # e.g. the delayed marker
         if index.index_key(record, now) != info.key:
-            delete_quietly(self.store, info.key, if_match=info.etag)
+            delete_quietly(self.store, info.key, if_match=info.etag or None)
 
     def _count_stale(self, queue: str) -> None:
         self._listing_is_stale(queue)

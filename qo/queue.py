@@ -144,11 +144,20 @@ class Queue:
     def resume(self, queue: str) -> None:
         admin.resume(self.store, queue)
 
-    def sweep(self, owner: str = "sweeper") -> sweep.SweepReport:
-        """Promote due tasks and reap expired leases, once."""
+    def sweep(self, owner: str = "sweeper", schedules: bool = True) -> sweep.SweepReport:
+        """Fire due schedules, promote due tasks and reap expired leases, once."""
+        report = sweep.SweepReport()
+        if schedules:
+            from qo.scheduler import fire_due  # the scheduler builds on Queue
+
+            fired = fire_due(self)
+            report.fired = len(fired.fired) + len(fired.repaired)
+            report.next_due = fired.next_slot
         now = self.store.now()
         promoted = sweep.promote(self.store, now)
         reaped = sweep.reap(self.store, self.settings, owner, now)
-        promoted.reaped = reaped.reaped
-        promoted.errors += reaped.errors
-        return promoted
+        report.promoted, report.reaped = promoted.promoted, reaped.reaped
+        report.errors += promoted.errors + reaped.errors
+        if promoted.next_due is not None:
+            report.next_due = min(promoted.next_due, report.next_due or promoted.next_due)
+        return report

@@ -30,6 +30,7 @@ log = logging.getLogger("qo.sweep")
 class SweepReport:
     promoted: int = 0
     reaped: int = 0
+    fired: int = 0  # schedule slots submitted (or repaired)
     next_due: float | None = None
     errors: list[str] = field(default_factory=list)
 

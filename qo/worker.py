@@ -125,6 +125,10 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
 
+    def execute(self, claim: Claim) -> None:
+        """Run a claimed task to its outcome in the calling thread (Lambda, tests)."""
+        self._execute(claim)
+
     def run_once(self) -> bool:
         """Claim and run one task in the calling thread; False if none was ready."""
         claim = self.claimer.claim()

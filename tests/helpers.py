@@ -81,3 +81,18 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.01) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(interval)
+
+
+class ClockedStore:
+    """Any store, with its clock replaced by a controllable one."""
+
+    def __init__(self, inner, clock: FakeClock) -> None:  # noqa: ANN001
+        self.inner = inner
+        self.clock = clock
+        self.url = inner.url
+
+    def now(self) -> float:
+        return self.clock()
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.inner, name)

@@ -188,6 +188,4 @@ def test_eight_workers_run_each_of_1000_tasks_exactly_once(backend, request, tmp
     assert all(runs.counts[h.id] == 1 for h in handles)
     assert [v.status for v in queue.ls(limit=5)] == [Status.SUCCEEDED] * 5
     assert queue.stats() == {}
-    conflicts = sum(w.claimer.stats.lease_conflicts for w in workers)
-    claims = sum(w.claimer.stats.claims for w in workers)
-    assert claims == n and conflicts < n  # measured share is printed by bench/
+    assert sum(w.claimer.stats.claims for w in workers) == n  # the conflict share: bench/

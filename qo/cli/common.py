@@ -1,0 +1,337 @@
+"""Plumbing shared by every command: the queue option, output, errors, parsers.
+
+Commands print data to stdout (a rich table for people, JSON with ``--json``)
+and everything else to stderr, so ``qo ... --json | jq`` always parses. Every
+failure a user can cause becomes one ``error: <message>`` line and the
+error's ``exit_code``; only ``--debug`` (or ``QO_DEBUG=1``) shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+from rich.text import Text
+
+from qo.app import App
+from qo.errors import ConfigError, QoError
+from qo.queue import Queue
+
+T = TypeVar("T")
+
+#: Width for tables when stdout is not a terminal: wide enough that ids never wrap.
+PIPE_WIDTH = 240
+
+
+class CliError(QoError):
+    """Bad input caught by the CLI itself (a flag combination, a file, a format)."""
+
+    exit_code = 2
+
+
+class AppLoadError(ConfigError):
+    """``--app module:obj`` does not name an importable ``qo.app.App``."""
+
+
+# -- global state -------------------------------------------------------------------
+
+
+@dataclass
+class CliState:
+    """What the root callback parsed, for the subcommands (``ctx.obj``)."""
+
+    queue: str | None = None  # from --queue before the command, or QO_QUEUE
+    debug: bool = False
+
+
+#: Read by the error handler, which runs after the click context is gone.
+DEBUG = {"on": False}
+
+
+def env_debug() -> bool:
+    return os.environ.get("QO_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+QueueOption = Annotated[
+    str | None,
+    typer.Option(
+        "--queue",
+        "-q",
+        help="Queue URL: s3://bucket/prefix, file:///dir or memory://name "
+        "(default: $QO_QUEUE, else a local directory).",
+        show_default=False,
+        metavar="URL",
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON on stdout, nothing else.")
+]
+QueueNameOption = Annotated[
+    str | None,
+    typer.Option("--queue-name", help="Only this queue (a name inside the store).", metavar="NAME"),
+]
+
+
+def queue_url(ctx: typer.Context, local: str | None) -> str | None:
+    """The URL given to this command, else before it, else via QO_QUEUE; None if none."""
+    if local:
+        return local
+    state = ctx.find_root().obj
+    return state.queue if isinstance(state, CliState) else None
+
+
+def open_queue(ctx: typer.Context, local: str | None) -> Queue:
+    """The queue the user named (``Queue.from_url`` falls back to the default store)."""
+    return Queue.from_url(queue_url(ctx, local))
+
+
+# -- output -------------------------------------------------------------------------
+
+
+def console(stderr: bool = False) -> Console:
+    """A console bound to the current stdout/stderr (so test runners capture it).
+
+    rich already drops colours when the stream is not a terminal; we also widen
+    it there, so that piped tables never wrap ids onto two lines.
+    """
+    con = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if not con.is_terminal:
+        con.width = PIPE_WIDTH
+    return con
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def is_interactive() -> bool:
+    """Can we ask a question? Both ends must be a terminal."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def emit_json(data: Any) -> None:
+    """One JSON document on stdout (indented for people at a terminal)."""
+    option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if is_tty() else 0)
+    typer.echo(orjson.dumps(data, option=option, default=str).decode())
+
+
+def say(message: str) -> None:
+    """A plain line on stdout, never interpreted as rich markup."""
+    typer.echo(message)
+
+
+def note(message: str) -> None:
+    """A remark for people on stderr (keeps stdout clean for data)."""
+    typer.echo(message, err=True)
+
+
+def cell(value: Any) -> Text:
+    """Table cell text, shown literally (user data may contain ``[markup]``)."""
+    return Text("" if value is None else str(value))
+
+
+def fmt_time(ts: float | None) -> str:
+    """Epoch seconds as local ISO 8601 with the offset, or '-' when unset."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+@contextmanager
+def progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal, silence elsewhere; yields ``advance(n)``."""
+    if not console(stderr=True).is_terminal or total <= 1:
+        yield lambda _n: None
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               MofNCompleteColumn())
+    with Progress(*columns, console=console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def spinner(description: str) -> Iterator[None]:
+    """A spinner on stderr while one long call runs, on a terminal only."""
+    con = console(stderr=True)
+    if not con.is_terminal:
+        yield
+        return
+    with con.status(description):
+        yield
+
+
+# -- parsers ------------------------------------------------------------------------
+
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d|w)\s*")
+_DURATION = re.compile(rf"(?:{_NUMBER}|(?:{_NUMBER}\s*(?:ms|s|m|h|d|w)\s*)+)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``5m``, ``1h30m``, ``2d``, ``250ms`` -> seconds (bare numbers: seconds)."""
+    raw = text.strip().lower()
+    if not _DURATION.fullmatch(raw):
+        raise CliError(f"invalid duration {text!r}: use seconds or e.g. 30s, 5m, 1h30m, 2d")
+    if re.fullmatch(_NUMBER, raw):
+        return float(raw)
+    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(raw))
+
+
+def parse_datetime(text: str) -> datetime:
+    """An ISO 8601 time that names its time zone (``Z`` or ``+02:00``)."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(
+            f"invalid time {text!r}: use ISO 8601 with a time zone, e.g. 2030-01-31T09:00:00+00:00"
+        ) from None
+    if when.tzinfo is None:
+        raise CliError(f"time {text!r} has no time zone: add one, e.g. Z or +02:00")
+    return when
+
+
+def as_param(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """Adapt a parser for ``typer.Option(parser=...)``: its error names the option."""
+
+    def convert(value: str) -> T:
+        if not isinstance(value, str):  # already converted (a default, or a re-parse)
+            return value
+        try:
+            return parse(value)
+        except CliError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:obj`` (``module`` alone means ``module:app``), like uvicorn does.
+
+    The current directory goes first on ``sys.path`` so that ``qo worker --app
+    tasks:app`` finds ``./tasks.py`` when qo runs as an installed script.
+    """
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "app"
+    if not module_name or not re.fullmatch(r"[\w.]+", module_name) or not re.fullmatch(
+        r"[\w.]+", attr
+    ):
+        raise AppLoadError(
+            f"invalid app {spec!r}: expected module:object, e.g. myproject.tasks:app")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise AppLoadError(
+                f"cannot import app module {module_name!r}: no module named {exc.name!r} "
+                f"(looked in {cwd} and sys.path)"
+            ) from None
+        raise AppLoadError(f"importing {module_name!r} failed: {one_line(exc)}") from exc
+    except Exception as exc:  # the user's module raised while importing
+        raise AppLoadError(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {one_line(exc)}"
+        ) from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AppLoadError(f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, App):
+        raise AppLoadError(f"{spec!r} is a {type(obj).__name__}, not a qo.app.App")
+    return obj
+
+
+def bind_app(ctx: typer.Context, local: str | None, app: App) -> App:
+    """Point the app at the queue named on the command line or in QO_QUEUE, if any."""
+    url = queue_url(ctx, local)
+    if url:
+        app.use(Queue.from_url(url))
+    return app
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+def one_line(value: object) -> str:
+    return " ".join(str(value).split())
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``field: problem; other: problem``."""
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        msg = err.get("msg", "invalid")
+        parts.append(f"{where}: {msg}" if where else msg)
+    more = len(exc.errors()) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _parser_errors() -> list[Any]:
+    """The exception modules of the click typer runs on (vendored since typer 0.23)."""
+    found = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return found
+
+
+_MODULES = _parser_errors()
+_NO_ARGS = tuple(m.NoArgsIsHelpError for m in _MODULES if hasattr(m, "NoArgsIsHelpError"))
+_USAGE = tuple(m.UsageError for m in _MODULES)
+_CLICK = (typer.TyperException, *(m.ClickException for m in _MODULES))
+_ABORT = (typer.Abort, *(m.Abort for m in _MODULES if hasattr(m, "Abort")))
+
+
+def handle_error(exc: BaseException) -> int:
+    """Print one ``error:`` line for ``exc`` on stderr; return the exit code."""
+    if isinstance(exc, _NO_ARGS):
+        exc.show()  # `qo` or `qo dlq` alone: the help text, not an error line
+        return 2
+    if isinstance(exc, _USAGE):
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        return _fail(exc.format_message() + hint, exc.exit_code)
+    if isinstance(exc, _CLICK):
+        return _fail(exc.format_message(), getattr(exc, "exit_code", 1))
+    if isinstance(exc, _ABORT):
+        return _fail("aborted", 1)
+    if isinstance(exc, QoError):
+        return _fail(str(exc) or type(exc).__name__, exc.exit_code or 1, exc)
+    if isinstance(exc, ValidationError):
+        return _fail(describe_validation(exc), 2, exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return _fail("interrupted", 130)
+    return _fail(
+        f"unexpected {type(exc).__name__}: {exc}"
+        + ("" if DEBUG["on"] else " (run with --debug for the traceback)"),
+        1,
+        exc,
+    )
+
+
+def _fail(message: str, code: int, exc: BaseException | None = None) -> int:
+    if exc is not None and DEBUG["on"]:
+        traceback.print_exception(exc, file=sys.stderr)
+    typer.echo(f"error: {one_line(message)}", err=True)
+    return code if code else 1

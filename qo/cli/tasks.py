@@ -1,0 +1,581 @@
+"""Task commands: submit, show, ls, stats, cancel, retry, dlq, pause, resume, sweep.
+
+Each is a thin layer over ``Queue``/``admin``: parse, call, print. Data goes
+to stdout (a table, or JSON with ``--json``); notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from qo import admin, records
+from qo.admin import TaskView
+from qo.app import App, UnknownTaskType
+from qo.cli import common
+from qo.cli.common import (
+    CliError,
+    JsonOption,
+    QueueNameOption,
+    QueueOption,
+    as_param,
+    cell,
+    emit_json,
+    fmt_time,
+    note,
+    say,
+)
+from qo.errors import QoError
+from qo.models import ErrorInfo, Status, TaskRecord
+from qo.queue import Queue, TaskHandle
+from qo.submit import SubmitRequest, build_record
+
+#: Batches are written in chunks of this many tasks, for progress and memory.
+BATCH_CHUNK = 256
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(submit)
+    app.command()(show)
+    app.command("ls")(ls)
+    app.command()(stats)
+    app.command()(cancel)
+    app.command()(retry)
+    app.command()(pause)
+    app.command()(resume)
+    app.command()(sweep)
+    dlq = typer.Typer(help="Dead-letter queue: tasks that ran out of attempts.",
+                      no_args_is_help=True)
+    dlq.command("ls")(dlq_ls)
+    dlq.command("retry")(dlq_retry)
+    dlq.command("purge")(dlq_purge)
+    app.add_typer(dlq, name="dlq")
+
+
+# -- submit -------------------------------------------------------------------------
+
+
+def read_json_arg(value: str, what: str) -> Any:
+    """``--input`` text: inline JSON, ``@file.json``, or ``-`` for stdin."""
+    source = what
+    if value == "-":
+        text = sys.stdin.read()
+        source = f"{what} (stdin)"
+    elif value.startswith("@"):
+        path = Path(value[1:]).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot read {what} file {str(path)!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise CliError(f"{what} file {str(path)!r} is not UTF-8 text") from None
+        source = f"{what} file {str(path)!r}"
+    else:
+        text = value
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise CliError(f"malformed JSON in {source}: {exc}") from None
+
+
+def parse_tags(tags: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for tag in tags or []:
+        name, sep, value = tag.partition("=")
+        if not sep or not name:
+            raise CliError(f"invalid tag {tag!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def read_batch(source: str) -> list[dict[str, Any]]:
+    """A JSON array of objects, or one JSON object per line."""
+    if source == "-":
+        text, where = sys.stdin.read(), "batch (stdin)"
+    else:
+        path = Path(source).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise CliError(f"cannot read batch file {str(path)!r}: {reason}") from None
+        where = f"batch file {str(path)!r}"
+    stripped = text.strip()
+    if not stripped:
+        raise CliError(f"{where} is empty")
+    items: list[Any]
+    if stripped.startswith("["):
+        try:
+            items = orjson.loads(stripped)
+        except orjson.JSONDecodeError as exc:
+            raise CliError(f"malformed JSON in {where}: {exc}") from None
+    else:
+        items = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(orjson.loads(line))
+                except orjson.JSONDecodeError as exc:
+                    raise CliError(f"malformed JSON on line {n} of {where}: {exc}") from None
+    for n, item in enumerate(items, 1):
+        if not isinstance(item, dict):
+            raise CliError(f"item {n} of {where} is not a JSON object")
+    return items
+
+
+def app_defaults(app: App, task_type: str) -> dict[str, Any]:
+    """What ``App.submit`` would fill in for this type (for batches with ``--app``)."""
+    definition = app.tasks.get(task_type)
+    if definition is None:
+        raise UnknownTaskType(
+            f"unknown task type {task_type!r}; registered: {', '.join(sorted(app.tasks)) or 'none'}"
+        )
+    return {
+        "queue": definition.queue or app.default_queue,
+        "priority": definition.priority,
+        "max_attempts": definition.max_attempts,
+        "retry": definition.retry,
+        "timeout": definition.timeout,
+    }
+
+
+def submit(
+    ctx: typer.Context,
+    task_type: Annotated[str | None, typer.Argument(
+        metavar="TYPE", help="Task type (a handler name of the app).", show_default=False)] = None,
+    input: Annotated[str | None, typer.Option(
+        "--input", "-i", metavar="JSON|@FILE|-",
+        help="Task input: inline JSON, @file.json, or - for stdin.")] = None,
+    priority: Annotated[int | None, typer.Option(
+        min=0, max=255, help="0-255, higher runs first (default: 128).")] = None,
+    delay: Annotated[float | None, typer.Option(
+        parser=as_param(common.parse_duration), metavar="DURATION",
+        help="Run after this long: 90 (seconds), 30s, 5m, 1h, 2d.")] = None,
+    at: Annotated[datetime | None, typer.Option(
+        parser=as_param(common.parse_datetime), metavar="ISO8601",
+        help="Run at this time, with a time zone (2030-01-31T09:00:00Z).")] = None,
+    key: Annotated[str | None, typer.Option(
+        help="Idempotency key: resubmitting it returns the existing task.")] = None,
+    key_scope: Annotated[str | None, typer.Option(
+        metavar="type|queue|global|NAME", help="Where the key is unique (default: type).")] = None,
+    queue_name: Annotated[str | None, typer.Option(
+        "--queue-name", metavar="NAME", help="Queue to submit to (default: default).")] = None,
+    max_attempts: Annotated[int | None, typer.Option(
+        min=1, help="Attempts before the task is dead (default: 3).")] = None,
+    timeout: Annotated[float | None, typer.Option(
+        parser=as_param(common.parse_duration), metavar="SECONDS",
+        help="Per-attempt time limit.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        metavar="NAME=VALUE", help="A tag (repeatable).")] = None,
+    app_spec: Annotated[str | None, typer.Option(
+        "--app", metavar="MODULE:OBJ",
+        help="Use this App's task defaults and refuse types it does not know.")] = None,
+    batch: Annotated[str | None, typer.Option(
+        metavar="FILE|-",
+        help="Submit many: a JSON array or JSON lines of submit requests.")] = None,
+    queue: QueueOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Submit a task (or a batch); prints the task id(s)."""
+    if delay is not None and at is not None:
+        raise CliError("give either --delay or --at, not both")
+    app = common.bind_app(ctx, queue, common.load_app(app_spec)) if app_spec else None
+    target = app.queue if app is not None else common.open_queue(ctx, queue)
+    options: dict[str, Any] = {
+        "priority": priority, "delay": delay, "at": at, "key": key, "key_scope": key_scope,
+        "queue": queue_name, "max_attempts": max_attempts, "timeout": timeout,
+        "tags": parse_tags(tag) or None,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    if batch is not None:
+        if task_type is not None or input is not None or options:
+            raise CliError("--batch takes every field from the file; give no TYPE or task options")
+        handles = _submit_batch(target, app, read_batch(batch))
+    elif task_type is None:
+        raise CliError("missing TYPE (or --batch FILE)")
+    else:
+        payload = read_json_arg(input, "--input") if input is not None else None
+        if app is not None:
+            handles = [app.submit(task_type, payload, **options)]
+        else:
+            handles = [target.submit(task_type, payload, **options)]
+    _print_submitted(handles, json, single=batch is None)
+
+
+def _submit_batch(queue: Queue, app: App | None, items: list[dict[str, Any]]) -> list[TaskHandle]:
+    """Validate every request, then write them in chunks (with a progress bar on a TTY)."""
+    reqs = []
+    for n, item in enumerate(items, 1):
+        fields = dict(item)
+        if app is not None:
+            fields = app_defaults(app, str(fields.get("type"))) | fields
+        try:
+            reqs.append(SubmitRequest(**fields))
+        except (ValidationError, QoError) as exc:
+            raise CliError(f"batch item {n}: {_reason(exc)}") from None
+    now = queue.store.now()
+    for n, req in enumerate(reqs, 1):  # sizes, delay+at...: refuse before writing anything
+        try:
+            build_record(queue.store, req, queue.settings, now)
+        except QoError as exc:
+            raise CliError(f"batch item {n}: {_reason(exc)}") from None
+    handles: list[TaskHandle] = []
+    with common.progress(len(reqs), "submitting") as advance:
+        for start in range(0, len(reqs), BATCH_CHUNK):
+            chunk = reqs[start : start + BATCH_CHUNK]
+            handles += queue.submit_many(list(chunk))
+            advance(len(chunk))
+    return handles
+
+
+def _reason(exc: ValidationError | QoError) -> str:
+    return common.describe_validation(exc) if isinstance(exc, ValidationError) else str(exc)
+
+
+def _print_submitted(handles: list[TaskHandle], as_json: bool, single: bool) -> None:
+    rows = []
+    for h in handles:
+        row: dict[str, Any] = {"id": h.id, "created": h.created}
+        if not h.created:
+            row["status"] = h.status().value  # one GET, only for duplicates
+        rows.append(row)
+    if as_json:
+        emit_json(rows[0] if single else rows)
+        return
+    for row in rows:
+        say(row["id"])
+        if not row["created"]:
+            note(f"existing task {row['id']} (status {row['status']}): "
+                 "the idempotency key matched, nothing new was submitted")
+    if not single:
+        created = sum(r["created"] for r in rows)
+        note(f"submitted {created} task(s), {len(rows) - created} existing")
+
+
+# -- show ---------------------------------------------------------------------------
+
+
+def _dump(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
+                        default=str).decode()
+
+
+def _view_json(queue: Queue, view: TaskView) -> dict[str, Any]:
+    data = view.as_dict()
+    record = view.record
+    if record.input_ref:
+        data["input"] = records.load_input(queue.store, record)
+    if record.result_ref:
+        data["result"] = records.load_result(queue.store, record)
+    return data
+
+
+def show(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="Task id.")],
+    queue: QueueOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Everything about one task: status, times, input, result, error."""
+    q = common.open_queue(ctx, queue)
+    view = q.get(task_id)
+    data = _view_json(q, view)
+    if json:
+        emit_json(data)
+        return
+    r = view.record
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows: list[tuple[str, Any]] = [
+        ("id", r.id), ("type", r.type), ("queue", r.queue), ("status", view.status.value),
+        ("priority", r.priority), ("attempt", f"{r.attempt}/{r.max_attempts}"),
+        ("created", fmt_time(r.created_at)), ("available", fmt_time(r.available_at)),
+        ("started", fmt_time(r.started_at)), ("finished", fmt_time(r.finished_at)),
+    ]
+    optional: list[tuple[str, Any]] = [
+        ("timeout", r.timeout and f"{r.timeout:g} s"), ("worker", r.worker),
+        ("key", r.idempotency_key),
+        ("key expires", r.idempotency_expires_at and fmt_time(r.idempotency_expires_at)),
+        ("tags", ", ".join(f"{k}={v}" for k, v in sorted(r.tags.items()))),
+        ("cancel reason", r.cancel_reason),
+    ]
+    rows += [(k, v) for k, v in optional if v]
+    if view.lease is not None:
+        lease = view.lease
+        rows.append(("lease", f"{lease.kind} by {lease.owner} since {fmt_time(lease.claimed_at)}"))
+    rows.append(("input", _dump(data.get("input"))))
+    if r.status == Status.SUCCEEDED:
+        rows.append(("result", _dump(data.get("result"))))
+    if r.error is not None:
+        e = r.error
+        retryable = "" if e.retryable else ", not retryable"
+        rows.append(("error", f"{e.type}: {e.message} (attempt {e.attempt}{retryable})"))
+    for name, value in rows:
+        table.add_row(cell(name), cell(value))
+    con = common.console()
+    con.print(table)
+    if r.error is not None and r.error.traceback:
+        con.print(cell("traceback:"))
+        con.print(cell(r.error.traceback.rstrip()))
+
+
+# -- ls, stats ----------------------------------------------------------------------
+
+#: Statuses listed from the tasks/ prefix, where ``--after`` pages by id.
+_PAGED = (None, Status.SUCCEEDED, Status.CANCELLED)
+
+
+def ls(
+    ctx: typer.Context,
+    status: Annotated[Status | None, typer.Option(help="Only tasks in this status.")] = None,
+    queue_name: QueueNameOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Page size.")] = 20,
+    after: Annotated[str | None, typer.Option(
+        metavar="ID", help="Start after this task id (the cursor a full page prints).")] = None,
+    queue: QueueOption = None,
+    json: JsonOption = False,
+) -> None:
+    """List tasks, newest first."""
+    if after is not None and status not in _PAGED:
+        raise CliError(f"--after cannot page through --status {status}: those come from an "
+                       "index ordered by priority and time, not by id")
+    q = common.open_queue(ctx, queue)
+    views = q.ls(status=status, queue=queue_name, limit=limit, after=after)
+    cursor = views[-1].record.id if len(views) == limit and status in _PAGED else None
+    if json:
+        emit_json({"tasks": [v.as_dict() for v in views], "next_after": cursor})
+        return
+    if not views:
+        note("no tasks" + (" after " + after if after else ""))
+        return
+    table = Table()
+    for name in ("id", "type", "queue", "status", "priority", "attempt", "finished", "input",
+                 "result"):
+        table.add_column(name, no_wrap=name == "id")
+    for v in views:
+        r = v.record
+        table.add_row(*map(cell, (r.id, r.type, r.queue, v.status.value, r.priority,
+                                  f"{r.attempt}/{r.max_attempts}", fmt_time(r.finished_at),
+                                  _brief(r.input if r.input_ref is None else "(offloaded)"),
+                                  _brief_outcome(r))))
+    common.console().print(table)
+    if cursor:
+        say(f"next page: --after {cursor}")
+
+
+def _brief(value: object, width: int = 40) -> str:
+    if value is None:
+        return ""
+    text = orjson.dumps(value).decode() if not isinstance(value, str) else value
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _brief_outcome(record: TaskRecord) -> str:
+    if record.error is not None and record.status != Status.SUCCEEDED:
+        return _brief(f"{record.error.type}: {record.error.message}")
+    if record.result_ref is not None:
+        return "(offloaded)"
+    return _brief(record.result) if record.status == Status.SUCCEEDED else ""
+
+
+_COUNTS = ("pending", "scheduled", "running", "dead")
+
+
+def stats(
+    ctx: typer.Context,
+    queue: QueueOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Tasks waiting, scheduled, running and dead, per queue (from the indexes)."""
+    q = common.open_queue(ctx, queue)
+    counts = q.stats()
+    paused = sorted(admin.paused_queues(q.store))
+    table_data = {name: {k: counts.get(name, {}).get(k, 0) for k in _COUNTS}
+                  for name in sorted(set(counts) | set(paused))}
+    if json:
+        emit_json({"queues": table_data, "paused": paused})
+        return
+    if not table_data:
+        note(f"no queued, running or dead tasks in {q.url}")
+        return
+    table = Table()
+    for name in ("queue", *_COUNTS, "paused"):
+        table.add_column(name, justify="left" if name == "queue" else "right")
+    for name, row in table_data.items():
+        table.add_row(cell(name), *(cell(row[k]) for k in _COUNTS),
+                      cell("yes" if name in paused else ""))
+    common.console().print(table)
+
+
+# -- cancel, retry, pause, resume, sweep --------------------------------------------
+
+
+def cancel(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    reason: Annotated[str, typer.Option(help="Recorded on the task.")] = "cancelled by user",
+    queue: QueueOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Cancel a task that has not finished; a running handler learns it at its next heartbeat."""
+    view = common.open_queue(ctx, queue).cancel(task_id, reason)
+    if json:
+        emit_json(view.as_dict())
+    else:
+        say(f"cancelled {task_id}")
+
+
+def retry(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    queue: QueueOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Run a dead, cancelled or waiting task again now, with fresh attempts."""
+    view = common.open_queue(ctx, queue).retry(task_id)
+    if json:
+        emit_json(view.as_dict())
+    else:
+        say(f"retrying {task_id} (status {view.status})")
+
+
+def pause(
+    ctx: typer.Context,
+    queue_name: Annotated[str, typer.Argument(metavar="QUEUE_NAME")],
+    queue: QueueOption = None,
+) -> None:
+    """Stop workers from claiming this queue's tasks (running ones finish)."""
+    common.open_queue(ctx, queue).pause(queue_name)
+    say(f"paused queue {queue_name}")
+
+
+def resume(
+    ctx: typer.Context,
+    queue_name: Annotated[str, typer.Argument(metavar="QUEUE_NAME")],
+    queue: QueueOption = None,
+) -> None:
+    """Let workers claim this queue's tasks again."""
+    common.open_queue(ctx, queue).resume(queue_name)
+    say(f"resumed queue {queue_name}")
+
+
+def sweep(
+    ctx: typer.Context,
+    queue: QueueOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Promote due scheduled tasks and reap expired leases, once (workers do it too)."""
+    report = common.open_queue(ctx, queue).sweep(owner="cli-sweep")
+    data = {"promoted": report.promoted, "reaped": report.reaped, "next_due": report.next_due,
+            "errors": report.errors}
+    if json:
+        emit_json(data)
+        return
+    say(f"promoted {report.promoted}, reaped {report.reaped}"
+        + (f", next due {fmt_time(report.next_due)}" if report.next_due else ""))
+    for err in report.errors:
+        note(f"warning: {err}")
+
+
+# -- dlq ----------------------------------------------------------------------------
+
+
+def _dead(q: Queue, queue_name: str | None, limit: int | None = None) -> list[TaskView]:
+    return q.ls(status=Status.DEAD, queue=queue_name, limit=limit or sys.maxsize)
+
+
+def dlq_ls(
+    ctx: typer.Context,
+    queue_name: QueueNameOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    queue: QueueOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Dead tasks and why they died."""
+    views = _dead(common.open_queue(ctx, queue), queue_name, limit)
+    if json:
+        emit_json([v.as_dict() for v in views])
+        return
+    if not views:
+        note("no dead tasks")
+        return
+    table = Table()
+    for name in ("id", "type", "queue", "attempts", "finished", "error"):
+        table.add_column(name, no_wrap=name == "id")
+    for v in views:
+        r, e = v.record, v.record.error
+        table.add_row(*map(cell, (r.id, r.type, r.queue, r.attempt, fmt_time(r.finished_at),
+                                  _short_error(e))))
+    common.console().print(table)
+
+
+def _short_error(error: ErrorInfo | None, width: int = 100) -> str:
+    """First line of the error, for a table cell (``qo show`` has all of it)."""
+    if error is None:
+        return ""
+    lines = error.message.strip().splitlines()
+    text = f"{error.type}: {lines[0] if lines else ''}"
+    return text if len(text) <= width and len(lines) <= 1 else text[: width - 1] + "…"
+
+
+def dlq_retry(
+    ctx: typer.Context,
+    task_ids: Annotated[list[str] | None, typer.Argument(
+        metavar="ID", help="Dead tasks to run again.", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead task (of --queue-name).")] = False,
+    queue_name: QueueNameOption = None,
+    queue: QueueOption = None,
+) -> None:
+    """Run dead tasks again, with fresh attempts."""
+    if bool(task_ids) == all_:
+        raise CliError("give task ids or --all (not both)")
+    if task_ids and queue_name:
+        raise CliError("--queue-name only filters --all")
+    q = common.open_queue(ctx, queue)
+    ids = list(task_ids or []) or [v.record.id for v in _dead(q, queue_name)]
+    failures: list[str] = []
+    with common.progress(len(ids), "retrying") as advance:
+        for task_id in ids:
+            try:
+                q.retry(task_id)
+            except QoError as exc:
+                if len(ids) == 1:
+                    raise
+                failures.append(f"{task_id}: {exc}")
+            advance(1)
+    for failure in failures:
+        note(f"warning: {failure}")
+    say(f"retried {len(ids) - len(failures)} task(s)")
+    if failures:
+        raise CliError(f"{len(failures)} of {len(ids)} task(s) could not be retried")
+
+
+def dlq_purge(
+    ctx: typer.Context,
+    queue_name: QueueNameOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    queue: QueueOption = None,
+) -> None:
+    """Delete dead tasks for good (records and payloads)."""
+    q = common.open_queue(ctx, queue)
+    counts = q.stats()
+    dead = sum(c.get("dead", 0) for name, c in counts.items()
+               if queue_name is None or name == queue_name)
+    where = f"queue {queue_name}" if queue_name else "all queues"
+    if not yes:
+        if not common.is_interactive():
+            raise CliError("refusing to purge without confirmation: pass --yes")
+        if not typer.confirm(f"Delete {dead} dead task(s) in {where} of {q.url} for good?",
+                             err=True):
+            raise CliError("purge cancelled; nothing deleted")
+    with common.spinner("purging dead tasks"):
+        purged = admin.purge_dead(q.store, q.settings, queue_name)
+    say(f"purged {purged} dead task(s) from {where}")

@@ -1,0 +1,101 @@
+"""``qo worker``: run an App's handlers against a queue until stopped."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from qo import logs
+from qo.cli import common
+from qo.cli.common import CliError, QueueOption, say
+from qo.names import check_name
+from qo.worker import Worker, WorkerOptions
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(worker)
+
+
+def parse_queues(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [check_name(n.strip(), "queue name") for n in value.split(",") if n.strip()]
+    if not names:
+        raise CliError("--queues needs at least one queue name")
+    return names
+
+
+@contextmanager
+def _restored_process_state() -> Iterator[None]:
+    """Put back the qo logger and the signal handlers the worker replaces.
+
+    Matters when the CLI runs in-process (tests, embedding): otherwise the
+    logger would keep writing to a stream the caller has since closed.
+    """
+    logger = logging.getLogger("qo")
+    saved_log = (logger.handlers[:], logger.level, logger.propagate)
+    main = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM) if main else ()
+    saved_signals = {s: signal.getsignal(s) for s in signals}
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved_log
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+
+
+def worker(
+    ctx: typer.Context,
+    app_spec: Annotated[str, typer.Option(
+        "--app", metavar="MODULE:OBJ", help="The qo.app.App to run, e.g. myproject.tasks:app.",
+        show_default=False)],
+    queues: Annotated[str | None, typer.Option(
+        metavar="A,B",
+        help="Queue names to serve (default: the queues of the app's tasks).")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=1024, help="Tasks run at once.")] = 4,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit once no task is ready.")] = False,
+    poll_max: Annotated[float, typer.Option(
+        parser=common.as_param(common.parse_duration), metavar="SECONDS",
+        help="Longest idle wait between polls.")] = 20.0,
+    grace: Annotated[float, typer.Option(
+        parser=common.as_param(common.parse_duration), metavar="SECONDS",
+        help="On SIGTERM, how long running tasks may finish.")] = 30.0,
+    log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
+    log_format: Annotated[LogFormat, typer.Option(case_sensitive=False)] = LogFormat.text,
+    queue: QueueOption = None,
+) -> None:
+    """Run the app's handlers on the queue until stopped (SIGTERM/Ctrl-C: graceful)."""
+    names = parse_queues(queues)
+    app = common.bind_app(ctx, queue, common.load_app(app_spec))
+    if not app.tasks:
+        raise CliError(f"app {app_spec!r} has no tasks registered: nothing to run")
+    q = app.queue
+    if poll_max <= 0:
+        raise CliError("--poll-max must be positive")
+    options = WorkerOptions(queues=names, concurrency=concurrency, burst=burst,
+                            poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace)
+    with _restored_process_state():
+        logs.setup(log_level.value, json=log_format == LogFormat.json)
+        summary = Worker(app, q, options).run()
+    say(f"processed {summary.processed}: {summary.succeeded} succeeded, {summary.failed} failed, "
+        f"{summary.released} released, {summary.fenced} fenced")

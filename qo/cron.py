@@ -1,0 +1,147 @@
+"""When schedules fire: cron expressions in a time zone, and fixed intervals.
+
+Cron fields are matched against the *local wall clock* of the schedule's time
+zone (standard library ``zoneinfo``), and every matching wall time fires at
+most once:
+
+- a wall time that does not exist (the spring-forward gap) fires once, shifted
+  forward by the gap (02:30 on a 02:00→03:00 day fires at 03:30), and if that
+  shifted instant is also a matching time in its own right it still fires
+  once, since slots are instants;
+- a wall time that happens twice (the fall-back overlap) fires once, at its
+  first occurrence. A minute-level cron therefore pauses during the repeated
+  hour; use an interval schedule for strictly periodic work.
+
+Intervals are absolute (epoch seconds), so they ignore time zones entirely.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+
+from qo.errors import QoError
+
+#: Wall-clock window searched around an instant: wider than any DST shift.
+_DST_WINDOW = timedelta(hours=3)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+
+
+class InvalidSchedule(QoError):
+    exit_code = 2
+
+
+def parse_duration(text: str | float | int, what: str = "duration") -> float:
+    """``30s``, ``5m``, ``1h``, ``2d``, ``1w`` or plain seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not match:
+            raise InvalidSchedule(f"invalid {what} {text!r}: use e.g. 30s, 5m, 1h, 2d or seconds")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise InvalidSchedule(f"invalid {what} {text!r}: must be positive")
+    return seconds
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        if not name or ".." in name or name.startswith("/"):
+            raise ValueError
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise InvalidSchedule(f"unknown time zone {name!r} (use an IANA name like Europe/Paris)") from None
+
+
+@dataclass(frozen=True)
+class CronSpec:
+    expr: str
+    tz: str = "UTC"
+
+    def __post_init__(self) -> None:
+        fields = self.expr.split()
+        if not (self.expr.startswith("@") and len(fields) == 1) and len(fields) != 5:
+            raise InvalidSchedule(
+                f"invalid cron expression {self.expr!r}: expected 5 fields "
+                "(minute hour day-of-month month day-of-week) or @hourly/@daily/..."
+            )
+        try:
+            valid = croniter.is_valid(self.expr)
+        except Exception:  # noqa: BLE001 - croniter raises many types on garbage
+            valid = False
+        if not valid:
+            raise InvalidSchedule(f"invalid cron expression {self.expr!r}")
+        zone(self.tz)
+
+    def describe(self) -> str:
+        return f"cron {self.expr} ({self.tz})"
+
+    def next_after(self, t: float) -> float | None:
+        """The first firing instant strictly after ``t`` (epoch seconds), or None."""
+        tz = zone(self.tz)
+        local = datetime.fromtimestamp(t, tz).replace(tzinfo=None)
+        start = local - _DST_WINDOW
+        try:
+            it = croniter(self.expr, start)
+            best: float | None = None
+            while True:
+                wall: datetime = it.get_next(datetime)
+                instant = wall.replace(tzinfo=tz, fold=0).timestamp()
+                if instant > t and (best is None or instant < best):
+                    best = instant
+                if best is not None and wall > datetime.fromtimestamp(best, tz).replace(
+                        tzinfo=None) + _DST_WINDOW:
+                    return best
+                if wall - local > timedelta(days=3660):
+                    return best
+        except (CroniterBadDateError, CroniterBadCronError):
+            return None
+
+
+@dataclass(frozen=True)
+class IntervalSpec:
+    every: float
+    anchor: float = 0.0  # slots are anchor + k * every
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise InvalidSchedule("an interval must be at least 1 second")
+
+    def describe(self) -> str:
+        return f"every {format_duration(self.every)}"
+
+    def next_after(self, t: float) -> float:
+        k = (t - self.anchor) // self.every + 1
+        return self.anchor + k * self.every
+
+
+Spec = CronSpec | IntervalSpec
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def upcoming(spec: Spec, after: float, count: int, end: float | None = None) -> list[float]:
+    out: list[float] = []
+    t = after
+    while len(out) < count:
+        nxt = spec.next_after(t)
+        if nxt is None or (end is not None and nxt > end):
+            break
+        out.append(nxt)
+        t = nxt
+    return out
+
+
+def iso(ts: float, tz: str = "UTC") -> str:
+    return datetime.fromtimestamp(ts, zone(tz) if tz != "UTC" else UTC).isoformat()

@@ -1,0 +1,1 @@
+"""Small apps that CLI tests load with ``--app tests.apps.<module>:app``."""
