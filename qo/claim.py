@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from qo import index, keys, leases, records
-from qo.cas import delete_quietly
+from qo.cas import delete_quietly, put_if_absent
 from qo.keys import Marker, parse_ready_key
 from qo.leases import HeldLease
 from qo.models import CorruptRecord, TaskRecord
@@ -41,6 +43,7 @@ class Claim:
     lease: HeldLease
     input: Any
     marker: Marker
+    input_error: str | None = None  # the input payload could not be read
 
     @property
     def attempt(self) -> int:
@@ -224,9 +227,8 @@ class Claimer:
         try:
             current = records.read(self.store, marker.task_id)
         except CorruptRecord as exc:
-            log.error("skipping task %s: %s", marker.task_id, exc)
+            self._quarantine(info, marker, str(exc))
             held.release(self.store)
-            self._skip_for(info.key, 3600)
             return None
         except Exception:
             held.release(self.store)
@@ -250,11 +252,24 @@ class Claimer:
         if own != info.key:
             delete_quietly(self.store, own)
         try:
-            payload = records.load_input(self.store, record)
-        except CorruptRecord as exc:
-            log.error("task %s: %s", record.id, exc)
-            payload = None  # the worker fails the attempt with a clear error
-        return Claim(record, current.etag, held, payload, marker)
+            return Claim(record, current.etag, held, records.load_input(self.store, record), marker)
+        except (CorruptRecord, orjson.JSONDecodeError) as exc:
+            log.error("task %s: %s", record.id, exc)  # the worker fails it without running it
+            return Claim(record, current.etag, held, None, marker, input_error=str(exc))
+
+    def _quarantine(self, info: ObjectInfo, marker: Marker, why: str) -> None:
+        """Under the lease: park an unreadable record where ``qo doctor`` reports it.
+
+        The record itself is left untouched for a person to inspect or repair;
+        its marker goes, so no worker pays for it again.
+        """
+        log.error("quarantined task %s: %s", marker.task_id, why,
+                  extra={"event": "task_quarantined", "task_id": marker.task_id})
+        body = orjson.dumps({"task_id": marker.task_id, "marker": info.key, "reason": why,
+                             "at": self.store.now()})
+        put_if_absent(self.store, keys.quarantine_key(marker.queue, marker.task_id), body)
+        delete_quietly(self.store, info.key, if_match=info.etag or None)
+        self._count_stale(marker.queue)
 
     def _tidy(self, info: ObjectInfo, record: TaskRecord, now: float) -> None:
         """Under the lease: drop a marker the record no longer justifies."""

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
+from qo import keys
 from qo.errors import PreconditionFailed, QoError
 from qo.ids import new_token
 from qo.store.base import Store
@@ -86,7 +89,8 @@ class _Probe:
     touched: set[str] = field(default_factory=set)  # keys we may have written
 
 
-CHECKS = ("queue URL", "reachable", "writable", "conditional writes", "clock", "cleanup")
+CHECKS = ("queue URL", "reachable", "writable", "conditional writes", "clock", "quarantine",
+          "cleanup")
 
 
 def diagnose(
@@ -113,6 +117,7 @@ def diagnose(
         ("writable", _writable, True),
         ("conditional writes", _conditional, False),
         ("clock", _clock, False),
+        ("quarantine", _quarantine, False),
     ]
     try:
         for name, step, essential in steps:
@@ -140,6 +145,25 @@ def _run(step: Callable[[_Probe], tuple[Level, str]], probe: _Probe) -> tuple[Le
         return Level.FAIL, str(exc)
     except Exception as exc:  # noqa: BLE001 - a backend bug is a finding, not a crash
         return Level.FAIL, f"unexpected {type(exc).__name__}: {exc}"
+
+
+def _quarantine(p: _Probe) -> tuple[Level, str]:
+    """Task records workers could not read: parked under quarantine/ by claimers."""
+    found = list(p.store.list(keys.QUARANTINE, limit=101))
+    if not found:
+        return Level.OK, "no unreadable task records"
+    samples = []
+    for info in found[:3]:
+        obj = p.store.get(info.key)
+        reason = ""
+        if obj is not None:
+            try:
+                reason = str(orjson.loads(obj.body).get("reason", ""))
+            except (orjson.JSONDecodeError, AttributeError):
+                reason = "?"
+        samples.append(f"{info.key[len(keys.QUARANTINE):]}: {reason}")
+    count = "over 100" if len(found) > 100 else str(len(found))
+    return Level.WARN, f"{count} unreadable task record(s) quarantined; " + "; ".join(samples)
 
 
 def _reachable(p: _Probe) -> tuple[Level, str]:

@@ -10,6 +10,7 @@
     dead/{queue}/{id}                                dead-letter index
     payloads/{id}/input, payloads/{id}/result-{n}    large bodies
     workers/{worker_id}.json                         worker heartbeats
+    quarantine/{queue}/{id}                          unreadable records, for qo doctor
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ LEASES = "leases/"
 DEAD = "dead/"
 PAYLOADS = "payloads/"
 WORKERS = "workers/"
+QUARANTINE = "quarantine/"
 PAUSED_MARK = "!paused"
 
 
@@ -54,6 +56,10 @@ def lease_key(queue: str, task_id: str) -> str:
 
 def dead_key(queue: str, task_id: str) -> str:
     return f"{DEAD}{queue}/{task_id}"
+
+
+def quarantine_key(queue: str, task_id: str) -> str:
+    return f"{QUARANTINE}{queue}/{task_id}"
 
 
 def worker_key(worker_id: str) -> str:

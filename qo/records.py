@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,11 +50,31 @@ def replace(store: Store, record: TaskRecord, etag: str) -> str:
 
 
 def encode_json(value: Any, what: str) -> bytes:
-    """Canonical JSON (sorted keys); a non-JSON value is a clear error."""
+    """Canonical JSON (sorted keys); a non-JSON value is a clear error.
+
+    orjson also encodes datetimes, UUIDs and dataclasses (as JSON values), but
+    it silently turns NaN and infinities into null: those are refused here.
+    """
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
         raise InvalidPayload(f"{what} is not JSON-serializable: {exc}") from None
+    if b"null" in encoded and _has_non_finite(value):
+        raise InvalidPayload(f"{what} contains NaN or Infinity, which JSON cannot represent")
+    return encoded
+
+
+def _has_non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
 
 
 def input_hash(task_type: str, encoded_input: bytes) -> str:
@@ -91,4 +112,7 @@ def _load_ref(store: Store, ref: str | None, inline: Any, what: str, task_id: st
     obj = get_retrying(store, ref)
     if obj is None:
         raise CorruptRecord(f"{what} payload of task {task_id} is missing ({ref})")
-    return orjson.loads(obj.body)
+    try:
+        return orjson.loads(obj.body)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptRecord(f"{what} payload of task {task_id} is not valid JSON: {exc}") from None

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import orjson
+
 from qo import index, keys, leases, records
 from qo.cas import delete_quietly, put_checked, put_if_absent
 from qo.errors import PreconditionFailed, StoreError
@@ -66,23 +68,40 @@ def reap(store: Store, settings: Settings, owner: str, now: float | None = None)
     return report
 
 
+#: An unreadable lease body is treated as expired once it is this old.
+CORRUPT_LEASE_AGE = 3600.0
+
+
 def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now: float) -> bool:
-    held = leases.read(store, info.key)
-    if held is None or not leases.expired(held.lease, info.last_modified, now):
-        return False
-    if held.etag != info.etag:
-        return False  # renewed since we listed it
-    old = held.lease
-    run_token = old.token if old.kind == "run" else old.reaped_token
-    takeover = Lease(task_id=old.task_id, kind="reap", owner=owner, token=new_token(),
+    try:
+        held = leases.read(store, info.key)
+    except CorruptRecord:
+        held = None
+        if info.last_modified + CORRUPT_LEASE_AGE >= now:
+            return False
+        task_id, etag, run_token = info.key.rsplit("/", 1)[1], info.etag, None
+    else:
+        if held is None or not leases.expired(held.lease, info.last_modified, now):
+            return False
+        if held.etag != info.etag:
+            return False  # renewed since we listed it
+        old = held.lease
+        task_id, etag = old.task_id, held.etag
+        run_token = old.token if old.kind == "run" else old.reaped_token
+    takeover = Lease(task_id=task_id, kind="reap", owner=owner, token=new_token(),
                      seconds=settings.repair_lease_seconds, claimed_at=now,
                      reaped_token=run_token)
     try:
-        etag = put_checked(store, info.key, dumps(takeover), if_match=held.etag)
+        etag = put_checked(store, info.key, dumps(takeover), if_match=etag)
     except PreconditionFailed:
         return False  # the holder renewed it, or another reaper won
     mine = leases.HeldLease(info.key, takeover, etag)
-    _repair(store, mine, run_token, now)
+    try:
+        _repair(store, mine, run_token, now)
+    except CorruptRecord as exc:  # park it for qo doctor; never retry it forever
+        queue = info.key.split("/")[1]
+        body = orjson.dumps({"task_id": task_id, "reason": str(exc), "at": now})
+        put_if_absent(store, keys.quarantine_key(queue, task_id), body)
     mine.release(store)
     return True
 

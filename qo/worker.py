@@ -27,7 +27,7 @@ from qo.claim import Claim, Claimer
 from qo.context import Context
 from qo.errors import QoError
 from qo.ids import new_token
-from qo.models import Status, WorkerInfo, dumps
+from qo.models import ErrorInfo, Status, WorkerInfo, dumps
 from qo.queue import Queue
 
 log = logging.getLogger("qo.worker")
@@ -195,6 +195,12 @@ class Worker:
         definition = self.app.tasks.get(record.type)
         if definition is None:
             outcome.release(self.store, claim)
+            return
+        if claim.input_error is not None:  # an unreadable payload never reaches the handler
+            error = ErrorInfo(type="CorruptPayload", message=claim.input_error,
+                              attempt=claim.attempt, retryable=False)
+            outcome.fail(self.store, claim, error, retryable=False, settings=self.settings)
+            self._count("failed")
             return
         deadline = None if record.timeout is None else time.monotonic() + record.timeout
         ctx = Context(task_id=record.id, task_type=record.type, queue=record.queue,
