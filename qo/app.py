@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from pydantic import ValidationError, validate_call
+from pydantic import ConfigDict, ValidationError, validate_call
 
 from qo.context import Context
 from qo.errors import QoError
@@ -73,7 +73,8 @@ class TaskDef:
 
     @functools.cache  # noqa: B019 - one wrapper per TaskDef, kept for its lifetime
     def _validated(self) -> Callable[..., Any]:
-        return validate_call(self.fn)
+        # arbitrary types: a ``ctx: Context`` annotation is checked with isinstance
+        return validate_call(self.fn, config=ConfigDict(arbitrary_types_allowed=True))
 
     def input_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Map a Python call to the JSON input a worker will pass back."""

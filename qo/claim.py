@@ -44,10 +44,10 @@ class Claim:
     input: Any
     marker: Marker
     input_error: str | None = None  # the input payload could not be read
+    attempt: int = 0  # the attempt this claim runs: fixed at claim time
 
-    @property
-    def attempt(self) -> int:
-        return self.record.attempt + 1
+    def __post_init__(self) -> None:
+        self.attempt = self.attempt or self.record.attempt + 1
 
     @property
     def task_id(self) -> str:
