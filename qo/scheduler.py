@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from qo import keys
 from qo.cas import delete_quietly
-from qo.cron import CronSpec, IntervalSpec, InvalidSchedule, Spec, upcoming
+from qo.cron import CronSpec, IntervalSpec, InvalidSchedule, Spec, upcoming, zone
 from qo.errors import PreconditionFailed, QoError, StoreError
 from qo.ids import idempotent_task_id
 from qo.models import CorruptRecord, RetryPolicy, dumps, loads
@@ -76,7 +76,7 @@ class Schedule(BaseModel):
     priority: int = Field(128, ge=0, le=255)
     max_attempts: int = Field(3, ge=1, le=1000)
     retry: RetryPolicy = RetryPolicy()
-    timeout: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, le=7 * 86_400)  # as SubmitRequest allows
     cron: str | None = None
     tz: str = "UTC"
     every: float | None = Field(None, ge=1)
@@ -155,6 +155,7 @@ def add(
     queue: Queue,
     name: str,
     task_type: str,
+    /,  # positional only, so that ``queue=`` (the tasks' queue name) can go in **options
     *,
     cron: str | None = None,
     every: float | str | None = None,
@@ -184,6 +185,7 @@ def add(
         every=interval, created_at=now, updated_at=now, **options,
     )
     sched.spec()  # validates cron and time zone
+    zone(sched.tz)  # an interval ignores it, but it is shown in it
     if sched.start_at is not None and sched.end_at is not None and sched.end_at <= sched.start_at:
         raise InvalidSchedule("the end time must be after the start time")
     first = sched.following(now)
@@ -226,7 +228,7 @@ def list_schedules(queue: Queue) -> list[Schedule]:
     return out
 
 
-def _update(queue: Queue, name: str, change) -> Schedule:  # noqa: ANN001
+def _update(queue: Queue, name: str, change) -> Schedule:
     for _ in range(10):
         current = load(queue, name)
         new = change(current.schedule, queue.store.now())
@@ -466,7 +468,7 @@ def history_json(sched: Schedule) -> bytes:
 
 
 __all__ = [
-    "Firer", "Schedule", "SchedulerDaemon", "ScheduleExists", "ScheduleNotFound", "add",
+    "Firer", "Schedule", "ScheduleExists", "ScheduleNotFound", "SchedulerDaemon", "add",
     "delete_quietly", "fire_due", "list_schedules", "load", "pause", "remove", "resume",
     "slots_to_fire", "trigger",
 ]

@@ -85,11 +85,12 @@ def root(
 
 
 def _register() -> None:
-    from qo.cli import doctor, tasks, worker
+    from qo.cli import doctor, schedule, tasks, worker
 
     tasks.register(app)
     worker.register(app)
     doctor.register(app)
+    schedule.register(app)
 
 
 _register()

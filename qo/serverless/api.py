@@ -1,0 +1,394 @@
+"""The API function: a JSON API behind a Lambda Function URL (``AWS_IAM`` auth).
+
+Requests arrive in payload format 2.0. Routes:
+
+==========================  =================================================  ============
+``POST /tasks``             submit one task: a ``SubmitRequest`` object        201, or 200
+                            (``type``, ``input``, ``priority``, ``delay``,      for an
+                            ``at``, ``key``, ``key_scope``, ``queue``,          idempotent
+                            ``max_attempts``, ``retry``, ``timeout``, ``tags``) duplicate
+``POST /tasks/batch``       ``{"tasks": [SubmitRequest, ...]}`` (at most 1000)  201 (200 if
+                                                                                none is new)
+``GET /tasks``              newest tasks; ``?status=&queue=&limit=&after=``     200
+``GET /tasks/{id}``         one task (``?traceback=1`` adds the error's)       200, 404
+``POST /tasks/{id}/cancel`` optional ``{"reason": "..."}``                      200, 404, 409
+``POST /tasks/{id}/retry``  run a dead, cancelled or failed task again         200, 404, 409
+``GET /stats``              counts by queue and status                         200
+``GET /schedules``          cron schedules (when this qo has a scheduler)      200
+==========================  =================================================  ============
+
+Errors are ``{"error": CODE, "message": TEXT}``: 400 for a malformed body or
+invalid fields (nothing is stored), 404 for an unknown task or route, 405 for
+a wrong method, 409 for an idempotency conflict or an impossible transition,
+413 for a body over ``QO_API_MAX_BODY`` (1 MiB) or a payload over the queue's
+limit, 503 when the store is unavailable, 500 otherwise. Responses never
+carry a stack trace: unexpected errors are logged with the request id, which
+the response names.
+
+With ``QO_APP`` set, submits use the app's defaults for the task type
+(queue, priority, attempts, retry, timeout), like ``qo submit --app``, and
+unknown task types are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from qo import admin, records
+from qo.admin import InvalidTransition, TaskNotFound, TaskView
+from qo.app import App, UnknownTaskType
+from qo.errors import ConfigError, InvalidName, QoError, StoreError, StoreUnavailable
+from qo.models import CorruptRecord, Status
+from qo.names import check_free_text, check_task_id
+from qo.records import InvalidPayload, PayloadTooLarge
+from qo.serverless import Runtime, runtime
+from qo.serverless.sweeper import plain, scheduler_function
+from qo.submit import IdempotencyConflict, SubmitRequest, build_record, submit_many, submit_one
+
+log = logging.getLogger("qo.serverless.api")
+
+MAX_BATCH = 1000
+MAX_LIST = 100
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+class HttpError(Exception):
+    """An error answered as is: status, machine-readable code, one-line message."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def bad_request(message: str) -> HttpError:
+    return HttpError(400, "bad_request", message)
+
+
+class Request:
+    """The parts of a Function URL event the routes use."""
+
+    def __init__(self, event: dict[str, Any], max_body: int) -> None:
+        context = event.get("requestContext")
+        http = context.get("http") if isinstance(context, dict) else None
+        if not isinstance(http, dict) or not isinstance(http.get("method"), str):
+            raise bad_request("not a Function URL request (payload format 2.0)")
+        self.method = http["method"].upper()
+        path = event.get("rawPath") or http.get("path") or "/"
+        if not isinstance(path, str):
+            raise bad_request("invalid request path")
+        self.path = path.rstrip("/") or "/"
+        query = event.get("queryStringParameters")
+        self.query: dict[str, str] = query if isinstance(query, dict) else {}
+        self.raw = self._body(event, max_body)
+        self.params: dict[str, str] = {}
+
+    @staticmethod
+    def _body(event: dict[str, Any], max_body: int) -> bytes:
+        body = event.get("body")
+        if body is None or body == "":
+            return b""
+        if not isinstance(body, str):
+            raise bad_request("request body must be text")
+        if len(body) > 2 * max_body + 16:  # refuse before decoding anything huge
+            raise too_large(max_body)
+        if event.get("isBase64Encoded"):
+            try:
+                raw = base64.b64decode(body, validate=True)
+            except (binascii.Error, ValueError):
+                raise bad_request("request body is not valid base64") from None
+        else:
+            raw = body.encode("utf-8", "surrogatepass")
+        if len(raw) > max_body:
+            raise too_large(max_body)
+        return raw
+
+    def json(self, *, required: bool = True) -> Any:
+        if not self.raw.strip():
+            if required:
+                raise bad_request("request body is empty: send a JSON object")
+            return None
+        try:
+            return orjson.loads(self.raw)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"malformed JSON in request body: {exc}") from None
+
+    def json_object(self, *, required: bool = True) -> dict[str, Any] | None:
+        data = self.json(required=required)
+        if data is None and not required:
+            return None
+        if not isinstance(data, dict):
+            raise bad_request(f"request body must be a JSON object, not {_json_type(data)}")
+        return data
+
+
+def too_large(limit: int) -> HttpError:
+    return HttpError(413, "payload_too_large",
+                     f"request body is over the limit of {limit:,} bytes")
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def describe_validation(exc: ValidationError, where: str = "") -> str:
+    """A pydantic error as one line: ``field: problem; other: problem``."""
+    parts = []
+    errors = exc.errors(include_url=False)
+    for err in errors[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        loc = f"{where}.{loc}" if where and loc else (where or loc)
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = len(errors) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+# -- routes -----------------------------------------------------------------------------
+
+Handler = Callable[[Runtime, Request], tuple[int, Any]]
+_ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+
+
+def route(pattern: str, method: str) -> Callable[[Handler], Handler]:
+    regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+
+    def register(fn: Handler) -> Handler:
+        for existing, methods in _ROUTES:
+            if existing.pattern == regex.pattern:
+                methods[method] = fn
+                return fn
+        _ROUTES.append((regex, {method: fn}))
+        return fn
+
+    return register
+
+
+def _at(where: str, message: str) -> str:
+    return f"{where}: {message}" if where else message
+
+
+def _submit_request(app: App | None, fields: Any, where: str = "") -> SubmitRequest:
+    if not isinstance(fields, dict):
+        raise bad_request(_at(where, f"must be a JSON object, not {_json_type(fields)}"))
+    if "type" not in fields:
+        raise bad_request(_at(where, "field 'type' is required"))
+    if app is not None:
+        definition = app.tasks.get(fields["type"]) if isinstance(fields["type"], str) else None
+        if definition is None:
+            registered = ", ".join(sorted(app.tasks)) or "none"
+            raise bad_request(_at(
+                where, f"unknown task type {fields['type']!r}; registered: {registered}"))
+        defaults: dict[str, Any] = {
+            "queue": definition.queue or app.default_queue,
+            "priority": definition.priority,
+            "max_attempts": definition.max_attempts,
+            "retry": definition.retry,
+            "timeout": definition.timeout,
+        }
+        fields = defaults | fields
+    try:
+        return SubmitRequest(**fields)
+    except ValidationError as exc:
+        raise bad_request(describe_validation(exc, where)) from None
+    except QoError as exc:
+        raise bad_request(_at(where, str(exc))) from None
+
+
+@route("/tasks", "POST")
+def post_task(rt: Runtime, req: Request) -> tuple[int, Any]:
+    submit = _submit_request(rt.app, req.json_object())
+    done = submit_one(rt.queue.store, submit, rt.queue.settings)
+    body = {"id": done.id, "created": done.created, "status": done.status.value}
+    return (201 if done.created else 200), body
+
+
+@route("/tasks/batch", "POST")
+def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
+    data = req.json_object()
+    assert data is not None
+    unknown = sorted(set(data) - {"tasks"})
+    if unknown:
+        raise bad_request(f"unknown field(s) {', '.join(unknown)}: send {{\"tasks\": [...]}}")
+    items = data.get("tasks")
+    if not isinstance(items, list) or not items:
+        raise bad_request('field "tasks" must be a non-empty array of task objects')
+    if len(items) > MAX_BATCH:
+        raise HttpError(413, "payload_too_large",
+                        f"{len(items)} tasks in one batch; at most {MAX_BATCH}")
+    reqs = [_submit_request(rt.app, item, f"tasks[{n}]") for n, item in enumerate(items)]
+    store, settings = rt.queue.store, rt.queue.settings
+    now = store.now()
+    for n, one in enumerate(reqs):  # sizes, delay and at: refuse before writing anything
+        try:
+            build_record(store, one, settings, now)
+        except PayloadTooLarge as exc:
+            raise HttpError(413, "payload_too_large", f"tasks[{n}]: {exc}") from None
+        except (InvalidName, InvalidPayload, UnknownTaskType) as exc:
+            raise bad_request(f"tasks[{n}]: {exc}") from None
+        except StoreError:
+            raise
+        except QoError as exc:
+            raise bad_request(f"tasks[{n}]: {exc}") from None
+    done = submit_many(store, reqs, settings)
+    rows = [{"id": d.id, "created": d.created, "status": d.status.value} for d in done]
+    return (201 if any(d.created for d in done) else 200), {"tasks": rows}
+
+
+@route("/tasks", "GET")
+def list_tasks(rt: Runtime, req: Request) -> tuple[int, Any]:
+    status = req.query.get("status")
+    if status is not None:
+        try:
+            status_value: Status | None = Status(status)
+        except ValueError:
+            choices = ", ".join(s.value for s in Status)
+            raise bad_request(f"invalid status {status!r}: one of {choices}") from None
+    else:
+        status_value = None
+    raw_limit = req.query.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
+        raise bad_request(f"invalid limit {raw_limit!r}: a number from 1 to {MAX_LIST}")
+    views = admin.ls(rt.queue.store, status=status_value, queue=req.query.get("queue"),
+                     limit=int(raw_limit), after=req.query.get("after"))
+    return 200, {"tasks": [_view(rt, v, payloads=False, traceback=False) for v in views]}
+
+
+@route("/tasks/{task_id}", "GET")
+def get_task(rt: Runtime, req: Request) -> tuple[int, Any]:
+    view = admin.show(rt.queue.store, check_task_id(req.params["task_id"]))
+    wants = req.query.get("traceback", "").lower() in ("1", "true", "yes")
+    return 200, _view(rt, view, payloads=True, traceback=wants)
+
+
+@route("/tasks/{task_id}/cancel", "POST")
+def cancel_task(rt: Runtime, req: Request) -> tuple[int, Any]:
+    task_id = check_task_id(req.params["task_id"])
+    data = req.json_object(required=False) or {}
+    unknown = sorted(set(data) - {"reason"})
+    if unknown:
+        raise bad_request(f"unknown field(s) {', '.join(unknown)}: only \"reason\" is accepted")
+    reason = data.get("reason", "cancelled through the API")
+    check_free_text(reason, "reason")
+    view = admin.cancel(rt.queue.store, task_id, reason)
+    return 200, _view(rt, view, payloads=False, traceback=False)
+
+
+@route("/tasks/{task_id}/retry", "POST")
+def retry_task(rt: Runtime, req: Request) -> tuple[int, Any]:
+    task_id = check_task_id(req.params["task_id"])
+    view = admin.retry(rt.queue.store, rt.queue.settings, task_id)
+    return 200, _view(rt, view, payloads=False, traceback=False)
+
+
+@route("/stats", "GET")
+def get_stats(rt: Runtime, req: Request) -> tuple[int, Any]:
+    return 200, {"queues": admin.stats(rt.queue.store)}
+
+
+@route("/schedules", "GET")
+def get_schedules(rt: Runtime, req: Request) -> tuple[int, Any]:
+    list_schedules = scheduler_function("list_schedules")
+    found = list_schedules(rt.queue) if list_schedules is not None else []
+    return 200, {"schedules": plain(list(found))}
+
+
+def _view(rt: Runtime, view: TaskView, *, payloads: bool, traceback: bool) -> dict[str, Any]:
+    data = view.as_dict()
+    record = view.record
+    if payloads and record.input_ref:
+        data["input"] = records.load_input(rt.queue.store, record)
+    if payloads and record.result_ref:
+        data["result"] = records.load_result(rt.queue.store, record)
+    if not traceback and isinstance(data.get("error"), dict):
+        data["error"].pop("traceback", None)
+    return data
+
+
+# -- dispatch ---------------------------------------------------------------------------
+
+
+def _dispatch(event: Any) -> tuple[int, Any, dict[str, str]]:
+    if not isinstance(event, dict):
+        raise bad_request("not a Function URL request (payload format 2.0)")
+    rt = runtime()
+    req = Request(event, rt.config.api_max_body)
+    for regex, methods in _ROUTES:
+        match = regex.match(req.path)
+        if match is None:
+            continue
+        fn = methods.get(req.method)
+        if fn is None:
+            allowed = ", ".join(sorted(methods))
+            raise HttpError(405, "method_not_allowed",
+                            f"{req.method} is not allowed on {req.path}; use {allowed}",
+                            {"allow": allowed})
+        req.params = match.groupdict()
+        status, body = fn(rt, req)
+        return status, body, {}
+    raise HttpError(404, "not_found", f"no route {req.method} {req.path}")
+
+
+def handler(event: Any, context: Any = None) -> dict[str, Any]:
+    """The Lambda entry point of the API function."""
+    request_id = str(getattr(context, "aws_request_id", None) or "local")
+    headers: dict[str, str] = {}
+    try:
+        status, body, headers = _dispatch(event)
+    except HttpError as exc:
+        status, body, headers = exc.status, _error(exc.code, exc.message), exc.headers
+    except ValidationError as exc:
+        status, body = 400, _error("bad_request", describe_validation(exc))
+    except TaskNotFound as exc:
+        status, body = 404, _error("not_found", str(exc))
+    except (IdempotencyConflict, InvalidTransition) as exc:
+        status, body = 409, _error("conflict", str(exc))
+    except PayloadTooLarge as exc:
+        status, body = 413, _error("payload_too_large", str(exc))
+    except StoreUnavailable as exc:
+        log.warning("request %s: store unavailable: %s", request_id, exc)
+        status, body = 503, _error("unavailable", "the store is unavailable; try again")
+    except (StoreError, ConfigError, CorruptRecord):
+        log.exception("request %s failed", request_id)
+        status, body = 500, _error("internal_error", f"internal error (request {request_id})")
+    except QoError as exc:  # everything else qo refuses is about the input
+        status, body = 400, _error("bad_request", str(exc))
+    except Exception:
+        log.exception("request %s failed", request_id)
+        status, body = 500, _error("internal_error", f"internal error (request {request_id})")
+    method, path = _where(event)
+    log.info("%s %s -> %d", method, path, status,
+             extra={"event": "api_request", "status": status, "request_id": request_id})
+    return {
+        "statusCode": status,
+        "headers": {**JSON_HEADERS, **headers},
+        "body": orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS, default=str).decode(),
+        "isBase64Encoded": False,
+    }
+
+
+def _error(code: str, message: str) -> dict[str, str]:
+    return {"error": code, "message": " ".join(message.split())}
+
+
+def _where(event: Any) -> tuple[str, str]:
+    try:
+        return str(event["requestContext"]["http"]["method"]), str(event.get("rawPath"))[:200]
+    except (KeyError, TypeError):
+        return "?", "?"
+
+
+__all__ = ["MAX_BATCH", "HttpError", "describe_validation", "handler"]
