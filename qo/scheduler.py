@@ -1,18 +1,21 @@
 """Cron and interval schedules, fired exactly once per slot without a leader.
 
 A schedule is one object, ``schedules/{name}.json``: its definition and its
-state (``next_slot``, recent history). Firing a slot is two steps:
+state (``next_slot``, recent history). Firing a slot takes three writes:
 
 1. CAS the schedule object from ``next_slot = S`` to the following slot, with
-   the fired slot appended to its history. **That write decides the slot**:
-   of any number of concurrent schedulers, exactly one wins it.
+   the fired slot appended to its history as *unconfirmed*. **That write
+   decides the slot**: of any number of concurrent schedulers, exactly one
+   wins it.
 2. Submit the slot's task with an idempotency key derived from schedule and
    slot, so its id is deterministic.
+3. CAS the history entry to *submitted*.
 
-A scheduler that dies between 1 and 2 is repaired by the next one that reads
-the schedule: for every recent history entry it has not seen, it checks that
-the task exists (one HEAD) and submits it if not. The submit is idempotent,
-so the repair never duplicates. Time is always the store's clock.
+A scheduler that dies between 1 and 3 leaves an unconfirmed entry; whoever
+reads the schedule next and finds it older than ``SETTLE`` submits it again
+(idempotent: same id, never a duplicate) and confirms it. Confirmed entries
+are never resubmitted, even after retention deleted their task. Time is
+always the store's clock.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qo import keys
 from qo.cas import delete_quietly
@@ -42,6 +45,10 @@ log = logging.getLogger("qo.scheduler")
 
 PREFIX = "schedules/"
 HISTORY = 20
+#: An unconfirmed slot older than this is resubmitted by whoever sees it.
+SETTLE = 30.0
+#: Slot tasks dedupe for this long, far beyond any repair.
+SLOT_KEY_RETENTION = 30 * 86_400.0
 KEY_SCOPE = "schedule"
 CatchUp = Literal["none", "latest", "all"]
 
@@ -61,6 +68,7 @@ class HistoryEntry(BaseModel):
     task_id: str
     fired_at: float
     kind: str = "slot"  # slot | catchup | trigger
+    submitted: bool = True  # False between deciding the slot and confirming its submit
 
 
 class Schedule(BaseModel):
@@ -204,9 +212,13 @@ def add(
         if not replace:
             raise ScheduleExists(f"schedule {name!r} exists; use replace to change it")
         old = loads(Schedule, existing.body, f"schedule {name}")
+        fired = [e.slot for e in old.history if e.kind != "trigger"]
+        nxt = sched.next_slot
+        if fired and nxt is not None and nxt <= max(fired):  # never refire a decided slot
+            nxt = sched.following(max(fired))
         sched = sched.model_copy(update={
             "created_at": old.created_at, "history": old.history, "skipped": old.skipped,
-            "paused": old.paused})
+            "paused": old.paused, "next_slot": nxt})
         try:
             queue.store.put(key, dumps(sched), if_match=existing.etag)
             return sched
@@ -276,7 +288,7 @@ def _submit(queue: Queue, sched: Schedule, slot: float, *, kind: str, at: float 
         type=sched.task_type, input=sched.input, queue=sched.queue, priority=sched.priority,
         max_attempts=sched.max_attempts, retry=sched.retry, timeout=sched.timeout,
         at=at if at is not None else slot + _jitter(sched.name, slot, sched.jitter),
-        key=key, key_scope=KEY_SCOPE, tags={"schedule": sched.name},
+        key=key, key_scope=KEY_SCOPE, retention=SLOT_KEY_RETENTION, tags={"schedule": sched.name},
     )
     return submit_one(queue.store, req, queue.settings).id
 
@@ -302,6 +314,7 @@ def slots_to_fire(sched: Schedule, now: float) -> tuple[list[tuple[float, str]],
     else:
         chosen = []
     chosen += [(s, "slot") for s in on_time]
+    chosen = chosen[-HISTORY:]  # every decided slot must stay in the history until confirmed
     skipped = len(due) - len(chosen)
     return chosen, slot, skipped
 
@@ -315,19 +328,16 @@ class FireReport:
 
 
 class Firer:
-    """Fires due schedules; one per scheduler process (keeps a little memory).
+    """Fires due schedules; one per scheduler process.
 
     It remembers the etag of each schedule it read (LIST returns etags, so an
-    unchanged schedule is not read again) and which history entries it has
-    verified, so the repair HEAD happens once per slot per process.
+    unchanged schedule is not read again).
     """
 
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
         self.store = queue.store
         self._docs: dict[str, Loaded] = {}
-        self._verified: set[str] = set()
-        self._lock = threading.Lock()
 
     def refresh(self) -> None:
         """LIST schedules; GET only those whose etag changed."""
@@ -362,52 +372,82 @@ class Firer:
         for name in sorted(self._docs):
             try:
                 self._fire_one(name, now, report)
-            except (StoreError, CorruptRecord, InvalidSchedule) as exc:
+            except (QoError, ValidationError) as exc:  # one bad schedule never blocks others
                 log.warning("schedule %s: %s", name, exc)
         report.next_slot = self.soonest()
         return report
 
     def _fire_one(self, name: str, now: float, report: FireReport) -> None:
-        doc = self._docs[name]
+        self._repair(name, now, report)
         for _ in range(5):
-            self._repair(doc.schedule, report)
+            doc = self._docs.get(name)
+            if doc is None:
+                return
             sched = doc.schedule
             if sched.paused or sched.next_slot is None or sched.next_slot > now:
                 return
             chosen, next_slot, skipped = slots_to_fire(sched, now)
-            entries = [HistoryEntry(slot=s, task_id=slot_task_id(name, s), fired_at=now, kind=k)
-                       for s, k in chosen]
+            entries = [HistoryEntry(slot=s, task_id=slot_task_id(name, s), fired_at=now, kind=k,
+                                    submitted=False) for s, k in chosen]
             new = sched.model_copy(update={
                 "next_slot": next_slot, "skipped": sched.skipped + skipped,
                 "history": (sched.history + entries)[-HISTORY:]})
             try:  # the linearization point: this write decides these slots
                 etag = self.store.put(schedule_key(name), dumps(new), if_match=doc.etag)
             except PreconditionFailed:
-                obj = self.store.get(schedule_key(name))
-                if obj is None:
-                    self._docs.pop(name, None)
-                    return
-                doc = Loaded(loads(Schedule, obj.body, name), obj.etag)
-                self._docs[name] = doc
+                self._reload(name)
                 continue
             self._docs[name] = Loaded(new, etag)
             report.skipped += skipped
             for entry in entries:
                 _submit(self.queue, new, entry.slot, kind=entry.kind)
-                self._verified.add(entry.task_id)
                 report.fired.append((name, entry.slot, entry.task_id))
+            self._confirm(name, {e.task_id for e in entries})
             return
 
-    def _repair(self, sched: Schedule, report: FireReport) -> None:
-        """Submit any recently decided slot whose task is missing (its firer died)."""
-        for entry in sched.history:
-            if entry.task_id in self._verified or entry.kind == "trigger":
+    def _repair(self, name: str, now: float, report: FireReport) -> None:
+        """Submit slots that were decided but never confirmed (their firer died).
+
+        Only entries older than ``SETTLE`` seconds: a younger one may still be
+        being submitted by the scheduler that won it.
+        """
+        doc = self._docs.get(name)
+        if doc is None:
+            return
+        stale = [e for e in doc.schedule.history
+                 if not e.submitted and now - e.fired_at >= SETTLE]
+        for entry in stale:
+            _submit(self.queue, doc.schedule, entry.slot, kind=entry.kind)
+            report.repaired.append(entry.task_id)
+            log.info("schedule %s: repaired slot %s", name, entry.slot)
+        if stale:
+            self._confirm(name, {e.task_id for e in stale})
+
+    def _confirm(self, name: str, task_ids: set[str]) -> None:
+        """Mark submitted slots as such, so nobody ever submits them again."""
+        for _ in range(5):
+            doc = self._docs.get(name)
+            if doc is None:
+                return
+            history = [e.model_copy(update={"submitted": True}) if e.task_id in task_ids else e
+                       for e in doc.schedule.history]
+            if history == doc.schedule.history:
+                return
+            new = doc.schedule.model_copy(update={"history": history})
+            try:
+                etag = self.store.put(schedule_key(name), dumps(new), if_match=doc.etag)
+            except PreconditionFailed:
+                self._reload(name)
                 continue
-            if self.store.head(keys.task_key(entry.task_id)) is None:
-                _submit(self.queue, sched, entry.slot, kind=entry.kind)
-                report.repaired.append(entry.task_id)
-                log.info("schedule %s: repaired slot %s", sched.name, entry.slot)
-            self._verified.add(entry.task_id)
+            self._docs[name] = Loaded(new, etag)
+            return
+
+    def _reload(self, name: str) -> None:
+        obj = self.store.get(schedule_key(name))
+        if obj is None:
+            self._docs.pop(name, None)
+        else:
+            self._docs[name] = Loaded(loads(Schedule, obj.body, name), obj.etag)
 
 
 def fire_due(queue: Queue) -> FireReport:

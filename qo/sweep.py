@@ -37,6 +37,31 @@ class SweepReport:
     errors: list[str] = field(default_factory=list)
 
 
+TURN_KEY = "sweep/turn"
+
+
+def take_sweep_turn(store: Store, owner: str, interval: float) -> bool:
+    """Elect one periodic sweeper per interval among many idle workers.
+
+    One HEAD (cheap) tells whether someone swept recently; otherwise a
+    conditional PUT takes the turn. N idle workers then pay N HEADs per
+    interval and share one sweep, instead of N sweeps of several LISTs each.
+    """
+    info = store.head(TURN_KEY)
+    now = store.now()
+    if info is not None and now - info.last_modified < interval * 0.9:
+        return False
+    body = orjson.dumps({"owner": owner, "at": now})
+    try:
+        if info is None:
+            store.put(TURN_KEY, body, if_none_match=True)
+        else:
+            store.put(TURN_KEY, body, if_match=info.etag)
+    except PreconditionFailed:
+        return False
+    return True
+
+
 def promote(store: Store, now: float | None = None, limit: int = 1000) -> SweepReport:
     now = store.now() if now is None else now
     report = SweepReport()

@@ -46,7 +46,7 @@ class WorkerOptions:
     poll_max: float = 20.0  # idle polling backs off to this, with jitter
     grace: float = 30.0  # on SIGTERM, how long in-flight tasks may finish
     sweep_interval: float = 60.0  # promote and reap at most this often when idle
-    heartbeat_interval: float = 60.0  # worker record refresh
+    heartbeat_interval: float = 300.0  # worker record refresh (for inspection only)
     worker_id: str | None = None
 
 
@@ -305,17 +305,24 @@ class Worker:
     # -- housekeeping ---------------------------------------------------------
 
     def _housekeep(self) -> None:
-        next_sweep = time.monotonic() + self._rng.uniform(0, min(5.0, self.options.sweep_interval))
+        """Sweep at a bounded rate: when something is known to be due, or when it is
+        this worker's turn among all workers (``sweep.take_sweep_turn``)."""
+        interval = self.options.sweep_interval
+        next_sweep = time.monotonic() + self._rng.uniform(0, min(5.0, interval))
         next_beat = time.monotonic() + self.options.heartbeat_interval
+        due_sweep = False  # woken because a delayed task or a schedule slot is due
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_sweep:
-                next_sweep = now + self._rng.uniform(0.8, 1.2) * self.options.sweep_interval
+                next_sweep = now + self._rng.uniform(0.8, 1.2) * interval
                 try:
-                    report = self.queue.sweep(owner=self.id)
-                    if report.next_due is not None:  # wake up when the next delayed task is due
-                        wait = max(0.05, report.next_due - self.store.now())
-                        next_sweep = min(next_sweep, time.monotonic() + wait)
+                    if due_sweep or sweep.take_sweep_turn(self.store, self.id, interval):
+                        report = self.queue.sweep(owner=self.id)
+                        due_sweep = False
+                        if report.next_due is not None:  # wake up when the next one is due
+                            wait = max(0.05, report.next_due - self.store.now())
+                            if time.monotonic() + wait < next_sweep:
+                                next_sweep, due_sweep = time.monotonic() + wait, True
                 except QoError as exc:
                     log.warning("sweep failed: %s", exc, extra={"event": "sweep_error"})
             if now >= next_beat:

@@ -103,3 +103,15 @@ def test_idle_claim_costs_one_list() -> None:
     before = store.counts.snapshot()
     assert claimer.claim() is None
     assert diff(store.counts.snapshot(), before) == {"LIST": 1}
+
+
+def test_idle_workers_take_turns_to_sweep() -> None:
+    store, _, _, clock = setup()
+    before = store.counts.snapshot()
+    turns = [sweep.take_sweep_turn(store, f"w{i}", 60) for i in range(5)]
+    assert turns == [True, False, False, False, False]
+    assert diff(store.counts.snapshot(), before) == {"HEAD": 5, "PUT": 1}
+    clock.advance(30)
+    assert not any(sweep.take_sweep_turn(store, f"w{i}", 60) for i in range(5))
+    clock.advance(31)
+    assert [sweep.take_sweep_turn(store, f"w{i}", 60) for i in range(3)] == [True, False, False]

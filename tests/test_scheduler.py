@@ -107,11 +107,18 @@ def test_a_firer_killed_between_deciding_and_submitting_is_repaired_once() -> No
     assert list(store.list("tasks/")) == []
     history = scheduler.load(queue, "job").schedule.history
     assert len(history) == 1  # the slot was decided...
+    assert history[0].submitted is False  # ...but never confirmed
     other = scheduler.Firer(queue)
+    assert other.fire_due().repaired == []  # too young: its firer may still be submitting
+    clock.advance(scheduler.SETTLE)
     report = other.fire_due()
-    assert report.repaired == [history[0].task_id] and report.fired == []  # ...and repaired
-    assert scheduler.Firer(queue).fire_due().repaired == []
+    assert report.repaired == [history[0].task_id]  # ...so the next firer repairs it
+    assert scheduler.load(queue, "job").schedule.history[0].submitted is True
     assert [o.key for o in store.list("tasks/")] == [f"tasks/{history[0].task_id}.json"]
+    # once confirmed, a deleted task (retention, dlq purge) is never submitted again
+    store.delete(f"tasks/{history[0].task_id}.json")
+    assert scheduler.Firer(queue).fire_due().repaired == []
+    assert list(store.list("tasks/")) == []
 
 
 def test_pause_resume_trigger_replace_and_remove() -> None:
@@ -200,6 +207,7 @@ def test_four_schedulers_on_a_moto_server_fire_every_slot_once(s3_server) -> Non
             t.start()
         for t in threads:
             t.join(60)
+    clock.advance(scheduler.SETTLE)
     for f in firers[1:]:
         f.fire_due()  # a last round repairs a slot decided by a dying scheduler at the end
     tasks = [admin.get(o.key[6:-5]).record for o in base.list("tasks/")]
