@@ -15,7 +15,7 @@ from qo import index, keys, leases, records
 from qo.cas import delete_quietly, put_if_absent
 from qo.errors import PreconditionFailed, QoError, StoreError
 from qo.keys import parse_delayed_key, parse_ready_key
-from qo.models import TERMINAL, CorruptRecord, Lease, Status, TaskRecord, loads
+from qo.models import TERMINAL, CorruptRecord, Lease, Status, TaskRecord
 from qo.names import check_name, check_task_id
 from qo.settings import Settings
 from qo.store.base import Store
@@ -125,7 +125,7 @@ def purge_dead(store: Store, settings: Settings, queue: str | None = None) -> in
     """Delete dead tasks for good (record, payloads, index); returns how many."""
     purged = 0
     for info in store.list(keys.DEAD + (f"{check_name(queue, 'queue name')}/" if queue else "")):
-        _, q, task_id = info.key.split("/", 2)
+        task_id = info.key.rsplit("/", 1)[1]
         current = records.read(store, task_id)
         if current is not None and current.record.status == Status.DEAD:
             try:
@@ -241,4 +241,4 @@ def _candidate_ids(store: Store, status: Status | None, queue: str | None, after
                 yield task_id
 
 
-__all__ = ["TERMINAL", "TaskNotFound", "TaskView", "cancel", "ls", "show", "stats", "retry"]
+__all__ = ["TERMINAL", "TaskNotFound", "TaskView", "cancel", "ls", "retry", "show", "stats"]

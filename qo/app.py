@@ -9,7 +9,9 @@ hints with pydantic when the task runs; a validation error is not retried.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -17,7 +19,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from pydantic import ConfigDict, ValidationError, validate_call
 
 from qo.context import Context
-from qo.errors import QoError
+from qo.errors import ConfigError, QoError
 from qo.models import RetryPolicy
 from qo.names import check_name
 from qo.queue import Queue, TaskHandle
@@ -32,6 +34,49 @@ class Fatal(Exception):
 
 class UnknownTaskType(QoError):
     exit_code = 2
+
+
+class AppLoadError(ConfigError):
+    """``module:obj`` does not name an importable ``qo.app.App``."""
+
+
+_APP_SPEC = re.compile(r"[A-Za-z_][\w.]*(?::[A-Za-z_][\w.]*)?")
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:obj`` (``module`` alone means ``module:app``); it must be an App.
+
+    Shared by ``qo worker --app`` and the Lambda handlers (``QO_APP``).
+    """
+    if not _APP_SPEC.fullmatch(spec):
+        raise AppLoadError(f"invalid app {spec!r}: expected module:object, e.g. tasks:app")
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "app"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise AppLoadError(
+                f"cannot import app module {module_name!r}: no module named {exc.name!r} "
+                "(is it on sys.path, or in the deployment package?)"
+            ) from None
+        raise AppLoadError(f"importing {module_name!r} failed: {_one_line(exc)}") from exc
+    except Exception as exc:  # the user's module raised while importing
+        raise AppLoadError(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {_one_line(exc)}"
+        ) from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AppLoadError(f"module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, App):
+        raise AppLoadError(f"{spec!r} is a {type(obj).__name__}, not a qo.app.App")
+    return obj
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 @dataclass(eq=False)

@@ -57,7 +57,7 @@ def put_if_absent(store: Store, key: str, body: bytes) -> bool:
         return False
 
 
-def get_retrying(store: Store, key: str):  # noqa: ANN201 - StoredObject | None
+def get_retrying(store: Store, key: str):
     for attempt in range(ATTEMPTS):
         try:
             return store.get(key)

@@ -28,24 +28,28 @@ from qo.errors import QoError
 
 #: Wall-clock window searched around an instant: wider than any DST shift.
 _DST_WINDOW = timedelta(hours=3)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d|w)\s*")
+_DURATION = re.compile(rf"(?:{_NUMBER}|(?:{_NUMBER}\s*(?:ms|s|m|h|d|w)\s*)+)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
 
 
 class InvalidSchedule(QoError):
     exit_code = 2
 
 
-def parse_duration(text: str | float | int, what: str = "duration") -> float:
-    """``30s``, ``5m``, ``1h``, ``2d``, ``1w`` or plain seconds."""
+def parse_duration(text: str | float, what: str = "duration") -> float:
+    """``90``, ``30s``, ``5m``, ``1h30m``, ``2d``, ``1w``, ``250ms`` -> positive seconds."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = float(text)
     else:
-        match = _DURATION.match(str(text))
-        if not match:
-            raise InvalidSchedule(f"invalid {what} {text!r}: use e.g. 30s, 5m, 1h, 2d or seconds")
-        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if seconds <= 0:
+        raw = str(text).strip().lower()
+        if not _DURATION.fullmatch(raw):
+            raise InvalidSchedule(
+                f"invalid {what} {text!r}: use seconds or e.g. 30s, 5m, 1h30m, 2d")
+        seconds = (float(raw) if re.fullmatch(_NUMBER, raw)
+                   else sum(float(n) * _UNITS[u] for n, u in _DURATION_PART.findall(raw)))
+    if not seconds > 0 or seconds == float("inf"):
         raise InvalidSchedule(f"invalid {what} {text!r}: must be positive")
     return seconds
 

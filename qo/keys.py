@@ -29,7 +29,7 @@ PAUSED_MARK = "!paused"
 
 
 def micros(ts: float) -> int:
-    return int(round(ts * 1_000_000))
+    return round(ts * 1_000_000)
 
 
 def task_key(task_id: str) -> str:

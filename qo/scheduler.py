@@ -30,7 +30,6 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qo import keys
 from qo.cas import delete_quietly
 from qo.cron import CronSpec, IntervalSpec, InvalidSchedule, Spec, upcoming, zone
 from qo.errors import PreconditionFailed, QoError, StoreError

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,7 +21,7 @@ from qo import index, keys, leases, records
 from qo.cas import delete_quietly, put_checked
 from qo.errors import PreconditionFailed, QoError
 from qo.ids import idempotent_task_id, new_task_id
-from qo.models import Status, TaskRecord, RetryPolicy
+from qo.models import RetryPolicy, Status, TaskRecord
 from qo.names import check_free_text, check_name
 from qo.settings import Settings
 from qo.store.base import Store

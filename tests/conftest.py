@@ -42,7 +42,7 @@ class SerializedStore:
         self.url = inner.url
         self._lock = threading.Lock()
 
-    def __getattr__(self, name: str):  # noqa: ANN204 - thin proxy
+    def __getattr__(self, name: str):
         attr = getattr(self.inner, name)
         if not callable(attr):
             return attr
@@ -74,7 +74,7 @@ def new_bucket_name() -> str:
     return f"qo-test-{next(_bucket_ids)}"
 
 
-def make_store(kind: str, request: pytest.FixtureRequest, tmp_path) -> Store:  # noqa: ANN001
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path) -> Store:
     if kind == "memory":
         return MemoryStore()
     if kind == "local":
@@ -102,5 +102,5 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path) -> Store:  #
 
 
 @pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path) -> Store:  # noqa: ANN001
+def store(request: pytest.FixtureRequest, tmp_path) -> Store:
     return make_store(request.param, request, tmp_path)

@@ -86,7 +86,7 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.01) -> None:
 class ClockedStore:
     """Any store, with its clock replaced by a controllable one."""
 
-    def __init__(self, inner, clock: FakeClock) -> None:  # noqa: ANN001
+    def __init__(self, inner, clock: FakeClock) -> None:
         self.inner = inner
         self.clock = clock
         self.url = inner.url
@@ -94,5 +94,26 @@ class ClockedStore:
     def now(self) -> float:
         return self.clock()
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         return getattr(self.inner, name)
+
+
+def sigterm_when_ready(cmd: list[str], env: dict[str, str], ready: str, cwd) -> tuple[int, str, str]:
+    """Start ``cmd``, wait for ``ready`` on its stderr, SIGTERM it; (code, out, err)."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=cwd)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # bounded by the test timeout
+            if ready in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode, out, err

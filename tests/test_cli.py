@@ -8,7 +8,6 @@ with ``--burst``, so they exit on their own once nothing is ready: no sleeps.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from typer.testing import CliRunner, Result
 from qo.cli import app, common
 from qo.doctor import NOT_ENFORCED, Level, diagnose
 from qo.store.memory import MemoryStore
+
+from .helpers import sigterm_when_ready
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -507,19 +508,8 @@ def test_python_dash_m_qo(tmp_path: Path) -> None:
 
 def test_worker_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     env = {**os.environ, "QO_QUEUE": f"file://{tmp_path / 'q'}"}
-    proc = subprocess.Popen(
+    code, out, err = sigterm_when_ready(
         [sys.executable, "-m", "qo", "worker", "--app", APP, "--poll-max", "0.2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # bounded by the test timeout
-            if "started" in line:
-                break
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 0, err
+        env, "started", ROOT)
+    assert code == 0, err
     assert out.startswith("processed 0") and "Traceback" not in err

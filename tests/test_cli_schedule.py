@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import subprocess
 import sys
 import uuid
 from datetime import datetime
@@ -28,7 +27,7 @@ from qo.models import dumps
 from qo.queue import Queue
 from qo.store.memory import MemoryStore
 
-from .helpers import FakeClock
+from .helpers import FakeClock, sigterm_when_ready
 from .test_cli import ROOT, as_json, assert_one_line_error, ok, qo
 
 pytestmark = pytest.mark.timeout(120)
@@ -331,20 +330,9 @@ def test_run_skips_paused_schedules() -> None:
 def test_run_stops_on_sigterm(tmp_path: Path) -> None:
     env = {**os.environ, "QO_QUEUE": f"file://{tmp_path / 'q'}"}
     env.pop("QO_DEBUG", None)
-    proc = subprocess.Popen(
+    code, out, err = sigterm_when_ready(
         [sys.executable, "-m", "qo", "schedule", "run", "--refresh", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # bounded by the test timeout
-            if "scheduler started" in line:
-                break
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 0, err
+        env, "scheduler started", ROOT)
+    assert code == 0, err
     assert out.startswith("scheduler stopped after") and "Traceback" not in err
     assert "scheduler stopped" in err

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from qo import index, keys, outcome
@@ -65,7 +66,7 @@ class QueueMachine(RuleBasedStateMachine):
             status=Status.PENDING if not delay else Status.SCHEDULED, ready=not delay)
 
     @rule(target=claims)
-    def claim(self):  # noqa: ANN201
+    def claim(self):
         claimer = Claimer(self.store, self.queue.settings, queues=["default"],
                           task_types={"t"}, owner="w", spread=1)
         got = claimer.claim()

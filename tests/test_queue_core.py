@@ -64,7 +64,7 @@ def test_submit_run_and_get_result(store: Store) -> None:
 
 
 def test_priority_order_then_fifo(store: Store) -> None:
-    queue, app, _ = make_app(store)
+    queue, _, _ = make_app(store)
     order = []
     ids = {}
     for name, prio in [("low1", 10), ("high1", 200), ("mid", 128), ("high2", 200), ("low2", 10)]:

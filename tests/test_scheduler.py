@@ -26,12 +26,12 @@ def setup() -> tuple[Queue, FakeClock, MemoryStore]:
     return Queue(store), clock, store
 
 
-def fired_slots(store, name: str) -> list[str]:  # noqa: ANN001
+def fired_slots(store, name: str) -> list[str]:
     return sorted(o.key for o in store.list("tasks/"))
 
 
 def test_a_new_schedule_fires_at_its_next_slot_not_now() -> None:
-    queue, clock, store = setup()
+    queue, clock, _ = setup()
     scheduler.add(queue, "tick", "t", every="5m")
     firer = scheduler.Firer(queue)
     assert firer.fire_due().fired == []
@@ -56,7 +56,7 @@ def test_each_slot_fires_once_across_many_firers() -> None:
         barrier = threading.Barrier(len(firers))
         results: list = []
 
-        def go(f):  # noqa: ANN001, ANN202
+        def go(f, barrier=barrier, results=results):
             barrier.wait(timeout=10)
             results.extend(f.fire_due().fired)
 
@@ -79,7 +79,7 @@ def test_each_slot_fires_once_across_many_firers() -> None:
     ("all", [6, 7, 8, 9, 10]),
 ])
 def test_catch_up_after_an_outage(policy: str, expected: list[int]) -> None:
-    queue, clock, store = setup()
+    queue, clock, _ = setup()
     scheduler.add(queue, "hourly", "t", every="1h", catchup=policy, catchup_limit=5)
     clock.advance(10 * 3600 + 600)  # ten slots missed, the last one 10 minutes ago
     report = scheduler.Firer(queue).fire_due()
@@ -122,7 +122,7 @@ def test_a_firer_killed_between_deciding_and_submitting_is_repaired_once() -> No
 
 
 def test_pause_resume_trigger_replace_and_remove() -> None:
-    queue, clock, store = setup()
+    queue, clock, _ = setup()
     scheduler.add(queue, "s", "t", every="1m")
     scheduler.pause(queue, "s")
     clock.advance(600)
@@ -196,7 +196,7 @@ def test_four_schedulers_on_a_moto_server_fire_every_slot_once(s3_server) -> Non
             killer.inject("put", "before", key_prefix="ready/", times=4)
         errors: list = []
 
-        def go(f):  # noqa: ANN001, ANN202
+        def go(f, errors=errors):
             try:
                 f.fire_due()
             except StoreUnavailable as exc:

@@ -756,9 +756,9 @@ def test_configuration_errors_are_clear(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(ConfigError, match="invalid queue name"):
         Config.from_env({"QO_QUEUES": "a,b/c"})
     assert Config.from_env({"QO_QUEUES": " a, b ,"}).queues == ["a", "b"]
-    with pytest.raises(ConfigError, match="invalid QO_APP"):
+    with pytest.raises(ConfigError, match="QO_APP: invalid app"):
         serverless.load_app("not a spec")
-    with pytest.raises(ConfigError, match="cannot import QO_APP module"):
+    with pytest.raises(ConfigError, match="QO_APP: cannot import app module"):
         serverless.load_app("no_such_module_here:app")
     with pytest.raises(ConfigError, match="not a qo.app.App"):
         serverless.load_app("tests.apps.demo_app:not_an_app")

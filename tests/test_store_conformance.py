@@ -146,7 +146,7 @@ def test_16_racers_on_a_create_only_put_produce_one_winner(store: Store) -> None
         start = threading.Barrier(16)
         key = f"race/{round_}"
 
-        def racer(i: int) -> bool:
+        def racer(i: int, start: threading.Barrier = start, key: str = key) -> bool:
             start.wait(timeout=30)
             try:
                 store.put(key, str(i).encode(), if_none_match=True)

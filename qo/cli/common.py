@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -26,8 +25,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.text import Text
 
+from qo import app as app_module
+from qo import cron
 from qo.app import App
-from qo.errors import ConfigError, QoError
+from qo.errors import QoError
 from qo.queue import Queue
 
 T = TypeVar("T")
@@ -40,10 +41,6 @@ class CliError(QoError):
     """Bad input caught by the CLI itself (a flag combination, a file, a format)."""
 
     exit_code = 2
-
-
-class AppLoadError(ConfigError):
-    """``--app module:obj`` does not name an importable ``qo.app.App``."""
 
 
 # -- global state -------------------------------------------------------------------
@@ -176,20 +173,14 @@ def spinner(description: str) -> Iterator[None]:
 
 # -- parsers ------------------------------------------------------------------------
 
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d|w)\s*")
-_DURATION = re.compile(rf"(?:{_NUMBER}|(?:{_NUMBER}\s*(?:ms|s|m|h|d|w)\s*)+)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
 
 
 def parse_duration(text: str) -> float:
     """``90``, ``30s``, ``5m``, ``1h30m``, ``2d``, ``250ms`` -> seconds (bare numbers: seconds)."""
-    raw = text.strip().lower()
-    if not _DURATION.fullmatch(raw):
-        raise CliError(f"invalid duration {text!r}: use seconds or e.g. 30s, 5m, 1h30m, 2d")
-    if re.fullmatch(_NUMBER, raw):
-        return float(raw)
-    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(raw))
+    try:
+        return cron.parse_duration(text)
+    except cron.InvalidSchedule as exc:
+        raise CliError(str(exc)) from None
 
 
 def parse_datetime(text: str) -> datetime:
@@ -226,37 +217,10 @@ def load_app(spec: str) -> App:
     The current directory goes first on ``sys.path`` so that ``qo worker --app
     tasks:app`` finds ``./tasks.py`` when qo runs as an installed script.
     """
-    module_name, _, attr = spec.partition(":")
-    attr = attr or "app"
-    if not module_name or not re.fullmatch(r"[\w.]+", module_name) or not re.fullmatch(
-        r"[\w.]+", attr
-    ):
-        raise AppLoadError(
-            f"invalid app {spec!r}: expected module:object, e.g. myproject.tasks:app")
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise AppLoadError(
-                f"cannot import app module {module_name!r}: no module named {exc.name!r} "
-                f"(looked in {cwd} and sys.path)"
-            ) from None
-        raise AppLoadError(f"importing {module_name!r} failed: {one_line(exc)}") from exc
-    except Exception as exc:  # the user's module raised while importing
-        raise AppLoadError(
-            f"importing {module_name!r} failed: {type(exc).__name__}: {one_line(exc)}"
-        ) from exc
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise AppLoadError(f"module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not isinstance(obj, App):
-        raise AppLoadError(f"{spec!r} is a {type(obj).__name__}, not a qo.app.App")
-    return obj
+    return app_module.load_app(spec)
 
 
 def bind_app(ctx: typer.Context, local: str | None, app: App) -> App:

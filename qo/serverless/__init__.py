@@ -28,15 +28,14 @@ inject a queue and an app directly.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from qo.app import App
+from qo import app as app_module
+from qo.app import App, AppLoadError
 from qo.errors import ConfigError, InvalidName
 from qo.names import check_name
 from qo.queue import Queue
@@ -44,7 +43,6 @@ from qo.settings import MiB
 
 log = logging.getLogger("qo.serverless")
 
-_APP_SPEC = re.compile(r"[A-Za-z_][\w.]*(?::[A-Za-z_][\w.]*)?")
 
 
 @dataclass(frozen=True)
@@ -139,26 +137,11 @@ _runtime: Runtime | None = None
 
 
 def load_app(spec: str) -> App:
-    """Import ``module:object`` (``module`` alone means ``module:app``); it must be an App."""
-    if not _APP_SPEC.fullmatch(spec):
-        raise ConfigError(f"invalid QO_APP {spec!r}: expected module:object, e.g. tasks:app")
-    module_name, _, attr = spec.partition(":")
+    """The App ``QO_APP`` names (``module:object``); a one-line ConfigError otherwise."""
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise ConfigError(
-                f"cannot import QO_APP module {module_name!r}: is it in the deployment package?"
-            ) from None
-        raise ConfigError(f"importing {module_name!r} failed: {exc}") from exc
-    obj: Any = module
-    for part in (attr or "app").split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"module {module_name!r} has no attribute {attr or 'app'!r}")
-        obj = getattr(obj, part)
-    if not isinstance(obj, App):
-        raise ConfigError(f"QO_APP {spec!r} is a {type(obj).__name__}, not a qo.app.App")
-    return obj
+        return app_module.load_app(spec)
+    except AppLoadError as exc:
+        raise ConfigError(f"QO_APP: {exc}") from None
 
 
 def open_queue(config: Config) -> Queue:

@@ -12,7 +12,7 @@ from qo.errors import PreconditionFailed
 from qo.store.base import LIST_PAGE_SIZE, ObjectInfo, StoredObject, check_key, check_prefix
 from qo.store.metrics import RequestCounter
 
-_SHARED: dict[str, "MemoryStore"] = {}
+_SHARED: dict[str, MemoryStore] = {}
 _SHARED_LOCK = threading.Lock()
 
 
@@ -41,7 +41,7 @@ class MemoryStore:
         self._keys: list[str] = []  # code point order == UTF-8 byte order == S3's
 
     @classmethod
-    def named(cls, name: str) -> "MemoryStore":
+    def named(cls, name: str) -> MemoryStore:
         """One shared instance per name, so ``memory://x`` URLs meet in-process."""
         with _SHARED_LOCK:
             if name not in _SHARED:
