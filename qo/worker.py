@@ -37,6 +37,10 @@ class TaskTimeout(Exception):
     """The attempt ran past the task's timeout."""
 
 
+class WorkerDeadline(TaskTimeout):
+    """The attempt ran into the worker's own deadline (``WorkerOptions.deadline``)."""
+
+
 @dataclass
 class WorkerOptions:
     queues: list[str] | None = None  # default: the queues of the app's tasks
@@ -48,6 +52,10 @@ class WorkerOptions:
     sweep_interval: float = 60.0  # promote and reap at most this often when idle
     heartbeat_interval: float = 300.0  # worker record refresh (for inspection only)
     worker_id: str | None = None
+    #: A ``time.monotonic()`` instant no handler may run past (e.g. a Lambda
+    #: invocation's end); a task stopped by it fails with ``deadline_error``.
+    deadline: float | None = None
+    deadline_error: type[TaskTimeout] = WorkerDeadline
 
 
 @dataclass
@@ -66,6 +74,7 @@ class _Running:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+    capped: bool = False  # its deadline is the worker's, not the task's timeout
 
 
 class Worker:
@@ -203,9 +212,13 @@ class Worker:
             self._count("failed")
             return
         deadline = None if record.timeout is None else time.monotonic() + record.timeout
+        capped = self.options.deadline is not None and (
+            deadline is None or deadline > self.options.deadline)
+        if capped:
+            deadline = self.options.deadline
         ctx = Context(task_id=record.id, task_type=record.type, queue=record.queue,
                       attempt=claim.attempt, max_attempts=record.max_attempts, deadline=deadline)
-        running = _Running(claim, ctx)
+        running = _Running(claim, ctx, capped=capped)
         ctx._heartbeat = lambda: self._heartbeat(running)
         with self._lock:
             self._running[record.id] = running
@@ -275,7 +288,11 @@ class Worker:
                 self._count("released")
                 log.info("task %s released", claim.task_id, extra={"event": "task_released", **extra})
                 return
-            if ctx.cancel_reason == "timeout":
+            if ctx.cancel_reason == "timeout" and running.capped:
+                running.error = self.options.deadline_error(
+                    "the handler ran into the worker's deadline; give the task a timeout "
+                    "that fits, or give the worker more time")
+            elif ctx.cancel_reason == "timeout":
                 running.error = TaskTimeout(f"timed out after {claim.record.timeout} s")
             elif ctx.cancel_reason == "lease lost":
                 self._count("fenced")

@@ -36,10 +36,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qo import keys, outcome
-from qo.app import App
 from qo.claim import Claim
 from qo.errors import QoError
-from qo.queue import Queue
 from qo.serverless import Config, runtime
 from qo.serverless.events import WorkerEvent, parse_worker_event
 from qo.worker import TaskTimeout, Worker, WorkerOptions
@@ -57,33 +55,6 @@ class TaskTooLong(QoError):
 
 class InvocationFailed(QoError):
     """The store failed during the invocation; raised so that Lambda retries the event."""
-
-
-class LambdaWorker(Worker):
-    """A ``Worker`` whose handlers never run past the invocation's deadline.
-
-    ``deadline`` is a ``time.monotonic()`` value. A task with a timeout that
-    ends sooner keeps it; any other task gets the invocation's deadline (and
-    ``ctx.time_left()`` tells the handler).
-    """
-
-    def __init__(self, app: App, queue: Queue, options: WorkerOptions, deadline: float) -> None:
-        super().__init__(app, queue, options)
-        self.deadline = deadline
-
-    def _supervise(self, running: Any, definition: Any) -> None:
-        ctx = running.ctx
-        bound_here = ctx.deadline is None or ctx.deadline > self.deadline
-        if bound_here:
-            ctx.deadline = self.deadline
-        super()._supervise(running, definition)
-        if bound_here and not running.done.is_set() and ctx.cancel_reason == "timeout":
-            # Name the real cause (the Worker would report the task's own timeout).
-            # The handler thread may still end later; this outcome is the one recorded.
-            running.error = InvocationDeadline(
-                "the handler ran into the Lambda invocation's deadline; give the task a "
-                "timeout, or raise the worker function's timeout")
-            running.done.set()
 
 
 @dataclass
@@ -131,9 +102,9 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         _log(report, started)
         return asdict(report)
     request_id = getattr(context, "aws_request_id", None) or "local"
-    options = WorkerOptions(concurrency=1, queues=queues,
-                            worker_id=f"lambda-{str(request_id)[:36]}")
-    worker = LambdaWorker(app, rt.queue, options, deadline)
+    options = WorkerOptions(concurrency=1, queues=queues, worker_id=f"lambda-{str(request_id)[:36]}",
+                            deadline=deadline, deadline_error=InvocationDeadline)
+    worker = Worker(app, rt.queue, options)
     _work(worker, parsed, rt.config, report)
     summary = worker.summary
     report.succeeded, report.failed = summary.succeeded, summary.failed
@@ -160,11 +131,11 @@ def _drop_foreign(parsed: WorkerEvent, queues: list[str], types: set[str],
     report.markers = len(parsed.best_first())
 
 
-def _work(worker: LambdaWorker, parsed: WorkerEvent, config: Config,
+def _work(worker: Worker, parsed: WorkerEvent, config: Config,
           report: InvocationReport) -> None:
     paused: dict[str, bool] = {}
     for item in parsed.best_first():
-        if worker.deadline - time.monotonic() <= 0:
+        if worker.options.deadline - time.monotonic() <= 0:
             report.stopped = "no time left"
             return
         queue = item.marker.queue
@@ -185,7 +156,7 @@ def _work(worker: LambdaWorker, parsed: WorkerEvent, config: Config,
         if not _run(worker, claim, config, report):
             return
     while True:
-        if worker.deadline - time.monotonic() <= 0:
+        if worker.options.deadline - time.monotonic() <= 0:
             report.stopped = "no time left"
             return
         try:
@@ -202,7 +173,7 @@ def _work(worker: LambdaWorker, parsed: WorkerEvent, config: Config,
             return
 
 
-def _run(worker: LambdaWorker, claim: Claim, config: Config, report: InvocationReport) -> bool:
+def _run(worker: Worker, claim: Claim, config: Config, report: InvocationReport) -> bool:
     """Run a claimed task if it fits; False when this invocation should stop claiming."""
     report.claimed += 1
     record = claim.record
@@ -220,7 +191,7 @@ def _run(worker: LambdaWorker, claim: Claim, config: Config, report: InvocationR
             log.warning("task %s rejected: %s", record.id, exc,
                         extra={"event": "task_rejected", **extra})
             return True
-        left = worker.deadline - time.monotonic()
+        left = worker.options.deadline - time.monotonic()
         if budget > left:
             outcome.release(worker.store, claim)
             report.released += 1
@@ -247,4 +218,4 @@ def _log(report: InvocationReport, started: float) -> None:
     )
 
 
-__all__ = ["InvocationDeadline", "InvocationReport", "LambdaWorker", "TaskTooLong", "handler"]
+__all__ = ["InvocationDeadline", "InvocationReport", "TaskTooLong", "handler"]
