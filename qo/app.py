@@ -119,7 +119,7 @@ class TaskDef:
     @functools.cache  # noqa: B019 - one wrapper per TaskDef, kept for its lifetime
     def _validated(self) -> Callable[..., Any]:
         # arbitrary types: a ``ctx: Context`` annotation is checked with isinstance
-        return validate_call(self.fn, config=ConfigDict(arbitrary_types_allowed=True))
+        return validate_call(config=ConfigDict(arbitrary_types_allowed=True))(self.fn)
 
     def input_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Map a Python call to the JSON input a worker will pass back."""

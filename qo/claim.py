@@ -157,7 +157,7 @@ class Claimer:
         with self._lock:
             listing = self._listings.get(queue)
             fresh = listing and time.monotonic() - listing.fetched < self.listing_ttl
-        if not fresh:
+        if not fresh or listing is None:
             listing = self._list(queue)
         with self._lock:
             now = time.monotonic()

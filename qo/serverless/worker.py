@@ -131,11 +131,16 @@ def _drop_foreign(parsed: WorkerEvent, queues: list[str], types: set[str],
     report.markers = len(parsed.best_first())
 
 
+def _time_left(worker: Worker) -> float:
+    assert worker.options.deadline is not None  # the handler always sets one
+    return worker.options.deadline - time.monotonic()
+
+
 def _work(worker: Worker, parsed: WorkerEvent, config: Config,
           report: InvocationReport) -> None:
     paused: dict[str, bool] = {}
     for item in parsed.best_first():
-        if worker.options.deadline - time.monotonic() <= 0:
+        if _time_left(worker) <= 0:
             report.stopped = "no time left"
             return
         queue = item.marker.queue
@@ -156,7 +161,7 @@ def _work(worker: Worker, parsed: WorkerEvent, config: Config,
         if not _run(worker, claim, config, report):
             return
     while True:
-        if worker.options.deadline - time.monotonic() <= 0:
+        if _time_left(worker) <= 0:
             report.stopped = "no time left"
             return
         try:
@@ -191,7 +196,7 @@ def _run(worker: Worker, claim: Claim, config: Config, report: InvocationReport)
             log.warning("task %s rejected: %s", record.id, exc,
                         extra={"event": "task_rejected", **extra})
             return True
-        left = worker.options.deadline - time.monotonic()
+        left = _time_left(worker)
         if budget > left:
             outcome.release(worker.store, claim)
             report.released += 1

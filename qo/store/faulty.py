@@ -18,11 +18,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from qo.errors import StoreUnavailable
 from qo.store.base import LIST_PAGE_SIZE, ObjectInfo, Store, StoredObject
 
+T = TypeVar("T")
 Op = Literal["get", "head", "put", "delete", "list"]
 Mode = Literal["before", "after", "slow"]
 OPS: tuple[Op, ...] = ("get", "head", "put", "delete", "list")
@@ -98,7 +99,7 @@ class FaultyStore:
                         return mode, self.slow_delay
         return None, 0.0
 
-    def _call(self, op: str, key: str, fn: Callable[[], object]) -> object:
+    def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         mode, delay = self._choose(op, key)
         if mode == "before":
             raise InjectedFault(f"injected fault before {op} {key}")
@@ -110,14 +111,14 @@ class FaultyStore:
         return result
 
     def get(self, key: str) -> StoredObject | None:
-        return self._call("get", key, lambda: self.inner.get(key))  # type: ignore[return-value]
+        return self._call("get", key, lambda: self.inner.get(key))
 
     def head(self, key: str) -> ObjectInfo | None:
-        return self._call("head", key, lambda: self.inner.head(key))  # type: ignore[return-value]
+        return self._call("head", key, lambda: self.inner.head(key))
 
     def put(self, key: str, body: bytes, *, if_match: str | None = None,
             if_none_match: bool = False) -> str:
-        return self._call(  # type: ignore[return-value]
+        return self._call(
             "put", key,
             lambda: self.inner.put(key, body, if_match=if_match, if_none_match=if_none_match),
         )
@@ -129,7 +130,7 @@ class FaultyStore:
              page_size: int = LIST_PAGE_SIZE) -> Iterator[ObjectInfo]:
         items = self._call("list", prefix, lambda: list(self.inner.list(
             prefix, start_after=start_after, limit=limit, page_size=page_size)))
-        return iter(items)  # type: ignore[arg-type]
+        return iter(items)
 
     def now(self) -> float:
         return self.inner.now()

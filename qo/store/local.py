@@ -20,6 +20,7 @@ nested ``<chunk>+`` directories; decoding concatenates them.
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import os
 import re
@@ -284,7 +285,7 @@ class LocalStore:
             if remaining is not None:
                 remaining -= 1
 
-    def _scan(self, dirpath: str, key: bytes, prefix: bytes, out: list[tuple[bytes, str]]) -> None:
+    def _scan(self, dirpath: str, key: bytes, prefix: bytes, out: builtins.list[tuple[bytes, str]]) -> None:
         """Collect (key bytes, path) of the files below ``dirpath`` whose key has ``prefix``."""
         try:
             entries = list(os.scandir(dirpath))
