@@ -10,7 +10,16 @@ moto's WSGI app served by werkzeug on 127.0.0.1, behind a small middleware:
 - every S3 request is counted in ``counts`` (see ``request_kind``), and every
   non-2xx answer once more as ``f"{kind}_{status}"`` (e.g. ``PUT_412``);
 - ``clock_skew`` seconds are added to the ``Date`` header (not to moto's
-  LastModified), to prove that clients follow the store's clock.
+  LastModified), to prove that clients follow the store's clock;
+- ``counts_by_family`` counts the same requests once more by the first
+  segment of the key (or LIST prefix), e.g. ``"PUT leases"``, so that a
+  benchmark can tell task requests from worker heartbeats.
+
+A benchmark in another process reads and resets the counts over HTTP (these
+paths are answered by the middleware and never counted): ``GET /_qo/counts``
+returns ``{"counts": {...}, "by_family": {...}, "latency": s}`` as JSON,
+``POST /_qo/reset-counts`` zeroes both counters and
+``POST /_qo/latency?seconds=0.02`` changes the added latency.
 
 moto keeps its state in process-global backends: every server in a process
 (and ``moto.mock_aws``) sees the same buckets, and ``reset`` wipes them all.
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import ipaddress
+import json
 import signal
 import sys
 import threading
@@ -31,6 +41,7 @@ from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import parse_qs, unquote
 
 from qo.store.metrics import RequestCounter
 
@@ -39,6 +50,10 @@ if TYPE_CHECKING:
 
 #: Answered by the middleware itself: start() polls it to know we serve.
 PING_PATH = "/_qo/ping"
+#: Admin paths for benchmarks in another process (answered here, never counted).
+COUNTS_PATH = "/_qo/counts"
+RESET_COUNTS_PATH = "/_qo/reset-counts"
+LATENCY_PATH = "/_qo/latency"
 
 #: Credentials moto accepts; it checks no signature by default.
 DUMMY_CREDENTIALS = {
@@ -91,6 +106,19 @@ def _virtual_host(host: str) -> bool:
         return not name.startswith(("s3.", "s3-"))
 
 
+def key_family(environ: dict[str, Any]) -> str:
+    """The first segment of the object key (or of a LIST's prefix), ``""`` if none."""
+    path = environ.get("PATH_INFO", "") or "/"
+    if _virtual_host(environ.get("HTTP_HOST", "")):
+        key = path.lstrip("/")
+    else:
+        _, _, key = path.lstrip("/").partition("/")
+    if not key:
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        key = (query.get("prefix") or [""])[0]
+    return unquote(key).split("/", 1)[0]
+
+
 class S3TestServer:
     """moto S3 on a background thread; see the module docstring."""
 
@@ -108,6 +136,7 @@ class S3TestServer:
         self.serialize = serialize
         self.clock_skew = 0.0
         self.counts = RequestCounter()
+        self.counts_by_family = RequestCounter()
         self.endpoint_url = ""
         self._lock = threading.Lock()
         self._server: Any = None
@@ -186,6 +215,7 @@ class S3TestServer:
         with self._lock:
             moto_api_backend.reset()
             self.counts.reset()
+            self.counts_by_family.reset()
 
     def create_bucket(self, name: str) -> None:
         """Create a bucket over HTTP (counted as ``BUCKET_PUT``); idempotent."""
@@ -223,9 +253,12 @@ class S3TestServer:
     # -- the WSGI middleware ------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == PING_PATH:
+        path = environ.get("PATH_INFO")
+        if path == PING_PATH:
             start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
             return [b"ok"]
+        if path in (COUNTS_PATH, RESET_COUNTS_PATH, LATENCY_PATH):
+            return self._admin(path, environ, start_response)
         kind = request_kind(environ)
         if self.latency > 0:
             time.sleep(self.latency)
@@ -243,9 +276,39 @@ class S3TestServer:
             return self._call_moto(environ, capture)
         finally:
             if kind is not None:
+                family = key_family(environ)
                 self.counts.add(kind)
+                self.counts_by_family.add(f"{kind} {family}")
                 if not 200 <= status[0] < 300:
                     self.counts.add(f"{kind}_{status[0]}")
+                    self.counts_by_family.add(f"{kind}_{status[0]} {family}")
+
+    def _admin(
+        self, path: str, environ: dict[str, Any], start_response: StartResponse
+    ) -> list[bytes]:
+        """The benchmark endpoints: read or zero the counts, change the latency."""
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        code, body = "200 OK", b""
+        if path == COUNTS_PATH and method == "GET":
+            body = json.dumps({
+                "counts": self.counts.snapshot(),
+                "by_family": self.counts_by_family.snapshot(),
+                "latency": self.latency,
+            }).encode()
+        elif path == RESET_COUNTS_PATH and method == "POST":
+            self.counts.reset()
+            self.counts_by_family.reset()
+        elif path == LATENCY_PATH and method == "POST":
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            try:
+                self.latency = max(0.0, float(query["seconds"][0]))
+            except (KeyError, ValueError):
+                code, body = "400 Bad Request", b"want ?seconds=<float>"
+        else:
+            code, body = "405 Method Not Allowed", b""
+        start_response(code, [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+        return [body]
 
     def _call_moto(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         """Run moto to completion, body included, so the lock covers all of it."""

@@ -1,0 +1,137 @@
+"""``python -m bench``: run the scenarios, print tables, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import report, scenarios
+from bench.backends import Backend
+
+#: Scenario sizes per profile. ``tiny`` is for the smoke test (seconds, memory store).
+PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "tasks": 20, "workers": [1, 4], "layouts": ["independent"], "shared_workers": None,
+        "claim_memory": [(100, 50), (1000, 50), (100, 200)], "claim_remote": [(100, 50)],
+        "claims": 50, "idle": [(1, 1000.0, 1.2)], "submit": (10, 40),
+        "latency": (2, 50.0, 0.6), "timeout": 60.0,
+    },
+    "quick": {
+        "tasks": 100, "workers": [1, 2, 4, 8, 16, 32], "layouts": ["independent", "shared"],
+        "shared_workers": [8, 32],
+        "claim_memory": [(100, 100), (10_000, 100), (100_000, 100), (100, 10_000)],
+        "claim_remote": [(100, 50), (1000, 50), (100, 1000)],
+        "claims": 50, "idle": [(1, 200.0, 10.0), (4, 200.0, 10.0)], "submit": (50, 300),
+        "latency": (8, 10.0, 10.0), "timeout": 120.0,
+    },
+    "full": {
+        "tasks": 500, "workers": [1, 2, 4, 8, 16, 32], "layouts": ["independent", "shared"],
+        "shared_workers": None,
+        "claim_memory": [(100, 100), (10_000, 100), (100_000, 100), (100, 10_000)],
+        "claim_remote": [(100, 100), (10_000, 100), (100, 10_000)],
+        "claims": 100, "idle": [(1, 100.0, 36.0), (4, 100.0, 36.0)], "submit": (200, 2000),
+        "latency": (8, 10.0, 30.0), "timeout": 300.0,
+    },
+}
+SCENARIOS = ("throughput", "claim", "idle", "submit", "latency")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--tiny", dest="profile", action="store_const", const="tiny",
+                   help="seconds; for the smoke test")
+    g.add_argument("--quick", dest="profile", action="store_const", const="quick",
+                   help="the default; about 3 minutes on moto")
+    g.add_argument("--full", dest="profile", action="store_const", const="full",
+                   help="about 15 minutes on moto")
+    p.add_argument("--backend", choices=["moto", "local", "memory", "s3"], default="moto",
+                   help="s3 needs QO_BENCH_S3=s3://bucket/prefix")
+    p.add_argument("--tasks", type=int, help="tasks per throughput run")
+    p.add_argument("--workers", help="comma-separated worker counts, e.g. 1,2,4,8,16,32")
+    p.add_argument("--layout", choices=["independent", "shared", "both"],
+                   help="independent: k Workers of concurrency 1; shared: one Worker per "
+                        "process with k/processes slots")
+    p.add_argument("--procs", type=int, default=2,
+                   help="worker processes (the GIL limits one process); default 2")
+    p.add_argument("--latency", type=float, default=0.02,
+                   help="seconds added per request (moto server, memory store)")
+    p.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    p.add_argument("--json-out", default="bench/results/latest.json")
+    p.set_defaults(profile="quick")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    prof = dict(PROFILES[args.profile])
+    if args.tasks:
+        prof["tasks"] = args.tasks
+    elif args.backend == "local":  # no added latency: more tasks to measure anything
+        prof["tasks"] *= 10
+    if args.workers:
+        prof["workers"] = [int(x) for x in args.workers.split(",") if x.strip()]
+        prof["shared_workers"] = None
+    if args.layout:
+        prof["layouts"] = ["independent", "shared"] if args.layout == "both" else [args.layout]
+    only = set(args.only.split(",")) if args.only else set(SCENARIOS)
+    unknown = only - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    latency = args.latency if args.backend in ("moto", "memory") else 0.0
+
+    started = time.time()
+    load_before = report.loadavg()
+    cpu_before = report.cpu_times()
+    result: dict[str, Any] = {"meta": {
+        "profile": args.profile, "backend": args.backend, "latency_s": latency,
+        "procs": args.procs, "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": report.machine(), "load_before": load_before,
+    }}
+    backend = Backend(args.backend, latency=latency, s3_url=os.environ.get("QO_BENCH_S3"))
+    scenarios.log(f"starting backend {args.backend} (profile {args.profile})")
+    backend.start()
+    result["meta"]["counting"] = backend.counting
+    try:
+        if "throughput" in only:
+            result["throughput"] = scenarios.throughput(
+                backend, prof["tasks"], prof["workers"], prof["layouts"], args.procs,
+                prof["timeout"], prof.get("shared_workers"))
+        if "claim" in only:
+            rows = []
+            mem = Backend("memory", latency=0.0)
+            mem.start()
+            for finished, pending in prof["claim_memory"]:
+                rows.append(scenarios.claim_cost(mem, finished, pending, prof["claims"], 0.0))
+            mem.close()
+            if args.backend != "memory":
+                for finished, pending in prof["claim_remote"]:
+                    rows.append(scenarios.claim_cost(backend, finished, pending,
+                                                     prof["claims"], latency))
+            result["claim_cost"] = rows
+        if "idle" in only:
+            result["idle"] = [scenarios.idle(c, scale, secs) for c, scale, secs in prof["idle"]]
+        if "submit" in only:
+            single, batch = prof["submit"]
+            result["submit"] = scenarios.submit(backend, single, batch)
+        if "latency" in only:
+            k, rate, secs = prof["latency"]
+            result["latency"] = scenarios.submit_to_start(backend, k, args.procs, rate, secs)
+    finally:
+        backend.close()
+    result["meta"]["load_after"] = report.loadavg()
+    result["meta"]["machine_cpu"] = report.cpu_usage(cpu_before, report.cpu_times())
+    result["meta"]["duration_s"] = round(time.time() - started, 1)
+    result["targets"] = report.targets(result)
+    out = Path(args.json_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    report.print_report(result)
+    print(f"\nJSON written to {out}")
+    return 0
