@@ -96,7 +96,9 @@ class Worker:
         self._abort = threading.Event()  # grace is over: give back what runs
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
-        self._idle_slots = 0
+        self._idle = self.options.poll_min  # the worker's idle backoff, shared by slots
+        self._next_poll = 0.0  # monotonic time before which idle slots do not poll
+        self._idle_cond = threading.Condition()
         self._rng = random.Random()
 
     # -- lifecycle ------------------------------------------------------------
@@ -133,6 +135,8 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._idle_cond:
+            self._idle_cond.notify_all()
 
     def execute(self, claim: Claim) -> None:
         """Run a claimed task to its outcome in the calling thread (Lambda, tests)."""
@@ -162,8 +166,12 @@ class Worker:
     # -- slots ----------------------------------------------------------------
 
     def _slot(self) -> None:
-        idle = self.options.poll_min
         while not self._stop.is_set():
+            wait = self._next_poll - time.monotonic()
+            if wait > 0:  # another slot polled and found nothing: one poll serves all
+                with self._idle_cond:
+                    self._idle_cond.wait(min(wait, 1.0))
+                continue
             try:
                 claim = self.claimer.claim()
             except QoError as exc:
@@ -172,11 +180,15 @@ class Worker:
             if claim is None:
                 if self.options.burst and self._burst_done():
                     return
-                self._stop.wait(self._rng.uniform(idle / 2, idle))
-                idle = min(self.options.poll_max, idle * 2)
+                with self._idle_cond:  # back off, with jitter, for the whole worker
+                    self._next_poll = time.monotonic() + self._rng.uniform(
+                        self._idle / 2, self._idle)
+                    self._idle = min(self.options.poll_max, self._idle * 2)
                 self.claimer.forget()
                 continue
-            idle = self.options.poll_min
+            with self._idle_cond:  # work is there: every idle slot may look again
+                self._idle, self._next_poll = self.options.poll_min, 0.0
+                self._idle_cond.notify_all()
             try:
                 self._execute(claim)
             except QoError as exc:  # the store failed us; the lease will be reaped
