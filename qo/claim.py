@@ -79,8 +79,9 @@ class Claimer:
     pick lists again. To keep workers of other processes from fighting over
     the head of the queue, a claim picks at random among the first ``spread``
     keys of the best priority. The spread adapts: it doubles on every lease
-    conflict and shrinks back slowly on clean claims, so a lone worker claims
-    in near-FIFO order and a crowd spreads over the listing.
+    conflict and shrinks back slowly on clean claims, so an uncontended worker
+    claims in exact FIFO order (its threads take distinct keys from their
+    shared listing) and a crowd spreads over the listing.
     """
 
     def __init__(
@@ -91,7 +92,7 @@ class Claimer:
         queues: list[str],
         task_types: set[str] | None,
         owner: str,
-        spread: int = 4,
+        spread: int = 1,
         listing_size: int = 200,
         listing_ttl: float = 2.0,
         rng: random.Random | None = None,
@@ -102,6 +103,7 @@ class Claimer:
         self.task_types = task_types
         self.owner = owner
         self.min_spread = max(1, spread)
+        self.shrink = 0.99  # per clean claim; a conflict doubles the spread
         self.spread = float(self.min_spread)
         self.listing_size = listing_size
         self.listing_ttl = listing_ttl
@@ -121,7 +123,7 @@ class Claimer:
                 claim = self._try(*picked)
                 if claim is not None:
                     with self._lock:
-                        self.spread = max(self.min_spread, self.spread * 0.97)
+                        self.spread = max(self.min_spread, self.spread * self.shrink)
                         self.stats.claims += 1
                         self.stats.by_queue[queue] = self.stats.by_queue.get(queue, 0) + 1
                     return claim

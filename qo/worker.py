@@ -88,7 +88,7 @@ class Worker:
         self.queues = self.options.queues or app.queues()
         self.claimer = Claimer(
             self.store, self.settings, queues=self.queues, task_types=set(app.tasks),
-            owner=self.id, spread=max(2, self.options.concurrency),
+            owner=self.id, spread=1,
         )
         self.summary = WorkerSummary()
         self.started_at = time.time()
