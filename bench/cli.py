@@ -63,12 +63,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds added per request (moto server, memory store)")
     p.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--json-out", default="bench/results/latest.json")
+    p.add_argument("--markdown", metavar="JSON",
+                   help="print the markdown tables of an earlier run's JSON, run nothing")
     p.set_defaults(profile="quick")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.markdown:
+        print(report.markdown(json.loads(Path(args.markdown).read_text())), end="")
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     prof = dict(PROFILES[args.profile])
     if args.tasks:

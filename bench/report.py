@@ -166,7 +166,7 @@ def _table(title: str, header: list[str], rows: list[list[Any]]) -> None:
 
 
 def _share(v: Any) -> str:
-    return f"{v:.1%}" if isinstance(v, float) else str(v)
+    return f"{v:.1%}" if isinstance(v, float) else ("-" if v is None else str(v))
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -259,3 +259,64 @@ def print_report(result: dict[str, Any]) -> None:
               f"${happy['cost_per_million_usd']:.2f} gross, "
               f"${happy['cost_per_million_task_path_usd']:.2f} task path "
               f"(PUT/POST/LIST $0.005 per 1,000, GET/HEAD $0.0004 per 1,000, DELETE free)")
+
+
+# -- markdown (for docs/benchmarks.md) ------------------------------------------------------
+
+
+def _md(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The result as the markdown tables that docs/benchmarks.md shows."""
+    out: list[str] = []
+    rows = result.get("throughput", [])
+    if rows:
+        out.append(_md(
+            ["layout", "workers", "s", "tasks/s", "steady tasks/s", "req/s", "server CPU s",
+             "machine busy", "PUT/task", "GET/task", "LIST/task", "billable/task",
+             "$/M tasks", "failed writes", "steady failed", "lease conflicts", "stale claims"],
+            [[r["layout"], r["workers"], r["seconds"], r["tasks_per_s"],
+              (r.get("steady") or {}).get("tasks_per_s", "-"), r["requests_per_s"],
+              r["cpu_seconds"]["server"] if r["cpu_seconds"]["server"] is not None else "-",
+              _share((r["cpu_seconds"].get("machine") or {}).get("busy")),
+              r["per_task"]["PUT"], r["per_task"]["GET"], r["per_task"]["LIST"],
+              r["per_task"]["billable"], r["cost_per_million_usd"],
+              f"{r['failed_writes']['share']:.1%}",
+              _share(((r.get("steady") or {}).get("failed_writes") or {}).get("share")),
+              f"{r['lease_conflict_share']:.1%}", r["claim_stats"].get("stale", 0)]
+             for r in rows]))
+    claim = result.get("claim_cost", [])
+    if claim:
+        out.append(_md(
+            ["backend", "finished", "pending", "claims", "PUT", "GET", "LIST", "DELETE",
+             "billable", "ms/claim", "LIST ms"],
+            [[r["backend"], r["finished"], r["pending"], r["claims"], r["per_claim"]["PUT"],
+              r["per_claim"]["GET"], r["per_claim"]["LIST"], r["per_claim"]["DELETE"],
+              r["per_claim"]["billable"], r["ms_per_claim"], r["list_ms"]] for r in claim]))
+    idle_rows = result.get("idle", [])
+    if idle_rows:
+        fams = sorted({k for r in idle_rows for k in r["measured_by_family_per_hour"]})
+        out.append(_md(
+            ["concurrency", *fams, "billable", "$/worker-month"],
+            [[r["concurrency"], *(r["measured_by_family_per_hour"].get(f, 0) for f in fams),
+              r["measured_per_hour"]["billable"], r["cost_per_worker_month_usd"]]
+             for r in idle_rows]))
+    sub = result.get("submit")
+    if sub:
+        out.append(_md(["mode", "tasks", "s", "tasks/s", "PUT/task", "billable/task"],
+                       [[m if m == "single" else f"batch of {sub[m]['batch_size']}",
+                         sub[m]["tasks"], sub[m]["seconds"], sub[m]["tasks_per_s"],
+                         sub[m]["per_task"]["PUT"], sub[m]["per_task"]["billable"]]
+                        for m in ("single", "batch")]))
+    lat = result.get("latency")
+    if lat:
+        out.append(_md(["workers", "rate/s", "tasks", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                        "submit call p50 ms"],
+                       [[lat["workers"], lat["rate_per_s"], lat["tasks"], lat["p50_ms"],
+                         lat["p90_ms"], lat["p99_ms"], lat["max_ms"],
+                         lat["submit_call_p50_ms"]]]))
+    return "\n\n".join(out) + "\n"

@@ -308,8 +308,10 @@ def idle(concurrency: int, scale: float, seconds: float) -> dict[str, Any]:
 
     One scaled hour lasts 3600/scale seconds; the run lasts ``seconds`` and is
     extrapolated to a full (scaled) hour. The formula uses the current
-    ``WorkerOptions`` defaults: each slot polls after U(poll_max/2, poll_max)
-    (mean 0.75 poll_max), one LIST per queue per poll; the heartbeat record is
+    ``WorkerOptions`` defaults: the worker's idle slots share one poll, made
+    after U(poll_max/2, poll_max) (mean 0.75 poll_max), one LIST per queue per
+    poll, whatever the concurrency (before qo 937ea4c every slot polled on
+    its own: multiply by the concurrency); the heartbeat record is
     one PUT per ``heartbeat_interval``; the housekeeper wakes every
     U(0.8, 1.2) x ``sweep_interval`` (what a wake-up costs depends on the
     sweep code, so it is reported by key family, not predicted).
@@ -334,7 +336,7 @@ def idle(concurrency: int, scale: float, seconds: float) -> dict[str, Any]:
     by_family = {k: round(v * factor, 1) for k, v in sorted(fsnap.items())}
     lps = lists_per_sweep()
     formula = {
-        "LIST ready (polls)": round(concurrency * 3600 / (0.75 * d.poll_max), 1),
+        "LIST ready (polls)": round(3600 / (0.75 * d.poll_max), 1),
         "PUT workers (heartbeat)": round(3600 / d.heartbeat_interval, 1),
         "housekeeper wake-ups": round(3600 / d.sweep_interval, 1),
         "LIST per full sweep": lps,
