@@ -281,6 +281,8 @@ class Claimer:
             delete_quietly(self.store, info.key, if_match=info.etag or None)
 
     def _count_stale(self, queue: str) -> None:
+        """A marker someone else already consumed: others work this head too."""
         self._listing_is_stale(queue)
         with self._lock:
             self.stats.stale += 1
+            self.spread = min(self.listing_size, self.spread * 2)
