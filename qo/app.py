@@ -213,20 +213,26 @@ class App:
 
     def submit(self, task_type: str, input: Any = None, **options: Any) -> TaskHandle:
         """Submit with the task's registered defaults; unknown types are refused."""
+        defaults = self.submit_defaults(self.definition(task_type))
+        return self.queue.submit(task_type, input, **(defaults | options))
+
+    def definition(self, task_type: str) -> TaskDef:
+        """The registered task type, or a one-line UnknownTaskType."""
         definition = self.tasks.get(task_type)
         if definition is None:
-            raise UnknownTaskType(
-                f"unknown task type {task_type!r}; registered: {', '.join(sorted(self.tasks)) or 'none'}"
-            )
-        defaults: dict[str, Any] = {
+            registered = ", ".join(sorted(self.tasks)) or "none"
+            raise UnknownTaskType(f"unknown task type {task_type!r}; registered: {registered}")
+        return definition
+
+    def submit_defaults(self, definition: TaskDef) -> dict[str, Any]:
+        """The SubmitRequest fields a registered task type fills in by default."""
+        return {
             "queue": definition.queue or self.default_queue,
             "priority": definition.priority,
             "max_attempts": definition.max_attempts,
             "retry": definition.retry,
             "timeout": definition.timeout,
         }
-        defaults.update(options)
-        return self.queue.submit(task_type, input, **defaults)
 
     def queues(self) -> list[str]:
         names = {d.queue or self.default_queue for d in self.tasks.values()}

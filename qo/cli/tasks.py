@@ -18,7 +18,7 @@ from rich.table import Table
 
 from qo import admin, records
 from qo.admin import TaskView
-from qo.app import App, UnknownTaskType
+from qo.app import App
 from qo.cli import common
 from qo.cli.common import (
     CliError,
@@ -132,18 +132,7 @@ def read_batch(source: str) -> list[dict[str, Any]]:
 
 def app_defaults(app: App, task_type: str) -> dict[str, Any]:
     """What ``App.submit`` would fill in for this type (for batches with ``--app``)."""
-    definition = app.tasks.get(task_type)
-    if definition is None:
-        raise UnknownTaskType(
-            f"unknown task type {task_type!r}; registered: {', '.join(sorted(app.tasks)) or 'none'}"
-        )
-    return {
-        "queue": definition.queue or app.default_queue,
-        "priority": definition.priority,
-        "max_attempts": definition.max_attempts,
-        "retry": definition.retry,
-        "timeout": definition.timeout,
-    }
+    return app.submit_defaults(app.definition(task_type))
 
 
 def submit(

@@ -192,14 +192,7 @@ def _submit_request(app: App | None, fields: Any, where: str = "") -> SubmitRequ
             registered = ", ".join(sorted(app.tasks)) or "none"
             raise bad_request(_at(
                 where, f"unknown task type {fields['type']!r}; registered: {registered}"))
-        defaults: dict[str, Any] = {
-            "queue": definition.queue or app.default_queue,
-            "priority": definition.priority,
-            "max_attempts": definition.max_attempts,
-            "retry": definition.retry,
-            "timeout": definition.timeout,
-        }
-        fields = defaults | fields
+        fields = app.submit_defaults(definition) | fields
     try:
         return SubmitRequest(**fields)
     except ValidationError as exc:
