@@ -35,7 +35,7 @@ from qo.cli.common import (
 from qo.errors import QoError
 from qo.models import ErrorInfo, Status, TaskRecord
 from qo.queue import Queue, TaskHandle
-from qo.submit import SubmitRequest, build_record
+from qo.submit import InvalidBatchItem, SubmitRequest, prepare_batch, submit_all
 
 #: Batches are written in chunks of this many tasks, for progress and memory.
 BATCH_CHUNK = 256
@@ -210,16 +210,16 @@ def _submit_batch(queue: Queue, app: App | None, items: list[dict[str, Any]]) ->
         except (ValidationError, QoError) as exc:
             raise CliError(f"batch item {n}: {_reason(exc)}") from None
     now = queue.store.now()
-    for n, req in enumerate(reqs, 1):  # sizes, delay+at...: refuse before writing anything
-        try:
-            build_record(queue.store, req, queue.settings, now)
-        except QoError as exc:
-            raise CliError(f"batch item {n}: {_reason(exc)}") from None
+    try:  # sizes, delay+at...: refuse before writing anything
+        prepared = prepare_batch(reqs, queue.settings, now)
+    except InvalidBatchItem as exc:
+        raise CliError(f"batch item {exc.index + 1}: {_reason(exc.error)}") from None
     handles: list[TaskHandle] = []
-    with common.progress(len(reqs), "submitting") as advance:
-        for start in range(0, len(reqs), BATCH_CHUNK):
-            chunk = reqs[start : start + BATCH_CHUNK]
-            handles += queue.submit_many(list(chunk))
+    with common.progress(len(prepared), "submitting") as advance:
+        for start in range(0, len(prepared), BATCH_CHUNK):
+            chunk = prepared[start : start + BATCH_CHUNK]
+            done = submit_all(queue.store, chunk, queue.settings, now)
+            handles += [TaskHandle(queue, d.id, d.created) for d in done]
             advance(len(chunk))
     return handles
 

@@ -44,14 +44,21 @@ from pydantic import ValidationError
 
 from qo import admin, records
 from qo.admin import InvalidTransition, TaskNotFound, TaskView
-from qo.app import App, UnknownTaskType
-from qo.errors import ConfigError, InvalidName, QoError, StoreError, StoreUnavailable
+from qo.app import App
+from qo.errors import ConfigError, QoError, StoreError, StoreUnavailable
 from qo.models import CorruptRecord, Status
 from qo.names import check_free_text, check_task_id
-from qo.records import InvalidPayload, PayloadTooLarge
+from qo.records import PayloadTooLarge
 from qo.serverless import Runtime, runtime
 from qo.serverless.sweeper import plain, scheduler_function
-from qo.submit import IdempotencyConflict, SubmitRequest, build_record, submit_many, submit_one
+from qo.submit import (
+    IdempotencyConflict,
+    InvalidBatchItem,
+    SubmitRequest,
+    prepare_batch,
+    submit_all,
+    submit_one,
+)
 
 log = logging.getLogger("qo.serverless.api")
 
@@ -225,18 +232,14 @@ def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
     reqs = [_submit_request(rt.app, item, f"tasks[{n}]") for n, item in enumerate(items)]
     store, settings = rt.queue.store, rt.queue.settings
     now = store.now()
-    for n, one in enumerate(reqs):  # sizes, delay and at: refuse before writing anything
-        try:
-            build_record(store, one, settings, now)
-        except PayloadTooLarge as exc:
-            raise HttpError(413, "payload_too_large", f"tasks[{n}]: {exc}") from None
-        except (InvalidName, InvalidPayload, UnknownTaskType) as exc:
-            raise bad_request(f"tasks[{n}]: {exc}") from None
-        except StoreError:
-            raise
-        except QoError as exc:
-            raise bad_request(f"tasks[{n}]: {exc}") from None
-    done = submit_many(store, reqs, settings)
+    try:  # sizes, delay and at: refuse before writing anything
+        prepared = prepare_batch(reqs, settings, now)
+    except InvalidBatchItem as exc:
+        where = f"tasks[{exc.index}]: {exc.error}"
+        if isinstance(exc.error, PayloadTooLarge):
+            raise HttpError(413, "payload_too_large", where) from None
+        raise bad_request(where) from None
+    done = submit_all(store, prepared, settings, now)
     rows = [{"id": d.id, "created": d.created, "status": d.status.value} for d in done]
     return (201 if any(d.created for d in done) else 200), {"tasks": rows}
 
