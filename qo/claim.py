@@ -16,10 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from qo import index, keys, leases, records
-from qo.cas import delete_quietly, put_if_absent
+from qo.cas import delete_quietly
 from qo.keys import Marker, parse_ready_key
 from qo.leases import HeldLease
 from qo.models import CorruptRecord, TaskRecord
@@ -255,7 +253,7 @@ class Claimer:
             delete_quietly(self.store, own)
         try:
             return Claim(record, current.etag, held, records.load_input(self.store, record), marker)
-        except (CorruptRecord, orjson.JSONDecodeError) as exc:
+        except CorruptRecord as exc:
             log.error("task %s: %s", record.id, exc)  # the worker fails it without running it
             return Claim(record, current.etag, held, None, marker, input_error=str(exc))
 
@@ -265,11 +263,7 @@ class Claimer:
         The record itself is left untouched for a person to inspect or repair;
         its marker goes, so no worker pays for it again.
         """
-        log.error("quarantined task %s: %s", marker.task_id, why,
-                  extra={"event": "task_quarantined", "task_id": marker.task_id})
-        body = orjson.dumps({"task_id": marker.task_id, "marker": info.key, "reason": why,
-                             "at": self.store.now()})
-        put_if_absent(self.store, keys.quarantine_key(marker.queue, marker.task_id), body)
+        index.quarantine(self.store, marker.queue, marker.task_id, why, marker=info.key)
         delete_quietly(self.store, info.key, if_match=info.etag or None)
         self._count_stale(marker.queue)
 

@@ -7,11 +7,17 @@ claimer needs before touching the record is in the key.
 
 from __future__ import annotations
 
+import logging
+
+import orjson
+
 from qo import keys
 from qo.cas import delete_quietly, put_if_absent
 from qo.keys import Marker
 from qo.models import WAITING, Status, TaskRecord
 from qo.store.base import Store
+
+log = logging.getLogger("qo.index")
 
 
 def marker_of(record: TaskRecord) -> Marker:
@@ -34,6 +40,14 @@ def ensure_indexed(store: Store, record: TaskRecord, now: float) -> str | None:
     if key is not None:
         put_if_absent(store, key, b"")
     return key
+
+
+def quarantine(store: Store, queue: str, task_id: str, reason: str, **detail: str) -> None:
+    """Park an unreadable task where ``qo doctor`` reports it; the record stays as it is."""
+    log.error("quarantined task %s: %s", task_id, reason,
+              extra={"event": "task_quarantined", "task_id": task_id})
+    body = orjson.dumps({"task_id": task_id, "reason": reason, "at": store.now(), **detail})
+    put_if_absent(store, keys.quarantine_key(queue, task_id), body)
 
 
 def drop_markers(store: Store, record: TaskRecord) -> None:

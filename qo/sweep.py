@@ -124,9 +124,7 @@ def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now
     try:
         _repair(store, mine, run_token, now)
     except CorruptRecord as exc:  # park it for qo doctor; never retry it forever
-        queue = info.key.split("/")[1]
-        body = orjson.dumps({"task_id": task_id, "reason": str(exc), "at": now})
-        put_if_absent(store, keys.quarantine_key(queue, task_id), body)
+        index.quarantine(store, info.key.split("/")[1], task_id, str(exc))
     mine.release(store)
     return True
 
