@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from qo import index, keys, leases, records
@@ -65,7 +65,6 @@ class ClaimStats:
     lease_conflicts: int = 0
     stale: int = 0
     claims: int = 0
-    by_queue: dict[str, int] = field(default_factory=dict)
 
 
 class Claimer:
@@ -123,7 +122,6 @@ class Claimer:
                     with self._lock:
                         self.spread = max(self.min_spread, self.spread * self.shrink)
                         self.stats.claims += 1
-                        self.stats.by_queue[queue] = self.stats.by_queue.get(queue, 0) + 1
                     return claim
         return None
 
@@ -140,11 +138,6 @@ class Claimer:
             return None
         seen = self.store.now() if last_modified is None else last_modified
         return self._try(ObjectInfo(key, "", 0, seen), marker)
-
-    def is_paused(self, queue: str) -> bool:
-        with self._lock:
-            listing = self._listings.get(queue)
-        return bool(listing and listing.paused)
 
     def forget(self) -> None:
         """Drop cached listings, e.g. after an idle sleep."""

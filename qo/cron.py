@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
@@ -145,7 +145,3 @@ def upcoming(spec: Spec, after: float, count: int, end: float | None = None) -> 
         out.append(nxt)
         t = nxt
     return out
-
-
-def iso(ts: float, tz: str = "UTC") -> str:
-    return datetime.fromtimestamp(ts, zone(tz) if tz != "UTC" else UTC).isoformat()

@@ -47,7 +47,3 @@ class BucketNotFound(StoreError):
 
 class AccessDenied(StoreError):
     """Credentials are valid but lack a permission on the queue's prefix."""
-
-
-class ConditionalWritesUnsupported(StoreError):
-    """The store accepted a write that its precondition should have refused."""

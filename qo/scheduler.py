@@ -27,10 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qo.cas import delete_quietly
 from qo.cron import CronSpec, IntervalSpec, InvalidSchedule, Spec, upcoming, zone
 from qo.errors import PreconditionFailed, QoError, StoreError
 from qo.ids import idempotent_task_id
@@ -502,12 +500,8 @@ class SchedulerDaemon:
             self._stop.wait(max(0.05, wait))
 
 
-def history_json(sched: Schedule) -> bytes:
-    return orjson.dumps([h.model_dump() for h in sched.history])
-
-
 __all__ = [
     "Firer", "Schedule", "ScheduleExists", "ScheduleNotFound", "SchedulerDaemon", "add",
-    "delete_quietly", "fire_due", "list_schedules", "load", "pause", "remove", "resume",
+    "fire_due", "list_schedules", "load", "pause", "remove", "resume",
     "slots_to_fire", "trigger",
 ]
