@@ -52,11 +52,18 @@ class Claim:
         return self.record.id
 
 
+#: How many pages of a queue one pick may list while every key it sees is skipped.
+MAX_PAGES = 5
+#: How long a pick starts listing after keys it found unusable, before the head again.
+FLOOR_TTL = 5.0
+
+
 @dataclass
 class _Listing:
     items: list[tuple[ObjectInfo, Marker]]
     paused: bool
     fetched: float
+    last_key: str | None  # the last key listed when the page was full, else None
 
 
 @dataclass
@@ -109,6 +116,11 @@ class Claimer:
         self._lock = threading.Lock()
         self._listings: dict[str, _Listing] = {}
         self._skip: dict[str, float] = {}  # key -> monotonic time until which to skip it
+        self._misses: dict[str, int] = {}  # key -> times in a row it was unusable
+        self._floor: dict[str, tuple[str, float]] = {}  # queue -> (list after, until)
+        self._paused: dict[str, bool] = {}  # queue -> paused, as the head listing said
+        #: Task types seen in ready markers that this worker has no handler for.
+        self.unserved: set[str] = set()
 
     def claim(self) -> Claim | None:
         """Claim the best available task, or None if there is none right now."""
@@ -147,35 +159,62 @@ class Claimer:
     # -- choosing a candidate -------------------------------------------------
 
     def _pick(self, queue: str) -> tuple[ObjectInfo, Marker] | None:
-        with self._lock:
-            listing = self._listings.get(queue)
-            fresh = listing and time.monotonic() - listing.fetched < self.listing_ttl
-        if not fresh or listing is None:
-            listing = self._list(queue)
-        with self._lock:
-            now = time.monotonic()
-            self._skip = {k: t for k, t in self._skip.items() if t > now} if len(
-                self._skip) > 1000 else self._skip
-            usable = [
-                (info, m) for info, m in listing.items if self._skip.get(info.key, 0) <= now
-            ]
-            if listing.paused or not usable:
-                return None
-            best = usable[0][1].priority
-            same = [c for c in usable[: int(self.spread)] if c[1].priority == best]
-            choice = self.rng.choice(same)
-            listing.items.remove(choice)
-            if not listing.items:
-                listing.fetched = 0.0  # used up, not empty: list again next time
-            self._skip[choice[0].key] = now + 2.0
-            return choice
+        """The next candidate of ``queue``, paging past keys it cannot use.
 
-    def _list(self, queue: str) -> _Listing:
+        Keys being skipped (held by others, orphaned, of types this worker
+        does not serve) can fill a whole page; then the next page is listed,
+        starting after that one, so that healthy tasks further down keep
+        flowing. Such a *floor* is remembered for ``FLOOR_TTL`` seconds, after
+        which the head of the queue is listed again (it may have new work).
+        """
+        for _ in range(MAX_PAGES):
+            with self._lock:
+                listing = self._listings.get(queue)
+                fresh = listing and time.monotonic() - listing.fetched < self.listing_ttl
+            if not fresh or listing is None:
+                listing = self._list(queue, self._floor_of(queue))
+            with self._lock:
+                now = time.monotonic()
+                if len(self._skip) > 1000:
+                    self._skip = {k: t for k, t in self._skip.items() if t > now}
+                    self._misses = {k: n for k, n in self._misses.items() if k in self._skip}
+                if listing.paused:
+                    return None
+                usable = [
+                    (info, m) for info, m in listing.items if self._skip.get(info.key, 0) <= now
+                ]
+                if usable:
+                    best = usable[0][1].priority
+                    same = [c for c in usable[: int(self.spread)] if c[1].priority == best]
+                    choice = self.rng.choice(same)
+                    listing.items.remove(choice)
+                    if not listing.items:
+                        listing.fetched = 0.0  # used up, not empty: list again next time
+                    self._skip[choice[0].key] = now + 2.0
+                    return choice
+                if listing.last_key is None:
+                    return None  # the rest of the queue is empty
+                self._floor[queue] = (listing.last_key, now + FLOOR_TTL)
+                self._listings.pop(queue, None)
+        return None
+
+    def _floor_of(self, queue: str) -> str | None:
+        with self._lock:
+            floor = self._floor.get(queue)
+            if floor is None or floor[1] <= time.monotonic():
+                self._floor.pop(queue, None)
+                return None
+            return floor[0]
+
+    def _list(self, queue: str, start_after: str | None = None) -> _Listing:
         items: list[tuple[ObjectInfo, Marker]] = []
         paused = False
-        infos = list(self.store.list(keys.ready_prefix(queue), limit=self.listing_size))
+        infos = list(self.store.list(keys.ready_prefix(queue), start_after=start_after,
+                                     limit=self.listing_size))
         with self._lock:
             self.stats.lists += 1
+            if start_after is not None:
+                paused = self._paused.get(queue, False)  # `!paused` sorts before any floor
         for info in infos:
             if info.key == keys.paused_key(queue):
                 paused = True
@@ -184,12 +223,33 @@ class Claimer:
             if marker is None or marker.queue != queue:
                 continue
             if self.task_types is not None and marker.task_type not in self.task_types:
+                self._seen_unserved(marker.task_type)
                 continue
             items.append((info, marker))
-        listing = _Listing(items, paused, time.monotonic())
+        full = len(infos) >= self.listing_size
+        listing = _Listing(items, paused, time.monotonic(), infos[-1].key if full else None)
         with self._lock:
             self._listings[queue] = listing
+            if start_after is None:
+                self._paused[queue] = paused
         return listing
+
+    def _seen_unserved(self, task_type: str) -> None:
+        """Remember (and log once) a ready task type that this worker has no handler for."""
+        with self._lock:
+            if task_type in self.unserved or len(self.unserved) >= 100:
+                return
+            self.unserved.add(task_type)
+        log.warning("ready tasks of type %r wait in queues %s, but this worker has no handler "
+                    "for it", task_type, ", ".join(self.queues),
+                    extra={"event": "unserved_type", "task_type": task_type})
+
+    def _backoff(self, key: str) -> float:
+        """Skip a key that keeps being unusable for longer each time (1 s doubling to 60 s)."""
+        with self._lock:
+            misses = self._misses.get(key, 0)
+            self._misses[key] = misses + 1
+        return min(60.0, 2.0**misses)
 
     def _skip_for(self, key: str, seconds: float) -> None:
         with self._lock:
@@ -229,14 +289,22 @@ class Claimer:
         if current is None:
             if now - info.last_modified > self.settings.orphan_grace:
                 delete_quietly(self.store, info.key, if_match=info.etag or None)  # submitter died
-            else:
-                self._skip_for(info.key, 1.0)  # submit in flight: record comes next
+            else:  # submit in flight (the record comes next), or an orphan: back off
+                self._skip_for(info.key, self._backoff(info.key))
             held.release(self.store)
             self._count_stale(marker.queue)
             return None
         record = current.record
+        if record.queue != marker.queue or record.type != marker.task_type:
+            log.error("marker %s names task %s of another queue or type; dropping it",
+                      info.key, record.id)
+            delete_quietly(self.store, info.key, if_match=info.etag or None)
+            held.release(self.store)
+            self._skip_for(info.key, self._backoff(info.key))
+            return None
         if not record.claimable(now + CLOCK_TOLERANCE):
             self._tidy(info, record, now)
+            self._skip_for(info.key, self._backoff(info.key))  # in case it could not be deleted
             held.release(self.store)
             self._count_stale(marker.queue)
             return None

@@ -1,8 +1,10 @@
 """Index markers: empty objects whose keys make LIST return work in order.
 
 Markers are hints; the record decides. Writing one is create-only and
-idempotent, deleting one is free on S3. The body is empty: every fact a
-claimer needs before touching the record is in the key.
+idempotent, deleting one is free on S3. Every fact a claimer needs before
+touching the record is in the key; the body is only a fresh token that is
+never read, so that two writes of one marker key never have the same bytes
+and ``cas.put_checked`` can tell its own landed write from someone else's.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ import orjson
 
 from qo import keys
 from qo.cas import delete_quietly, put_if_absent
+from qo.ids import new_token
 from qo.keys import Marker
 from qo.models import WAITING, Status, TaskRecord
 from qo.store.base import Store
 
 log = logging.getLogger("qo.index")
+
+
+def marker_body() -> bytes:
+    """A unique body for a marker write (see the module docstring)."""
+    return new_token().encode()
 
 
 def marker_of(record: TaskRecord) -> Marker:
@@ -38,7 +46,7 @@ def ensure_indexed(store: Store, record: TaskRecord, now: float) -> str | None:
     """Write the marker this record needs; used by every repair path."""
     key = index_key(record, now)
     if key is not None:
-        put_if_absent(store, key, b"")
+        put_if_absent(store, key, marker_body())
     return key
 
 

@@ -25,6 +25,8 @@ DEAD = "dead/"
 PAYLOADS = "payloads/"
 WORKERS = "workers/"
 QUARANTINE = "quarantine/"
+#: Where the audit (qo/audit.py) resumes its pass over tasks/.
+AUDIT_CURSOR = "sweep/audit-cursor"
 PAUSED_MARK = "!paused"
 
 

@@ -72,5 +72,21 @@ def read(store: Store, key: str) -> HeldLease | None:
     return HeldLease(key, loads(Lease, obj.body, f"lease {key}"), obj.etag)
 
 
+#: No lease lasts longer than this without a renewal, whatever its body says:
+#: holders renew every ``seconds / 3``, so a longer one is corrupt or hostile and
+#: would keep its task "running" forever. ``qo doctor`` reports such outliers.
+MAX_LEASE_SECONDS = 3600.0
+
+
+def duration(lease: Lease) -> float:
+    """How long a lease lasts from its last write, capped at MAX_LEASE_SECONDS."""
+    return min(lease.seconds, MAX_LEASE_SECONDS)
+
+
+def outlier(lease: Lease) -> bool:
+    """A lease whose stated duration is over the cap (reported by ``qo doctor``)."""
+    return lease.seconds > MAX_LEASE_SECONDS
+
+
 def expired(lease: Lease, last_modified: float, now: float) -> bool:
-    return last_modified + lease.seconds < now
+    return last_modified + duration(lease) < now

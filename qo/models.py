@@ -88,6 +88,9 @@ class TaskRecord(BaseModel):
     worker: str | None = None
     cancel_reason: str | None = None
     last_lease: str | None = None  # token of the last run lease whose outcome is recorded
+    #: A fresh token on every write (records.create/replace), so that no two
+    #: writes of a record have the same bytes; see qo/cas.py.
+    rev: str | None = None
 
     @property
     def terminal(self) -> bool:

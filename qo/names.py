@@ -7,6 +7,7 @@ control characters, or be long enough to break S3's 1,024-byte key limit.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from qo.errors import InvalidName
 
@@ -19,7 +20,7 @@ def check_name(value: object, what: str = "name") -> str:
     """Queue, task type, schedule and tag names: ``[A-Za-z0-9][A-Za-z0-9_.:-]*``."""
     if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
         raise InvalidName(
-            f"invalid {what} {value!r}: use 1-128 letters, digits, '_', '.', ':' or '-', "
+            f"invalid {what} {shorten(value)}: use 1-128 letters, digits, '_', '.', ':' or '-', "
             "starting with a letter or digit, without '..'"
         )
     return value
@@ -27,14 +28,41 @@ def check_name(value: object, what: str = "name") -> str:
 
 def check_task_id(value: object) -> str:
     if not isinstance(value, str) or not _TASK_ID.fullmatch(value):
-        raise InvalidName(f"invalid task id {value!r}: expected 8-64 lowercase letters or digits")
+        raise InvalidName(f"invalid task id {shorten(value)}: expected 8-64 lowercase letters or digits")
     return value
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for error messages."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}...({len(text):,} characters)"
 
 
 def check_free_text(value: object, what: str, max_len: int = 256) -> str:
-    """Free text that is hashed or stored in a body, never used raw in a key."""
-    if not isinstance(value, str) or not value or len(value) > max_len or _CONTROL.search(value):
+    """Free text that is hashed or stored in a body, never used raw in a key.
+
+    It must be valid Unicode (no lone surrogates, which UTF-8 cannot encode);
+    it is returned in NFC, so that two spellings of one text are one value.
+    """
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > max_len
+        or _CONTROL.search(value)
+        or not _encodable(value)
+    ):
         raise InvalidName(
-            f"invalid {what} {value!r}: 1-{max_len} characters, no control characters"
+            f"invalid {what} {shorten(value)}: 1-{max_len} characters of valid Unicode, "
+            "no control characters"
         )
-    return value
+    return unicodedata.normalize("NFC", value)
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

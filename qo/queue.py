@@ -7,7 +7,7 @@ import time
 from dataclasses import replace as dc_replace
 from typing import Any
 
-from qo import admin, records, sweep
+from qo import admin, audit, records, sweep
 from qo.admin import TaskView
 from qo.errors import QoError
 from qo.models import Status, TaskRecord
@@ -145,7 +145,7 @@ class Queue:
         admin.resume(self.store, queue)
 
     def sweep(self, owner: str = "sweeper", schedules: bool = True) -> sweep.SweepReport:
-        """Fire due schedules, promote due tasks and reap expired leases, once."""
+        """Fire due schedules, promote due tasks, reap expired leases and audit, once."""
         report = sweep.SweepReport()
         if schedules:
             from qo.scheduler import fire_due  # the scheduler builds on Queue
@@ -156,8 +156,10 @@ class Queue:
         now = self.store.now()
         promoted = sweep.promote(self.store, now)
         reaped = sweep.reap(self.store, self.settings, owner, now)
+        audited = audit.run_audit(self.store, self.settings, owner=owner, now=now)
         report.promoted, report.reaped = promoted.promoted, reaped.reaped
-        report.errors += promoted.errors + reaped.errors
+        report.repaired = audited.repaired
+        report.errors += promoted.errors + reaped.errors + audited.errors
         if promoted.next_due is not None:
             report.next_due = min(promoted.next_due, report.next_due or promoted.next_due)
         return report

@@ -12,6 +12,7 @@ import orjson
 from qo import keys
 from qo.cas import get_retrying, put_checked
 from qo.errors import QoError
+from qo.ids import new_token
 from qo.models import CorruptRecord, TaskRecord, dumps, loads
 from qo.settings import Settings
 from qo.store.base import Store
@@ -34,19 +35,33 @@ class Versioned:
 
 
 def read(store: Store, task_id: str) -> Versioned | None:
+    """The record stored at ``tasks/{task_id}.json``, or None (1 GET).
+
+    A record whose ``id`` is not the one its key names (an object copied over
+    another task's key) is corrupt: trusting it would let the holder of one
+    task's lease change another task.
+    """
     obj = get_retrying(store, keys.task_key(task_id))
     if obj is None:
         return None
-    return Versioned(loads(TaskRecord, obj.body, f"task record {task_id}"), obj.etag)
+    record = loads(TaskRecord, obj.body, f"task record {task_id}")
+    if record.id != task_id:
+        raise CorruptRecord(f"task record {task_id} holds the record of task {record.id!r}")
+    return Versioned(record, obj.etag)
+
+
+def body(record: TaskRecord) -> bytes:
+    """The bytes of one write of ``record``: a fresh ``rev`` makes them unique."""
+    return dumps(record.model_copy(update={"rev": new_token()}))
 
 
 def create(store: Store, record: TaskRecord) -> str:
-    return put_checked(store, keys.task_key(record.id), dumps(record), if_none_match=True)
+    return put_checked(store, keys.task_key(record.id), body(record), if_none_match=True)
 
 
 def replace(store: Store, record: TaskRecord, etag: str) -> str:
     """The compare-and-swap every transition of a record goes through."""
-    return put_checked(store, keys.task_key(record.id), dumps(record), if_match=etag)
+    return put_checked(store, keys.task_key(record.id), body(record), if_match=etag)
 
 
 def encode_json(value: Any, what: str) -> bytes:

@@ -30,9 +30,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from qo import keys, records
+from qo import cursor, keys, records
 from qo.cas import delete_quietly
 from qo.errors import PreconditionFailed, StoreError
 from qo.ids import new_task_id
@@ -82,9 +80,9 @@ def run_retention(
         return report
     now = store.now() if now is None else now
     cutoff = now - older_than_seconds
-    cursor, cursor_etag = _read_cursor(store)
-    after = cursor.get("after")
-    finished = cursor.get("finished_at")
+    state, cursor_etag = cursor.read(store, CURSOR_KEY)
+    after = state.get("after")
+    finished = state.get("finished_at")
     if after is None and isinstance(finished, (int, float)) and now - finished < interval:
         report.skipped = True
         return report
@@ -111,14 +109,7 @@ def run_retention(
         new_cursor: dict[str, Any] = {"after": None, "finished_at": now}
     else:
         new_cursor = {"after": last, "finished_at": finished, "at": now}
-    try:
-        body = orjson.dumps(new_cursor)
-        if cursor_etag is None:
-            store.put(CURSOR_KEY, body, if_none_match=True)
-        else:
-            store.put(CURSOR_KEY, body, if_match=cursor_etag)
-    except PreconditionFailed:
-        pass  # another sweeper moved it: its cursor is as good as ours
+    cursor.write(store, CURSOR_KEY, new_cursor, cursor_etag)
     if report.deleted:
         log.info("retention deleted %d task(s) finished before %.0f", report.deleted, cutoff,
                  extra={"event": "retention", "deleted": report.deleted,
@@ -131,17 +122,6 @@ def apply_retention(queue: Any, older_than_seconds: float, *, budget: int = DEFA
     """Delete up to ``budget`` examined tasks' worth of old finished tasks; returns how many."""
     return run_retention(queue.store, older_than_seconds, budget=budget,
                          interval=interval).deleted
-
-
-def _read_cursor(store: Store) -> tuple[dict[str, Any], str | None]:
-    obj = store.get(CURSOR_KEY)
-    if obj is None:
-        return {}, None
-    try:
-        data = orjson.loads(obj.body)
-    except orjson.JSONDecodeError:
-        data = None
-    return (data if isinstance(data, dict) else {}), obj.etag
 
 
 def _delete_if_expired(store: Store, task_id: str, cutoff: float, now: float) -> bool:

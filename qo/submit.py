@@ -22,7 +22,7 @@ from qo.cas import delete_quietly, put_checked
 from qo.errors import PreconditionFailed, QoError
 from qo.ids import idempotent_task_id, new_task_id
 from qo.models import RetryPolicy, Status, TaskRecord
-from qo.names import check_free_text, check_name
+from qo.names import check_free_text, check_name, shorten
 from qo.settings import Settings
 from qo.store.base import Store
 
@@ -79,10 +79,10 @@ class SubmitRequest(BaseModel):
     def _tags(cls, v: dict[str, str]) -> dict[str, str]:
         if len(v) > 32:
             raise ValueError("at most 32 tags")
-        for name, value in v.items():
-            check_name(name, "tag name")
-            check_free_text(value, f"tag {name!r}", 256)
-        return v
+        return {
+            check_name(name, "tag name"): check_free_text(value, f"tag {name!r}", 256)
+            for name, value in v.items()
+        }
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,10 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
         idempotency_expires_at=(when + retention) if req.key else None,
         tags=req.tags,
     )
+    try:
+        records.body(record)  # anything that cannot be stored fails here, before any write
+    except (TypeError, ValueError) as exc:
+        raise records.InvalidPayload(f"task of type {req.type!r} cannot be stored: {exc}") from None
     return Prepared(req, record, encoded)
 
 
@@ -197,7 +201,12 @@ def submit_prepared(store: Store, prepared: Prepared, settings: Settings, now: f
     marker = index.index_key(record, now)
     assert marker is not None
     started = time.monotonic()
-    marker_etag = put_checked(store, marker, b"", if_none_match=True)
+    try:
+        marker_etag: str | None = put_checked(
+            store, marker, index.marker_body(), if_none_match=True
+        )
+    except PreconditionFailed:
+        marker_etag = None  # an earlier submit of this id wrote it: it is not ours to delete
     try:
         records.create(store, record)
     except PreconditionFailed:
@@ -213,13 +222,18 @@ def _existing(
     req: SubmitRequest,
     settings: Settings,
     marker: str,
-    marker_etag: str,
+    marker_etag: str | None,
     now: float,
 ) -> Submitted:
-    """The id was taken: same input returns it, different input is a conflict."""
+    """The id was taken: same input returns it, different input is a conflict.
+
+    The marker this call wrote (``marker_etag`` is None when it already
+    existed) is deleted only if the existing record cannot be using that key:
+    with a fixed ``at`` a repeated submit names the very marker that the
+    original task needs.
+    """
     current = records.read(store, record.id)
     if current is None:  # deleted in between (retention); try once more from scratch
-        delete_quietly(store, marker, if_match=marker_etag)
         return submit_one(store, req, settings, now)
     old = current.record
     expired = (
@@ -229,13 +243,22 @@ def _existing(
     )
     if expired and _replace_expired(store, record, current, settings, now):
         return Submitted(record.id, True, record.status)
-    delete_quietly(store, marker, if_match=marker_etag)
+    if marker_etag is not None and marker not in _keys_in_use(old):
+        delete_quietly(store, marker, if_match=marker_etag)
     if old.input_hash != record.input_hash or old.type != record.type:
         raise IdempotencyConflict(
-            f"idempotency key {req.key!r} is already used by task {old.id} "
+            f"idempotency key {shorten(req.key)} is already used by task {old.id} "
             f"with a different input (status {old.status})"
         )
     return Submitted(old.id, False, old.status)
+
+
+def _keys_in_use(record: TaskRecord) -> set[str]:
+    """The index keys a record may be relying on right now (none once it is terminal)."""
+    if record.terminal:
+        return set()
+    m = index.marker_of(record)
+    return {m.ready_key, m.delayed_key}
 
 
 def _replace_expired(

@@ -33,6 +33,7 @@ class SweepReport:
     promoted: int = 0
     reaped: int = 0
     fired: int = 0  # schedule slots submitted (or repaired)
+    repaired: int = 0  # stranded tasks indexed again by the audit (qo/audit.py)
     next_due: float | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -72,7 +73,7 @@ def promote(store: Store, now: float | None = None, limit: int = 1000) -> SweepR
         if marker.available_at > now:
             report.next_due = marker.available_at
             break
-        put_if_absent(store, marker.ready_key, b"")
+        put_if_absent(store, marker.ready_key, index.marker_body())
         delete_quietly(store, info.key, if_match=info.etag)
         report.promoted += 1
     return report

@@ -445,10 +445,10 @@ def test_sweeper_applies_retention(env: Env, skew, monkeypatch: pytest.MonkeyPat
                       waiting: 200}
     assert list(env.store.list(keys.DEAD)) == []
     assert list(env.store.list(keys.PAYLOADS)) == []
-    # The pass is done: until the next one is due, retention costs one GET (its cursor).
+    # The pass is done: until the next one is due, retention and the audit cost one GET each.
     before = env.server.counts.snapshot()
     assert sweeper.handler(fixture("eventbridge_scheduled.json"), Ctx())["retention"]["skipped"]
-    assert env.requests(before) == {"LIST": 2, "GET": 1}  # delayed/, leases/; the cursor
+    assert env.requests(before) == {"LIST": 2, "GET": 2}  # delayed/, leases/; both cursors
 
 
 def test_retention_is_bounded_resumable_and_conditional(env: Env) -> None:
@@ -845,8 +845,8 @@ def test_an_idle_sweeper_costs_a_few_requests_a_minute(
     report = sweeper.handler(fixture("eventbridge_scheduled.json"), Ctx())
     assert report["errors"] == [] and not report["kicked"]
     lists = 3 + (1 if sweeper.scheduler_function("fire_due") else 0)
-    # delayed/, leases/, ready/ (the kick check) and schedules/; the retention cursor.
-    assert env.requests(before) == {"LIST": lists, "GET": 1}
+    # delayed/, leases/, ready/ (the kick check) and schedules/; the retention and audit cursors.
+    assert env.requests(before) == {"LIST": lists, "GET": 2}
 
 
 def test_template_wiring() -> None:
