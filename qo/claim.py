@@ -308,10 +308,14 @@ class Claimer:
             held.release(self.store)
             self._count_stale(marker.queue)
             return None
+        if index.marker_of(record).ready_key != info.key:
+            # A leftover marker (e.g. a repeated submit's, written while the task ran):
+            # claim only through the record's own key, so that order stays exact.
+            self._tidy(info, record, now)
+            held.release(self.store)
+            self._count_stale(marker.queue)
+            return None
         delete_quietly(self.store, info.key, if_match=info.etag or None)
-        own = index.marker_of(record).ready_key
-        if own != info.key:
-            delete_quietly(self.store, own)
         try:
             return Claim(record, current.etag, held, records.load_input(self.store, record), marker)
         except CorruptRecord as exc:
