@@ -39,6 +39,7 @@ from typing import Any
 
 from qo import cursor, index, keys, leases, records
 from qo.errors import PreconditionFailed, StoreError
+from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import WAITING, CorruptRecord, TaskRecord
 from qo.settings import Settings
 from qo.store.base import Store
@@ -74,7 +75,8 @@ def is_stranded(store: Store, record: TaskRecord) -> bool:
     return store.head(m.ready_key) is None and store.head(m.delayed_key) is None
 
 
-def repair(store: Store, settings: Settings, task_id: str, owner: str, now: float) -> bool:
+def repair(store: Store, settings: Settings, task_id: str, owner: str, now: float,
+           *, hooks: Hooks = NO_HOOKS) -> bool:
     """Index a stranded task again, under an admin lease; True if it was repaired."""
     current = records.read(store, task_id)
     if current is None:
@@ -94,6 +96,7 @@ def repair(store: Store, settings: Settings, task_id: str, owner: str, now: floa
         key = index.ensure_indexed(store, current.record, now)
         log.error("task %s was waiting with no marker and no lease; indexed it again at %s",
                   task_id, key, extra={"event": "stranded_repaired", "task_id": task_id})
+        hooks.emit(Kind.REPAIRED, task_id, queue=queue, task_type=current.record.type, key=key)
         return True
     finally:
         held.release(store)
@@ -109,6 +112,7 @@ def scan(
     owner: str = "audit",
     now: float | None = None,
     report: AuditReport | None = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> tuple[AuditReport, str | None, int]:
     """Check up to ``limit`` records after ``start_after``; (report, last key, keys listed)."""
     now = store.now() if now is None else now
@@ -126,7 +130,7 @@ def scan(
             if current is None or not is_stranded(store, current.record):
                 continue
             report.stranded.append(task_id)
-            if fix and repair(store, settings, task_id, owner, now):
+            if fix and repair(store, settings, task_id, owner, now, hooks=hooks):
                 report.repaired += 1
         except (StoreError, CorruptRecord) as exc:
             report.errors.append(f"{info.key}: {exc}")
@@ -154,6 +158,7 @@ def run_audit(
     budget: int = DEFAULT_BUDGET,
     interval: float = DEFAULT_INTERVAL,
     now: float | None = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> AuditReport:
     """One bounded, resumable step of the audit, repairing what it finds."""
     now = store.now() if now is None else now
@@ -162,7 +167,8 @@ def run_audit(
     if after is None and isinstance(finished, (int, float)) and now - finished < interval:
         return AuditReport(skipped=True)
     report, last, listed = scan(store, settings, start_after=after if isinstance(after, str)
-                                else None, limit=max(1, budget), fix=True, owner=owner, now=now)
+                                else None, limit=max(1, budget), fix=True, owner=owner, now=now,
+                                hooks=hooks)
     new_cursor: dict[str, Any]
     if listed < budget:
         report.pass_done = True

@@ -13,11 +13,13 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from qo import index, keys, leases, records
 from qo.cas import delete_quietly
+from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.keys import Marker, parse_ready_key
 from qo.leases import HeldLease
 from qo.models import CorruptRecord, TaskRecord
@@ -52,6 +54,21 @@ class Claim:
         return self.record.id
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An admission check's "not now": the task is skipped until ``retry_at`` (store time)."""
+
+    retry_at: float
+    reason: str
+
+
+#: The admission seam: called once per claim after the lease is taken and before the
+#: record is read, with the marker (queue, priority, type, id), the held lease and the
+#: store time. Returning a Refusal releases the lease and skips the key until then.
+#: Rate limits, concurrency limits and capability routing plug in here.
+Admission = Callable[[Marker, HeldLease, float], "Refusal | None"]
+
+
 #: How many pages of a queue one pick may list while every key it sees is skipped.
 MAX_PAGES = 5
 #: How long a pick starts listing after keys it found unusable, before the head again.
@@ -72,6 +89,7 @@ class ClaimStats:
     lease_conflicts: int = 0
     stale: int = 0
     claims: int = 0
+    refused: int = 0  # tasks an admission check turned away (see Admission)
 
 
 class Claimer:
@@ -100,6 +118,8 @@ class Claimer:
         listing_size: int = 200,
         listing_ttl: float = 2.0,
         rng: random.Random | None = None,
+        hooks: Hooks = NO_HOOKS,
+        admission: Sequence[Admission] = (),
     ) -> None:
         self.store = store
         self.settings = settings
@@ -112,6 +132,8 @@ class Claimer:
         self.listing_size = listing_size
         self.listing_ttl = listing_ttl
         self.rng = rng or random.Random()
+        self.hooks = hooks
+        self.admission = tuple(admission)
         self.stats = ClaimStats()
         self._lock = threading.Lock()
         self._listings: dict[str, _Listing] = {}
@@ -277,6 +299,13 @@ class Claimer:
             self._listing_is_stale(marker.queue)
             self._skip_for(info.key, min(30.0, self.settings.lease_seconds / 2))
             return None
+        refusal = self._admit(marker, held, now)
+        if refusal is not None:
+            held.release(self.store)
+            with self._lock:
+                self.stats.refused += 1
+            self._skip_for(info.key, max(0.0, refusal.retry_at - now))
+            return None
         try:
             current = records.read(self.store, marker.task_id)
         except CorruptRecord as exc:
@@ -317,10 +346,24 @@ class Claimer:
             return None
         delete_quietly(self.store, info.key, if_match=info.etag or None)
         try:
-            return Claim(record, current.etag, held, records.load_input(self.store, record), marker)
+            claim = Claim(record, current.etag, held, records.load_input(self.store, record),
+                          marker)
         except CorruptRecord as exc:
             log.error("task %s: %s", record.id, exc)  # the worker fails it without running it
-            return Claim(record, current.etag, held, None, marker, input_error=str(exc))
+            claim = Claim(record, current.etag, held, None, marker, input_error=str(exc))
+        self.hooks.emit(Kind.CLAIMED, record.id, queue=record.queue, task_type=record.type,
+                        attempt=claim.attempt, owner=self.owner)
+        return claim
+
+    def _admit(self, marker: Marker, held: HeldLease, now: float) -> Refusal | None:
+        """Ask each admission check, in order; the first refusal wins."""
+        for check in self.admission:
+            refusal = check(marker, held, now)
+            if refusal is not None:
+                log.debug("task %s refused until %.3f: %s", marker.task_id, refusal.retry_at,
+                          refusal.reason)
+                return refusal
+        return None
 
     def _quarantine(self, info: ObjectInfo, marker: Marker, why: str) -> None:
         """Under the lease: park an unreadable record where ``qo doctor`` reports it.
@@ -329,6 +372,7 @@ class Claimer:
         its marker goes, so no worker pays for it again.
         """
         index.quarantine(self.store, marker.queue, marker.task_id, why, marker=info.key)
+        self.hooks.emit(Kind.QUARANTINED, marker.task_id, queue=marker.queue, reason=why)
         delete_quietly(self.store, info.key, if_match=info.etag or None)
         self._count_stale(marker.queue)
 

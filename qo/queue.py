@@ -10,6 +10,7 @@ from typing import Any
 from qo import admin, audit, records, sweep
 from qo.admin import TaskView
 from qo.errors import QoError
+from qo.hooks import Hooks
 from qo.models import Status, TaskRecord
 from qo.settings import Settings
 from qo.store.base import Store
@@ -98,6 +99,8 @@ class Queue:
     def __init__(self, store: Store, settings: Settings | None = None) -> None:
         self.store = store
         self.settings = settings or Settings()
+        #: Lifecycle events of what this Queue (and workers built on it) decides.
+        self.hooks = Hooks()
 
     @classmethod
     def from_url(cls, url: str | None = None, **settings: Any) -> Queue:
@@ -110,12 +113,13 @@ class Queue:
     def submit(self, task_type: str, input: Any = None, **options: Any) -> TaskHandle:
         """Submit one task; options are those of ``SubmitRequest`` (priority, delay, key...)."""
         req = SubmitRequest(type=task_type, input=input, **options)
-        done = submit_one(self.store, req, self.settings)
+        done = submit_one(self.store, req, self.settings, hooks=self.hooks)
         return TaskHandle(self, done.id, done.created)
 
     def submit_many(self, requests: list[SubmitRequest | dict[str, Any]]) -> list[TaskHandle]:
         reqs = [r if isinstance(r, SubmitRequest) else SubmitRequest(**r) for r in requests]
-        return [self._handle(d) for d in submit_many(self.store, reqs, self.settings)]
+        return [self._handle(d) for d in submit_many(self.store, reqs, self.settings,
+                                                            hooks=self.hooks)]
 
     def _handle(self, done: Submitted) -> TaskHandle:
         return TaskHandle(self, done.id, done.created)
@@ -154,9 +158,10 @@ class Queue:
             report.fired = len(fired.fired) + len(fired.repaired)
             report.next_due = fired.next_slot
         now = self.store.now()
-        promoted = sweep.promote(self.store, now)
-        reaped = sweep.reap(self.store, self.settings, owner, now)
-        audited = audit.run_audit(self.store, self.settings, owner=owner, now=now)
+        promoted = sweep.promote(self.store, now, hooks=self.hooks)
+        reaped = sweep.reap(self.store, self.settings, owner, now, hooks=self.hooks)
+        audited = audit.run_audit(self.store, self.settings, owner=owner, now=now,
+                                  hooks=self.hooks)
         report.promoted, report.reaped = promoted.promoted, reaped.reaped
         report.repaired = audited.repaired
         report.errors += promoted.errors + reaped.errors + audited.errors

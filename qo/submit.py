@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from qo import index, keys, leases, records
 from qo.cas import delete_quietly, put_checked
 from qo.errors import PreconditionFailed, QoError
+from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import idempotent_task_id, new_task_id
 from qo.models import RetryPolicy, Status, TaskRecord
 from qo.names import check_free_text, check_name, shorten
@@ -188,13 +189,16 @@ def prepare_batch(reqs: list[SubmitRequest], settings: Settings, now: float) -> 
 
 
 def submit_one(
-    store: Store, req: SubmitRequest, settings: Settings, now: float | None = None
+    store: Store, req: SubmitRequest, settings: Settings, now: float | None = None,
+    *, hooks: Hooks = NO_HOOKS,
 ) -> Submitted:
     now = store.now() if now is None else now
-    return submit_prepared(store, prepare(req, settings, now), settings, now)
+    return submit_prepared(store, prepare(req, settings, now), settings, now, hooks=hooks)
 
 
-def submit_prepared(store: Store, prepared: Prepared, settings: Settings, now: float) -> Submitted:
+def submit_prepared(store: Store, prepared: Prepared, settings: Settings, now: float,
+                    *, hooks: Hooks = NO_HOOKS) -> Submitted:
+    """Write one prepared task (emits SUBMITTED when this call created it)."""
     record, req = prepared.record, prepared.req
     if record.input_ref:
         put_checked(store, record.input_ref, prepared.encoded_input)
@@ -210,10 +214,15 @@ def submit_prepared(store: Store, prepared: Prepared, settings: Settings, now: f
     try:
         records.create(store, record)
     except PreconditionFailed:
-        return _existing(store, record, req, settings, marker, marker_etag, now)
-    if time.monotonic() - started > settings.orphan_grace / 2:
-        index.ensure_indexed(store, record, now)  # a claimer may have judged it orphaned
-    return Submitted(record.id, True, record.status)
+        done = _existing(store, record, req, settings, marker, marker_etag, now)
+    else:
+        if time.monotonic() - started > settings.orphan_grace / 2:
+            index.ensure_indexed(store, record, now)  # a claimer may have judged it orphaned
+        done = Submitted(record.id, True, record.status)
+    if done.created:
+        hooks.emit(Kind.SUBMITTED, record.id, queue=record.queue, task_type=record.type,
+                   status=record.status)
+    return done
 
 
 def _existing(
@@ -234,7 +243,7 @@ def _existing(
     """
     current = records.read(store, record.id)
     if current is None:  # deleted in between (retention); try once more from scratch
-        return submit_one(store, req, settings, now)
+        return submit_one(store, req, settings, now)  # the caller emits SUBMITTED
     old = current.record
     expired = (
         old.terminal
@@ -279,20 +288,24 @@ def _replace_expired(
 
 
 def submit_many(
-    store: Store, reqs: list[SubmitRequest], settings: Settings
+    store: Store, reqs: list[SubmitRequest], settings: Settings, *, hooks: Hooks = NO_HOOKS
 ) -> list[Submitted]:
     """Validate every request, then submit them concurrently (InvalidBatchItem if one is bad)."""
     if not reqs:
         return []
     now = store.now()
-    return submit_all(store, prepare_batch(reqs, settings, now), settings, now)
+    return submit_all(store, prepare_batch(reqs, settings, now), settings, now, hooks=hooks)
 
 
 def submit_all(
-    store: Store, prepared: list[Prepared], settings: Settings, now: float
+    store: Store, prepared: list[Prepared], settings: Settings, now: float,
+    *, hooks: Hooks = NO_HOOKS,
 ) -> list[Submitted]:
     """Write prepared tasks: about 2 round trips per 32 tasks, not 2 per task."""
+    def one(p: Prepared) -> Submitted:
+        return submit_prepared(store, p, settings, now, hooks=hooks)
+
     if len(prepared) <= 1:
-        return [submit_prepared(store, p, settings, now) for p in prepared]
+        return [one(p) for p in prepared]
     with ThreadPoolExecutor(min(MAX_BATCH_THREADS, len(prepared))) as pool:
-        return list(pool.map(lambda p: submit_prepared(store, p, settings, now), prepared))
+        return list(pool.map(one, prepared))

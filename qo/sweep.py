@@ -19,9 +19,10 @@ import orjson
 from qo import index, keys, leases, records
 from qo.cas import delete_quietly, put_checked, put_if_absent
 from qo.errors import PreconditionFailed, StoreError
+from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import new_token
 from qo.keys import parse_delayed_key
-from qo.models import CorruptRecord, ErrorInfo, Lease, Status, dumps
+from qo.models import CorruptRecord, ErrorInfo, Lease, Status, TaskRecord, dumps
 from qo.settings import Settings
 from qo.store.base import ObjectInfo, Store
 
@@ -63,7 +64,9 @@ def take_sweep_turn(store: Store, owner: str, interval: float) -> bool:
     return True
 
 
-def promote(store: Store, now: float | None = None, limit: int = 1000) -> SweepReport:
+def promote(store: Store, now: float | None = None, limit: int = 1000,
+            *, hooks: Hooks = NO_HOOKS) -> SweepReport:
+    """Give due delayed tasks their ready marker (emits PROMOTED for markers it created)."""
     now = store.now() if now is None else now
     report = SweepReport()
     for info in store.list(keys.DELAYED, limit=limit):
@@ -73,20 +76,24 @@ def promote(store: Store, now: float | None = None, limit: int = 1000) -> SweepR
         if marker.available_at > now:
             report.next_due = marker.available_at
             break
-        put_if_absent(store, marker.ready_key, index.marker_body())
+        if put_if_absent(store, marker.ready_key, index.marker_body()):
+            hooks.emit(Kind.PROMOTED, marker.task_id, queue=marker.queue,
+                       task_type=marker.task_type)
         delete_quietly(store, info.key, if_match=info.etag)
         report.promoted += 1
     return report
 
 
-def reap(store: Store, settings: Settings, owner: str, now: float | None = None) -> SweepReport:
+def reap(store: Store, settings: Settings, owner: str, now: float | None = None,
+         *, hooks: Hooks = NO_HOOKS) -> SweepReport:
+    """Take over and repair expired leases (emits REAPED, and DEAD when a lost run was the last)."""
     now = store.now() if now is None else now
     report = SweepReport()
     for info in store.list(keys.LEASES):
         if info.last_modified + min(settings.repair_lease_seconds, settings.lease_seconds) >= now:
             continue  # too young to have expired, whatever its length
         try:
-            if reap_one(store, settings, info, owner, now):
+            if reap_one(store, settings, info, owner, now, hooks=hooks):
                 report.reaped += 1
         except (StoreError, CorruptRecord) as exc:
             report.errors.append(f"{info.key}: {exc}")
@@ -98,7 +105,8 @@ def reap(store: Store, settings: Settings, owner: str, now: float | None = None)
 CORRUPT_LEASE_AGE = 3600.0
 
 
-def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now: float) -> bool:
+def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now: float,
+             *, hooks: Hooks = NO_HOOKS) -> bool:
     try:
         held = leases.read(store, info.key)
     except CorruptRecord:
@@ -122,18 +130,30 @@ def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now
     except PreconditionFailed:
         return False  # the holder renewed it, or another reaper won
     mine = leases.HeldLease(info.key, takeover, etag)
+    queue = info.key.split("/")[1]
     try:
-        _repair(store, mine, run_token, now)
+        record, counted = _repair(store, mine, run_token, now)
     except CorruptRecord as exc:  # park it for qo doctor; never retry it forever
-        index.quarantine(store, info.key.split("/")[1], task_id, str(exc))
+        index.quarantine(store, queue, task_id, str(exc))
+        hooks.emit(Kind.QUARANTINED, task_id, queue=queue, reason=str(exc))
+        record, counted = None, False
     mine.release(store)
+    if record is not None:
+        hooks.emit(Kind.REAPED, task_id, queue=queue, task_type=record.type,
+                   attempt=record.attempt, status=record.status)
+        if counted and record.status == Status.DEAD:
+            hooks.emit(Kind.DEAD, task_id, queue=queue, task_type=record.type,
+                       attempt=record.attempt, reason="LeaseExpired")
     return True
 
 
-def _repair(store: Store, held: leases.HeldLease, run_token: str | None, now: float) -> None:
+def _repair(store: Store, held: leases.HeldLease, run_token: str | None,
+            now: float) -> tuple[TaskRecord | None, bool]:
+    """Repair the record under the reap lease: (the record, whether this call counted a lost run)."""
     current = records.read(store, held.lease.task_id)
     if current is None:
-        return  # a claim of a marker whose submitter died: nothing to repair
+        return None, False  # a claim of a marker whose submitter died: nothing to repair
+    counted = False
     record = current.record
     if not record.terminal and run_token is not None and record.last_lease != run_token:
         attempt = record.attempt + 1
@@ -147,4 +167,6 @@ def _repair(store: Store, held: leases.HeldLease, run_token: str | None, now: fl
             changes.update(status=Status.PENDING, available_at=now)
         record = record.model_copy(update=changes)
         records.replace(store, record, current.etag)
+        counted = True
     index.ensure_indexed(store, record, now)
+    return record, counted

@@ -62,8 +62,8 @@ def test_a_repeated_idempotent_submit_with_a_fixed_time_keeps_the_marker(
         assert runs.counts[first.id] == 1 and first.result(timeout=5) == 3
 
 
-def test_racing_idempotent_submits_with_a_fixed_time_leave_one_runnable_task() -> None:
-    store = MemoryStore()
+def test_racing_idempotent_submits_with_a_fixed_time_leave_one_runnable_task(
+        store: Store) -> None:
     queue, app, runs = make(store)
     barrier = threading.Barrier(16)
 
