@@ -11,6 +11,9 @@
     payloads/{id}/input, payloads/{id}/result-{n}    large bodies
     workers/{worker_id}.json                         worker heartbeats
     quarantine/{queue}/{id}                          unreadable records, for qo doctor
+    schedules/{name}.json                            a schedule and its state
+    sweep/turn, sweep/retention-cursor, sweep/audit-cursor   housekeeping state
+    doctor/...                                       qo doctor's scratch objects
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ DEAD = "dead/"
 PAYLOADS = "payloads/"
 WORKERS = "workers/"
 QUARANTINE = "quarantine/"
+SCHEDULES = "schedules/"
+DOCTOR = "doctor/"  # qo doctor's scratch objects, deleted after each check
+#: Which worker swept last (qo/sweep.py: take_sweep_turn).
+SWEEP_TURN = "sweep/turn"
+#: Where retention (qo/retention.py) resumes its pass over tasks/.
+RETENTION_CURSOR = "sweep/retention-cursor"
 #: Where the audit (qo/audit.py) resumes its pass over tasks/.
 AUDIT_CURSOR = "sweep/audit-cursor"
 PAUSED_MARK = "!paused"

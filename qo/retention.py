@@ -39,7 +39,7 @@ from qo.store.base import Store
 
 log = logging.getLogger("qo.retention")
 
-CURSOR_KEY = "sweep/retention-cursor"
+CURSOR_KEY = keys.RETENTION_CURSOR
 DEFAULT_BUDGET = 200
 DEFAULT_INTERVAL = 3600.0
 

@@ -39,7 +39,7 @@ class SweepReport:
     errors: list[str] = field(default_factory=list)
 
 
-TURN_KEY = "sweep/turn"
+TURN_KEY = keys.SWEEP_TURN
 
 
 def take_sweep_turn(store: Store, owner: str, interval: float) -> bool:
