@@ -125,6 +125,16 @@ def emit_json(data: Any) -> None:
     typer.echo(orjson.dumps(data, option=option, default=str).decode())
 
 
+def emit_listing(items: list[Any], *, more: bool, next_after: str | None = None,
+                 name: str = "tasks") -> None:
+    """The one JSON shape of every listing: ``{name: [...], "more": bool, "next_after": id}``.
+
+    ``next_after`` is the ``--after`` cursor of the next page, when the listing
+    pages by id and there is a next page; ``more`` says whether anything was left out.
+    """
+    emit_json({name: items, "more": more, "next_after": next_after})
+
+
 def say(message: str) -> None:
     """A plain line on stdout, never interpreted as rich markup."""
     typer.echo(message)

@@ -318,8 +318,7 @@ def show(
 
 # -- ls, stats ----------------------------------------------------------------------
 
-#: Statuses listed from the tasks/ prefix, where ``--after`` pages by id.
-_PAGED = (None, Status.SUCCEEDED, Status.CANCELLED)
+_PAGED = admin.PAGED_BY_ID  # where ``--after`` pages by id
 
 
 def ls(
@@ -337,10 +336,11 @@ def ls(
         raise CliError(f"--after cannot page through --status {status}: those come from an "
                        "index ordered by priority and time, not by id")
     q = common.open_queue(ctx, queue)
-    views = q.ls(status=status, queue=queue_name, limit=limit, after=after)
-    cursor = views[-1].record.id if len(views) == limit and status in _PAGED else None
+    page = q.ls_page(status=status, queue=queue_name, limit=limit, after=after)
+    views = page.views
+    cursor = views[-1].record.id if page.more and status in _PAGED else None
     if json:
-        emit_json({"tasks": [v.as_dict() for v in views], "next_after": cursor})
+        common.emit_listing([v.as_dict() for v in views], more=page.more, next_after=cursor)
         return
     if not views:
         note("no tasks" + (" after " + after if after else ""))
@@ -358,6 +358,8 @@ def ls(
     common.console().print(table)
     if cursor:
         say(f"next page: --after {cursor}")
+    elif page.more:
+        note(f"more than {limit} task(s): raise --limit to see them")
 
 
 def _brief(value: object, width: int = 40) -> str:
@@ -428,7 +430,8 @@ def retry(
     queue: QueueOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Run a dead, cancelled or waiting task again now, with fresh attempts."""
+    """Run a dead, failed (between attempts), scheduled or cancelled task again now, with
+    fresh attempts. Pending and running tasks are refused."""
     view = common.open_queue(ctx, queue).retry(task_id)
     if json:
         emit_json(view.as_dict())
@@ -477,21 +480,23 @@ def sweep(
 # -- dlq ----------------------------------------------------------------------------
 
 
-def _dead(q: Queue, queue_name: str | None, limit: int | None = None) -> list[TaskView]:
-    return q.ls(status=Status.DEAD, queue=queue_name, limit=limit or sys.maxsize)
+def _dead(q: Queue, queue_name: str | None) -> list[TaskView]:
+    return q.ls(status=Status.DEAD, queue=queue_name, limit=sys.maxsize)
 
 
 def dlq_ls(
     ctx: typer.Context,
     queue_name: QueueNameOption = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 50,
     queue: QueueOption = None,
     json: JsonOption = False,
 ) -> None:
     """Dead tasks and why they died."""
-    views = _dead(common.open_queue(ctx, queue), queue_name, limit)
+    page = common.open_queue(ctx, queue).ls_page(status=Status.DEAD, queue=queue_name,
+                                                 limit=limit)
+    views = page.views
     if json:
-        emit_json([v.as_dict() for v in views])
+        common.emit_listing([v.as_dict() for v in views], more=page.more)
         return
     if not views:
         note("no dead tasks")
@@ -504,6 +509,8 @@ def dlq_ls(
         table.add_row(*map(cell, (r.id, r.type, r.queue, r.attempt, fmt_time(r.finished_at),
                                   _short_error(e))))
     common.console().print(table)
+    if page.more:
+        note(f"more than {limit} dead task(s): raise --limit to see them")
 
 
 def _short_error(error: ErrorInfo | None, width: int = 100) -> str:

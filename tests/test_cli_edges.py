@@ -1,0 +1,51 @@
+"""Rough edges of the CLI a new user trips over (issue 13): each test failed before its fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_cli import _repo_cwd, as_json, assert_one_line_error, ok, qo, submit, url, work
+
+__all__ = ["_repo_cwd", "url"]  # fixtures, used by name
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_next_page_only_when_there_is_more(url: str) -> None:
+    ids = [submit(url, "add", "-i", f'{{"x": {i}, "y": 0}}') for i in range(2)]
+    exact = ok(qo("-q", url, "ls", "--limit", "2"))
+    assert "next page" not in exact.output and all(i in exact.stdout for i in ids)
+    assert as_json(qo("-q", url, "ls", "--limit", "2", "--json"))["next_after"] is None
+    third = submit(url, "add", "-i", '{"x": 9, "y": 0}')
+    page = ok(qo("-q", url, "ls", "--limit", "2"))
+    assert f"next page: --after {ids[1]}" in page.stdout
+    rest = ok(qo("-q", url, "ls", "--limit", "2", "--after", ids[1]))
+    assert ids[0] in rest.stdout and third not in rest.stdout and "next page" not in rest.output
+
+
+def test_every_listing_has_one_json_shape(url: str) -> None:
+    for i in range(3):
+        submit(url, "fail", "-i", f'{{"message": "m{i}"}}', "--max-attempts", "1")
+    assert "3 failed" in work(url)
+    listing = as_json(qo("-q", url, "ls", "--json", "--limit", "2"))
+    dead = as_json(qo("-q", url, "dlq", "ls", "--json", "--limit", "2"))
+    assert set(dead) == set(listing) == {"tasks", "more", "next_after"}
+    assert listing["more"] is True and listing["next_after"] == listing["tasks"][-1]["id"]
+    assert dead["more"] is True and dead["next_after"] is None  # dlq ls does not page by id
+    assert [t["status"] for t in dead["tasks"]] == ["dead", "dead"]
+    everything = as_json(qo("-q", url, "dlq", "ls", "--json"))
+    assert len(everything["tasks"]) == 3 and everything["more"] is False
+    human = ok(qo("-q", url, "dlq", "ls", "--limit", "2"))
+    assert "raise --limit" in human.stderr
+
+
+def test_retry_help_matches_what_retry_accepts(url: str) -> None:
+    text = " ".join(ok(qo("retry", "--help")).stdout.split())
+    assert "waiting" not in text
+    for accepted in ("dead", "failed", "scheduled", "cancelled"):
+        assert accepted in text
+    assert "Pending and running tasks are refused" in text
+    task_id = submit(url, "add", "-i", '{"x": 1, "y": 1}')
+    assert_one_line_error(qo("-q", url, "retry", task_id), code=3, contains="pending")
+    delayed = submit(url, "add", "-i", '{"x": 1, "y": 1}', "--delay", "1h")
+    assert as_json(qo("-q", url, "retry", delayed, "--json"))["status"] == "pending"
