@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from importlib import metadata
+from typing import Any
 
+import pytest
+import typer
+
+from qo.cli import app
 from tests.test_cli import _repo_cwd, as_json, assert_one_line_error, ok, qo, submit, url, work
 
 __all__ = ["_repo_cwd", "url"]  # fixtures, used by name
@@ -49,3 +54,29 @@ def test_retry_help_matches_what_retry_accepts(url: str) -> None:
     assert_one_line_error(qo("-q", url, "retry", task_id), code=3, contains="pending")
     delayed = submit(url, "add", "-i", '{"x": 1, "y": 1}', "--delay", "1h")
     assert as_json(qo("-q", url, "retry", delayed, "--json"))["status"] == "pending"
+
+
+def _command_paths(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [path]
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        paths += _command_paths(sub, (*path, name))
+    return paths
+
+
+def test_flags_look_like_flags_in_every_help() -> None:
+    paths = _command_paths(typer.main.get_command(app))
+    assert ("worker",) in paths and ("schedule", "add") in paths and ("dlq", "purge") in paths
+    for path in paths:
+        text = ok(qo(*path, "--help")).stdout
+        assert "--help" in text
+        assert "<bool>" not in text, f"qo {' '.join(path)} --help:\n{text}"
+    assert "--json" in ok(qo("ls", "--help")).stdout
+    line = assert_one_line_error(qo("ls", "--json", "true"), code=2)
+    assert "take no value" in line
+    assert "take no value" not in assert_one_line_error(qo("ls", "extra"), code=2)
+
+
+def test_version() -> None:
+    result = ok(qo("--version"))
+    assert result.stdout.strip() == f"qo {metadata.version('qo-queue')}"
+    assert "--version" in ok(qo("--help")).stdout

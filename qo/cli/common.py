@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import metadata
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -93,6 +95,30 @@ def queue_url(ctx: typer.Context, local: str | None) -> str | None:
 def open_queue(ctx: typer.Context, local: str | None) -> Queue:
     """The queue the user named (``Queue.from_url`` falls back to the default store)."""
     return Queue.from_url(queue_url(ctx, local))
+
+
+def plain_flags(command: Any, help_names: list[str]) -> None:
+    """Boolean flags take no value, so ``--help`` shows none after them.
+
+    typer's rich help prints ``<bool>`` after every flag (``--json``, ``--yes``,
+    ``--help`` itself), as if it took a value, and ``--json true`` is then an
+    error. This clears the shown type of every flag of ``command`` and of its
+    subcommands, whichever module declared them; run it on the root command.
+    """
+    help_option = command.get_help_option(typer.Context(command, help_option_names=help_names))
+    for param in [*command.params, help_option]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        plain_flags(sub, help_names)
+
+
+def installed_version() -> str:
+    """The installed qo-queue distribution's version (what ``qo --version`` prints)."""
+    try:
+        return metadata.version("qo-queue")
+    except metadata.PackageNotFoundError:
+        return "unknown (qo-queue is not installed)"
 
 
 # -- output -------------------------------------------------------------------------
@@ -277,6 +303,11 @@ _CLICK = (typer.TyperException, *(m.ClickException for m in _MODULES))
 _ABORT = (typer.Abort, *(m.Abort for m in _MODULES if hasattr(m, "Abort")))
 
 
+#: ``qo ls --json true``: a value after a flag shows up as an extra argument.
+_FLAG_VALUE = re.compile(r"unexpected extra argument\S* \((true|false|yes|no|on|off)\)",
+                         re.IGNORECASE)
+
+
 def handle_error(exc: BaseException) -> int:
     """Print one ``error:`` line for ``exc`` on stderr; return the exit code."""
     if isinstance(exc, _NO_ARGS):
@@ -285,7 +316,10 @@ def handle_error(exc: BaseException) -> int:
     if isinstance(exc, _USAGE):
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        return _fail(exc.format_message() + hint, exc.exit_code)
+        message = exc.format_message()
+        if _FLAG_VALUE.search(message):
+            message += "; flags such as --json take no value: give the flag alone"
+        return _fail(message + hint, exc.exit_code)
     if isinstance(exc, _CLICK):
         return _fail(exc.format_message(), getattr(exc, "exit_code", 1))
     if isinstance(exc, _ABORT):
