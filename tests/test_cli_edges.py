@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
 
 from qo.cli import app
+from qo.errors import ConfigError, shorten, shorten_values
+from qo.queue import Queue
 from tests.test_cli import _repo_cwd, as_json, assert_one_line_error, ok, qo, submit, url, work
 
 __all__ = ["_repo_cwd", "url"]  # fixtures, used by name
@@ -80,3 +83,47 @@ def test_version() -> None:
     result = ok(qo("--version"))
     assert result.stdout.strip() == f"qo {metadata.version('qo-queue')}"
     assert "--version" in ok(qo("--help")).stdout
+
+
+LONG = "k" * 5000
+
+
+@pytest.mark.parametrize("args", [
+    ("submit", "add", "--key", LONG),  # checked by qo.submit
+    ("submit", "add", "--tag", LONG),  # checked by the CLI
+    ("submit", "add", "--tag", f"{LONG}=x"),
+    ("submit", LONG),  # a task type: qo.names
+    ("submit", "add", "--at", LONG),  # a CLI parser, through click
+    ("show", LONG),
+    ("-q", f"s3://{LONG}/x", "stats"),  # the queue URL
+    ("-q", f"file://{LONG}", "stats"),
+])
+def test_errors_cut_long_values(url: str, args: tuple[str, ...]) -> None:
+    full = args if args[0] == "-q" else ("-q", url, *args)
+    line = assert_one_line_error(qo(*full))
+    assert len(line) < 400, line
+    assert "characters)" in line, line
+
+
+def test_shorten() -> None:
+    assert shorten("abc") == "'abc'"
+    cut = shorten(LONG)
+    assert cut.startswith("'kkk") and cut.endswith("kkk' (5000 characters)") and len(cut) < 90
+    message = shorten_values(f"invalid key {LONG!r}: use 1-128 letters")
+    assert message.endswith("(5000 characters): use 1-128 letters") and len(message) < 120
+    prose = "a sentence of many ordinary words, " * 5
+    assert shorten_values(prose) == prose
+    assert len(shorten_values("a " * 5000)) < 1100
+
+
+def test_relative_file_url_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    line = assert_one_line_error(qo("-q", "file://relative/dir", "stats"), code=2)
+    assert "must be absolute" in line and f"file://{tmp_path}/relative/dir" in line
+    assert not (tmp_path / "relative").exists()  # nothing created
+    with pytest.raises(ConfigError, match="must be absolute"):
+        Queue.from_url("file://./here")
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    assert Queue.from_url("file://~/q").store.url == f"file://{home}/q"  # ~ is absolute
+    ok(qo("-q", f"file://{tmp_path}/abs", "stats"))

@@ -30,7 +30,7 @@ from rich.text import Text
 from qo import app as app_module
 from qo import cron
 from qo.app import App
-from qo.errors import QoError
+from qo.errors import QoError, shorten, shorten_values
 from qo.queue import Queue
 
 T = TypeVar("T")
@@ -225,10 +225,10 @@ def parse_datetime(text: str) -> datetime:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise CliError(
-            f"invalid time {text!r}: use ISO 8601 with a time zone, e.g. 2030-01-31T09:00:00+00:00"
+            f"invalid time {shorten(text)}: use ISO 8601 with a time zone, e.g. 2030-01-31T09:00:00+00:00"
         ) from None
     if when.tzinfo is None:
-        raise CliError(f"time {text!r} has no time zone: add one, e.g. Z or +02:00")
+        raise CliError(f"time {shorten(text)} has no time zone: add one, e.g. Z or +02:00")
     return when
 
 
@@ -341,5 +341,5 @@ def handle_error(exc: BaseException) -> int:
 def _fail(message: str, code: int, exc: BaseException | None = None) -> int:
     if exc is not None and DEBUG["on"]:
         traceback.print_exception(exc, file=sys.stderr)
-    typer.echo(f"error: {one_line(message)}", err=True)
+    typer.echo(f"error: {shorten_values(one_line(message))}", err=True)
     return code if code else 1

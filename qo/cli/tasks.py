@@ -32,7 +32,7 @@ from qo.cli.common import (
     note,
     say,
 )
-from qo.errors import QoError
+from qo.errors import QoError, shorten
 from qo.models import ErrorInfo, Status, TaskRecord
 from qo.queue import Queue, TaskHandle
 from qo.submit import InvalidBatchItem, SubmitRequest, prepare_batch, submit_all
@@ -73,10 +73,10 @@ def read_json_arg(value: str, what: str) -> Any:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise CliError(f"cannot read {what} file {str(path)!r}: {exc.strerror}") from None
+            raise CliError(f"cannot read {what} file {shorten(str(path))}: {exc.strerror}") from None
         except UnicodeDecodeError:
-            raise CliError(f"{what} file {str(path)!r} is not UTF-8 text") from None
-        source = f"{what} file {str(path)!r}"
+            raise CliError(f"{what} file {shorten(str(path))} is not UTF-8 text") from None
+        source = f"{what} file {shorten(str(path))}"
     else:
         text = value
     try:
@@ -90,7 +90,7 @@ def parse_tags(tags: list[str] | None) -> dict[str, str]:
     for tag in tags or []:
         name, sep, value = tag.partition("=")
         if not sep or not name:
-            raise CliError(f"invalid tag {tag!r}: expected NAME=VALUE")
+            raise CliError(f"invalid tag {shorten(tag)}: expected NAME=VALUE")
         out[name] = value
     return out
 
@@ -105,8 +105,8 @@ def read_batch(source: str) -> list[dict[str, Any]]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise CliError(f"cannot read batch file {str(path)!r}: {reason}") from None
-        where = f"batch file {str(path)!r}"
+            raise CliError(f"cannot read batch file {shorten(str(path))}: {reason}") from None
+        where = f"batch file {shorten(str(path))}"
     stripped = text.strip()
     if not stripped:
         raise CliError(f"{where} is empty")
