@@ -35,3 +35,29 @@ def test_readme_test_command_prints_pytests_summary_line(tmp_path: Path) -> None
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert re.search(r"^2 passed\b", run.stdout, re.MULTILINE), run.stdout
+
+
+def _text(path: str) -> str:
+    return " ".join((ROOT / path).read_text().split())
+
+
+def test_idle_cost_figures_agree_across_the_docs() -> None:
+    """README, protocol §5 and the benchmarks give the same idle figures, from the defaults."""
+    from qo.worker import WorkerOptions
+
+    d = WorkerOptions()
+    polls = round(3600 / (0.75 * d.poll_max))  # a wait drawn from U(poll_max/2, poll_max)
+    sweeps, per_sweep = 48, 4  # 1 PUT of the turn + 3 LIST; see docs/benchmarks.md
+    fleet_cost = sweeps * per_sweep * 0.005 / 1000
+    assert (polls, f"{fleet_cost:.5f}") == (240, "0.00096")
+    readme, bench = _text("README.md"), _text("docs/benchmarks.md")
+    protocol = _text("docs/protocol.md")
+    section5 = protocol[protocol.index("## 5. Request budget"):protocol.index("## 6.")]
+    for name, text in (("README", readme), ("protocol §5", section5),
+                       ("benchmarks", bench)):
+        assert "$0.00096" in text, name
+        assert "192 requests" in text, name
+        assert "$0.0012" not in text and "180 LIST" not in text, name
+        assert "1,224" in text, name  # the measured default worker, sweeps included
+    assert f"{polls} polls an hour" in section5
+    assert "240 × concurrency" in section5 and "240 × concurrency" in bench
