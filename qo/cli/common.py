@@ -225,7 +225,8 @@ def parse_datetime(text: str) -> datetime:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise CliError(
-            f"invalid time {shorten(text)}: use ISO 8601 with a time zone, e.g. 2030-01-31T09:00:00+00:00"
+            f"invalid time {shorten(text)}: use ISO 8601 with a time zone, "
+            "e.g. 2030-01-31T09:00:00+00:00"
         ) from None
     if when.tzinfo is None:
         raise CliError(f"time {shorten(text)} has no time zone: add one, e.g. Z or +02:00")
