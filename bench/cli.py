@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios
+from bench import idle_cost, report, scenarios
 from bench.backends import Backend
 
 #: Scenario sizes per profile. ``tiny`` is for the smoke test (seconds, memory store).
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      prof["claims"], latency))
             result["claim_cost"] = rows
         if "idle" in only:
-            result["idle"] = scenarios.idle_all(prof["idle"], args.latency)
+            result["idle"] = idle_cost.idle_all(prof["idle"], args.latency)
         if "submit" in only:
             single, batch = prof["submit"]
             result["submit"] = scenarios.submit(backend, single, batch)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from bench import scenarios
+from bench import idle_cost
 from bench.cli import PROFILES
 from qo.store.memory import MemoryStore
 from qo.worker import WorkerOptions
 
 
 def test_poll_clock_groups_lists_into_polls() -> None:
-    clock = scenarios.PollClock(MemoryStore(), gap=0.25)
+    clock = idle_cost.PollClock(MemoryStore(), gap=0.25)
     clock.starts += [10.0, 10.001, 10.003, 10.004, 11.0, 11.002, 12.0]  # 4 slots, 2, then 1
     assert clock.per_poll(since=0.0) == (7, 3)
     assert clock.per_poll(since=10.5) == (3, 2)
@@ -27,7 +27,7 @@ def test_poll_clock_groups_lists_into_polls() -> None:
 
 @pytest.mark.timeout(120)
 def test_idle_runs_on_a_store_with_latency() -> None:
-    rows = scenarios.idle_all([(1, 1000.0, 1.0), (2, 1000.0, 1.0)], latency=0.001)
+    rows = idle_cost.idle_all([(1, 1000.0, 1.0), (2, 1000.0, 1.0)], latency=0.001)
     assert [r["concurrency"] for r in rows] == [1, 2]
     for row in rows:
         assert row["latency_s"] == 0.001
