@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios
+from bench import idle_cost, report, scenarios
 from bench.backends import Backend
 
 #: Scenario sizes per profile. ``tiny`` is for the smoke test (seconds, memory store).
@@ -18,7 +18,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
         "tasks": 20, "workers": [1, 4], "layouts": ["independent"], "shared_workers": None,
         "claim_memory": [(100, 50), (1000, 50), (100, 200)], "claim_remote": [(100, 50)],
-        "claims": 50, "idle": [(1, 1000.0, 1.2)], "submit": (10, 40),
+        "claims": 50, "idle": [(1, 1000.0, 1.2), (4, 1000.0, 1.2)], "submit": (10, 40),
         "latency": (2, 50.0, 0.6), "timeout": 60.0,
     },
     "quick": {
@@ -26,7 +26,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "shared_workers": [8, 32],
         "claim_memory": [(100, 100), (10_000, 100), (100_000, 100), (100, 10_000)],
         "claim_remote": [(100, 50), (1000, 50), (100, 1000)],
-        "claims": 50, "idle": [(1, 200.0, 10.0), (4, 200.0, 10.0)], "submit": (50, 300),
+        "claims": 50, "idle": [(1, 20.0, 60.0), (4, 20.0, 60.0), (8, 20.0, 60.0)],
+        "submit": (50, 300),
         "latency": (8, 10.0, 10.0), "timeout": 120.0,
     },
     "full": {
@@ -34,11 +35,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "shared_workers": None,
         "claim_memory": [(100, 100), (10_000, 100), (100_000, 100), (100, 10_000)],
         "claim_remote": [(100, 100), (10_000, 100), (100, 10_000)],
-        "claims": 100, "idle": [(1, 100.0, 36.0), (4, 100.0, 36.0)], "submit": (200, 2000),
+        "claims": 100, "idle": [(1, 10.0, 180.0), (4, 10.0, 180.0), (8, 10.0, 180.0)],
+        "submit": (200, 2000),
         "latency": (8, 10.0, 30.0), "timeout": 300.0,
     },
 }
 SCENARIOS = ("throughput", "claim", "idle", "submit", "latency")
+#: ``idle`` entries are (concurrency, scale, seconds): intervals divided by scale, latency
+#: not (it must stay small against poll_max / scale); the runs go in parallel.
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -60,7 +64,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--procs", type=int, default=2,
                    help="worker processes (the GIL limits one process); default 2")
     p.add_argument("--latency", type=float, default=0.02,
-                   help="seconds added per request (moto server, memory store)")
+                   help="seconds added per request (moto server, memory store, and the "
+                        "idle scenario's store whatever the backend)")
     p.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--json-out", default="bench/results/latest.json")
     p.add_argument("--markdown", metavar="JSON",
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      prof["claims"], latency))
             result["claim_cost"] = rows
         if "idle" in only:
-            result["idle"] = [scenarios.idle(c, scale, secs) for c, scale, secs in prof["idle"]]
+            result["idle"] = idle_cost.idle_all(prof["idle"], args.latency)
         if "submit" in only:
             single, batch = prof["submit"]
             result["submit"] = scenarios.submit(backend, single, batch)

@@ -218,10 +218,13 @@ def print_report(result: dict[str, Any]) -> None:
     idle_rows = result.get("idle", [])
     if idle_rows:
         _table("Idle worker, requests per hour (measured with scaled intervals | formula)",
-               ["concurrency", "LIST ready", "formula", "PUT workers", "formula",
+               ["concurrency", "latency ms", "LIST ready/poll", "LIST ready", "formula",
+                "PUT workers", "formula",
                 "wake-ups", "sweeps", "LIST (all)", "PUT (all)", "HEAD", "billable",
                 "$/worker-month"],
-               [[r["concurrency"], r["measured_by_family_per_hour"].get("LIST ready", 0),
+               [[r["concurrency"], round(r.get("latency_s", 0.0) * 1000, 1),
+                 r.get("ready_lists_per_poll"),
+                 r["measured_by_family_per_hour"].get("LIST ready", 0),
                  r["formula_per_hour"]["LIST ready (polls)"],
                  r["measured_by_family_per_hour"].get("PUT workers", 0),
                  r["formula_per_hour"]["PUT workers (heartbeat)"],
@@ -301,8 +304,11 @@ def markdown(result: dict[str, Any]) -> str:
     if idle_rows:
         fams = sorted({k for r in idle_rows for k in r["measured_by_family_per_hour"]})
         out.append(_md(
-            ["concurrency", *fams, "billable", "$/worker-month"],
-            [[r["concurrency"], *(r["measured_by_family_per_hour"].get(f, 0) for f in fams),
+            ["concurrency", "latency ms", "LIST ready per poll", *fams, "billable",
+             "$/worker-month"],
+            [[r["concurrency"], round(r.get("latency_s", 0.0) * 1000, 1),
+              r.get("ready_lists_per_poll"),
+              *(r["measured_by_family_per_hour"].get(f, 0) for f in fams),
               r["measured_per_hour"]["billable"], r["cost_per_worker_month_usd"]]
              for r in idle_rows]))
     sub = result.get("submit")

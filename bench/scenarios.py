@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench import report
-from bench.backends import Backend, CountingStore, Counts
-from bench.workers import TASK_TYPE, WorkerFleet, app, layout_groups
+from bench.backends import Backend, Counts
+from bench.workers import TASK_TYPE, WorkerFleet, layout_groups
 from qo import keys
 from qo.claim import Claimer
 from qo.ids import new_task_id
@@ -32,9 +32,8 @@ from qo.models import Status, TaskRecord, dumps
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.memory import MemoryStore
-from qo.store.metrics import BILLABLE, PRICE_PER_REQUEST, RequestCounter
+from qo.store.metrics import BILLABLE, PRICE_PER_REQUEST
 from qo.submit import SubmitRequest
-from qo.worker import Worker, WorkerOptions
 
 KINDS = ("PUT", "GET", "HEAD", "LIST", "DELETE")
 TASK_FAMILIES = ("tasks", "ready", "leases", "delayed", "dead", "payloads")
@@ -290,68 +289,6 @@ def claim_cost(backend: Backend, finished: int, pending: int, claims: int,
     }
     log(f"claim cost {backend.kind} finished={finished} pending={pending}: "
         f"{row['per_claim']} {row['ms_per_claim']} ms/claim, LIST {row['list_ms']} ms")
-    return row
-
-
-# -- idle cost of a worker -------------------------------------------------------------------
-
-
-def lists_per_sweep() -> int:
-    """LISTs of one full sweep (schedules, promote, reap) on an empty store."""
-    store = MemoryStore()
-    Queue(store).sweep(owner="probe")
-    return store.counts["LIST"]
-
-
-def idle(concurrency: int, scale: float, seconds: float) -> dict[str, Any]:
-    """An idle Worker with every interval divided by ``scale``; counts scaled to one hour.
-
-    One scaled hour lasts 3600/scale seconds; the run lasts ``seconds`` and is
-    extrapolated to a full (scaled) hour. The formula uses the current
-    ``WorkerOptions`` defaults: the worker's idle slots share one poll, made
-    after U(poll_max/2, poll_max) (mean 0.75 poll_max), one LIST per queue per
-    poll, whatever the concurrency (before qo 937ea4c every slot polled on
-    its own: multiply by the concurrency); the heartbeat record is
-    one PUT per ``heartbeat_interval``; the housekeeper wakes every
-    U(0.8, 1.2) x ``sweep_interval`` (what a wake-up costs depends on the
-    sweep code, so it is reported by key family, not predicted).
-    """
-    d = WorkerOptions()
-    counts, fams = RequestCounter(), RequestCounter()
-    store = CountingStore(MemoryStore(), counts, fams)
-    opts = WorkerOptions(concurrency=concurrency, poll_min=d.poll_min / scale,
-                         poll_max=d.poll_max / scale, sweep_interval=d.sweep_interval / scale,
-                         heartbeat_interval=d.heartbeat_interval / scale)
-    worker = Worker(app, Queue(store), opts)
-    worker.claimer.listing_ttl /= scale
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    time.sleep(seconds)
-    snap, fsnap = counts.snapshot(), fams.snapshot()
-    worker.stop()
-    thread.join(30)
-    factor = (3600.0 / scale) / seconds
-    measured = {k: round(v * factor, 1) for k, v in sorted(snap.items())}
-    measured["billable"] = round(sum(snap.get(k, 0) for k in BILLABLE) * factor, 1)
-    by_family = {k: round(v * factor, 1) for k, v in sorted(fsnap.items())}
-    lps = lists_per_sweep()
-    formula = {
-        "LIST ready (polls)": round(3600 / (0.75 * d.poll_max), 1),
-        "PUT workers (heartbeat)": round(3600 / d.heartbeat_interval, 1),
-        "housekeeper wake-ups": round(3600 / d.sweep_interval, 1),
-        "LIST per full sweep": lps,
-    }
-    cost = sum(measured.get(k, 0) * p for k, p in PRICE_PER_REQUEST.items())
-    row = {"concurrency": concurrency, "scale": scale, "run_seconds": seconds,
-           "scaled_hours": round(seconds * scale / 3600, 3),
-           "defaults": {"poll_max": d.poll_max, "sweep_interval": d.sweep_interval,
-                        "heartbeat_interval": d.heartbeat_interval},
-           "measured_per_hour": measured, "measured_by_family_per_hour": by_family,
-           "sweeps_per_hour": by_family.get("LIST schedules", 0.0),
-           "formula_per_hour": formula,
-           "cost_per_worker_hour_usd": round(cost, 5),
-           "cost_per_worker_month_usd": round(cost * 730, 3)}
-    log(f"idle concurrency={concurrency}: measured {by_family}, formula {formula}")
     return row
 
 

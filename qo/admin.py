@@ -8,7 +8,10 @@ a task back to life (retry) runs under the task's lease, like a worker would.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from qo import index, keys, leases, records
@@ -178,6 +181,23 @@ def stats(store: Store) -> dict[str, dict[str, int]]:
     return {q: dict(c) for q, c in sorted(counts.items())}
 
 
+#: Statuses ``ls`` lists from the ``tasks/`` prefix, where ``after`` pages by task id.
+PAGED_BY_ID = (None, Status.SUCCEEDED, Status.CANCELLED)
+
+#: Records ``ls`` reads at once (bounded threads, as ``submit_many`` writes).
+LS_THREADS = 32
+#: At most this many candidates per round of reads (a LIST page).
+LS_ROUND = 1000
+
+
+@dataclass
+class Page:
+    """One page of ``ls``: the views, and whether another matching task follows."""
+
+    views: list[TaskView]
+    more: bool
+
+
 def ls(
     store: Store,
     *,
@@ -187,35 +207,66 @@ def ls(
     after: str | None = None,
 ) -> list[TaskView]:
     """Tasks newest first (by id), filtered; indexes serve the live statuses."""
+    return ls_page(store, status=status, queue=queue, limit=limit, after=after).views
+
+
+def ls_page(
+    store: Store,
+    *,
+    status: Status | None = None,
+    queue: str | None = None,
+    limit: int = 20,
+    after: str | None = None,
+) -> Page:
+    """Up to ``limit`` tasks, and whether there are more.
+
+    Cost: the LISTs of one index (or of ``tasks/``), then 1 GET per candidate
+    record (plus 1 GET of the lease for a live one), ``LS_THREADS`` at a time,
+    in rounds of as many candidates as matches are still missing (at most
+    ``LS_ROUND``). One match more than ``limit`` is read, to know whether
+    another page exists.
+    """
     if queue is not None:
         check_name(queue, "queue name")
     if after is not None:
         check_task_id(after)
-    ids = _candidate_ids(store, status, queue, after)
+    candidates = _unique(_candidate_ids(store, status, queue, after))
     views: list[TaskView] = []
+    with ThreadPoolExecutor(LS_THREADS) as pool:
+        while len(views) <= limit:
+            batch = list(islice(candidates, min(limit + 1 - len(views), LS_ROUND)))
+            if not batch:
+                break
+            for view in pool.map(lambda task_id: _read_view(store, task_id), batch):
+                if view is None:
+                    continue
+                if queue is not None and view.record.queue != queue:
+                    continue
+                if status is not None and view.status != status:
+                    continue
+                views.append(view)
+    return Page(views[:limit], more=len(views) > limit)
+
+
+def _read_view(store: Store, task_id: str) -> TaskView | None:
+    try:
+        current = records.read(store, task_id)
+    except CorruptRecord:
+        return None
+    return None if current is None else _view(store, current.record)
+
+
+def _unique(ids: Iterator[str]) -> Iterator[str]:
     seen: set[str] = set()
     for task_id in ids:
-        if len(views) >= limit:
-            break
-        if task_id in seen:
-            continue
-        seen.add(task_id)
-        try:
-            current = records.read(store, task_id)
-        except CorruptRecord:
-            continue
-        if current is None:
-            continue
-        view = _view(store, current.record)
-        if queue is not None and view.record.queue != queue:
-            continue
-        if status is not None and view.status != status:
-            continue
-        views.append(view)
-    return views
+        if task_id not in seen:
+            seen.add(task_id)
+            yield task_id
 
 
-def _candidate_ids(store: Store, status: Status | None, queue: str | None, after: str | None):
+def _candidate_ids(
+    store: Store, status: Status | None, queue: str | None, after: str | None
+) -> Iterator[str]:
     qpart = f"{queue}/" if queue else ""
     if status == Status.PENDING:
         for info in store.list(keys.READY + qpart):
@@ -241,4 +292,5 @@ def _candidate_ids(store: Store, status: Status | None, queue: str | None, after
                 yield task_id
 
 
-__all__ = ["TERMINAL", "TaskNotFound", "TaskView", "cancel", "ls", "retry", "show", "stats"]
+__all__ = ["TERMINAL", "Page", "TaskNotFound", "TaskView", "cancel", "ls", "ls_page", "retry", "show",
+           "stats"]

@@ -137,7 +137,13 @@ class Queue:
         return admin.retry(self.store, self.settings, task_id)
 
     def ls(self, **filters: Any) -> list[TaskView]:
+        """Tasks newest first (``status``, ``queue``, ``limit``, ``after``); records are read
+        concurrently, ``admin.LS_THREADS`` at a time."""
         return admin.ls(self.store, **filters)
+
+    def ls_page(self, **filters: Any) -> admin.Page:
+        """Like ``ls``, and whether more tasks match after the last one."""
+        return admin.ls_page(self.store, **filters)
 
     def stats(self) -> dict[str, dict[str, int]]:
         return admin.stats(self.store)

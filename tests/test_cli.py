@@ -243,7 +243,7 @@ def test_dead_letters_ls_retry_purge(url: str, monkeypatch: pytest.MonkeyPatch) 
     human = ok(qo("-q", url, "show", task_id)).stdout
     assert "RuntimeError: always" in human and "traceback" in human
     dead = as_json(qo("-q", url, "dlq", "ls", "--json"))
-    assert [t["id"] for t in dead] == [task_id]
+    assert [t["id"] for t in dead["tasks"]] == [task_id]
     assert task_id in ok(qo("-q", url, "dlq", "ls", "--queue-name", "default")).stdout
     assert as_json(qo("-q", url, "stats", "--json"))["queues"]["default"]["dead"] == 1
 

@@ -32,6 +32,7 @@ class QoGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         common.DEBUG["on"] = common.env_debug()
+        common.plain_flags(self, HELP_NAMES)
         try:
             rv = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except BaseException as exc:  # the one place every error ends
@@ -48,6 +49,15 @@ class QoGroup(TyperGroup):
         return code
 
 
+HELP_NAMES = ["-h", "--help"]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"qo {common.installed_version()}")
+        raise typer.Exit()
+
+
 app = typer.Typer(
     name="qo",
     cls=QoGroup,
@@ -55,7 +65,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": HELP_NAMES},
 )
 
 
@@ -77,6 +87,11 @@ def root(
     debug: Annotated[
         bool,
         typer.Option("--debug", envvar="QO_DEBUG", help="Show tracebacks of unexpected errors."),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version,
+                     help="Print the installed qo version and exit."),
     ] = False,
 ) -> None:
     """qo: a task queue whose only infrastructure is an object store."""

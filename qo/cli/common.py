@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import metadata
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -28,7 +30,7 @@ from rich.text import Text
 from qo import app as app_module
 from qo import cron
 from qo.app import App
-from qo.errors import QoError
+from qo.errors import QoError, shorten, shorten_values
 from qo.queue import Queue
 
 T = TypeVar("T")
@@ -95,6 +97,30 @@ def open_queue(ctx: typer.Context, local: str | None) -> Queue:
     return Queue.from_url(queue_url(ctx, local))
 
 
+def plain_flags(command: Any, help_names: list[str]) -> None:
+    """Boolean flags take no value, so ``--help`` shows none after them.
+
+    typer's rich help prints ``<bool>`` after every flag (``--json``, ``--yes``,
+    ``--help`` itself), as if it took a value, and ``--json true`` is then an
+    error. This clears the shown type of every flag of ``command`` and of its
+    subcommands, whichever module declared them; run it on the root command.
+    """
+    help_option = command.get_help_option(typer.Context(command, help_option_names=help_names))
+    for param in [*command.params, help_option]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        plain_flags(sub, help_names)
+
+
+def installed_version() -> str:
+    """The installed qo-queue distribution's version (what ``qo --version`` prints)."""
+    try:
+        return metadata.version("qo-queue")
+    except metadata.PackageNotFoundError:
+        return "unknown (qo-queue is not installed)"
+
+
 # -- output -------------------------------------------------------------------------
 
 
@@ -123,6 +149,16 @@ def emit_json(data: Any) -> None:
     """One JSON document on stdout (indented for people at a terminal)."""
     option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if is_tty() else 0)
     typer.echo(orjson.dumps(data, option=option, default=str).decode())
+
+
+def emit_listing(items: list[Any], *, more: bool, next_after: str | None = None,
+                 name: str = "tasks") -> None:
+    """The one JSON shape of every listing: ``{name: [...], "more": bool, "next_after": id}``.
+
+    ``next_after`` is the ``--after`` cursor of the next page, when the listing
+    pages by id and there is a next page; ``more`` says whether anything was left out.
+    """
+    emit_json({name: items, "more": more, "next_after": next_after})
 
 
 def say(message: str) -> None:
@@ -189,10 +225,11 @@ def parse_datetime(text: str) -> datetime:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise CliError(
-            f"invalid time {text!r}: use ISO 8601 with a time zone, e.g. 2030-01-31T09:00:00+00:00"
+            f"invalid time {shorten(text)}: use ISO 8601 with a time zone, "
+            "e.g. 2030-01-31T09:00:00+00:00"
         ) from None
     if when.tzinfo is None:
-        raise CliError(f"time {text!r} has no time zone: add one, e.g. Z or +02:00")
+        raise CliError(f"time {shorten(text)} has no time zone: add one, e.g. Z or +02:00")
     return when
 
 
@@ -267,6 +304,11 @@ _CLICK = (typer.TyperException, *(m.ClickException for m in _MODULES))
 _ABORT = (typer.Abort, *(m.Abort for m in _MODULES if hasattr(m, "Abort")))
 
 
+#: ``qo ls --json true``: a value after a flag shows up as an extra argument.
+_FLAG_VALUE = re.compile(r"unexpected extra argument\S* \((true|false|yes|no|on|off)\)",
+                         re.IGNORECASE)
+
+
 def handle_error(exc: BaseException) -> int:
     """Print one ``error:`` line for ``exc`` on stderr; return the exit code."""
     if isinstance(exc, _NO_ARGS):
@@ -275,7 +317,10 @@ def handle_error(exc: BaseException) -> int:
     if isinstance(exc, _USAGE):
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        return _fail(exc.format_message() + hint, exc.exit_code)
+        message = exc.format_message()
+        if _FLAG_VALUE.search(message):
+            message += "; flags such as --json take no value: give the flag alone"
+        return _fail(message + hint, exc.exit_code)
     if isinstance(exc, _CLICK):
         return _fail(exc.format_message(), getattr(exc, "exit_code", 1))
     if isinstance(exc, _ABORT):
@@ -297,5 +342,5 @@ def handle_error(exc: BaseException) -> int:
 def _fail(message: str, code: int, exc: BaseException | None = None) -> int:
     if exc is not None and DEBUG["on"]:
         traceback.print_exception(exc, file=sys.stderr)
-    typer.echo(f"error: {one_line(message)}", err=True)
+    typer.echo(f"error: {shorten_values(one_line(message))}", err=True)
     return code if code else 1

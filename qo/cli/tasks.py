@@ -1,4 +1,4 @@
-"""Task commands: submit, show, ls, stats, cancel, retry, dlq, pause, resume, sweep.
+"""Task commands: submit, show, ls, stats, cancel, retry, pause, resume, sweep.
 
 Each is a thin layer over ``Queue``/``admin``: parse, call, print. Data goes
 to stdout (a table, or JSON with ``--json``); notes go to stderr.
@@ -19,7 +19,7 @@ from rich.table import Table
 from qo import admin, records
 from qo.admin import TaskView
 from qo.app import App
-from qo.cli import common
+from qo.cli import common, dlq
 from qo.cli.common import (
     CliError,
     JsonOption,
@@ -32,8 +32,8 @@ from qo.cli.common import (
     note,
     say,
 )
-from qo.errors import QoError
-from qo.models import ErrorInfo, Status, TaskRecord
+from qo.errors import QoError, shorten
+from qo.models import Status, TaskRecord
 from qo.queue import Queue, TaskHandle
 from qo.submit import InvalidBatchItem, SubmitRequest, prepare_batch, submit_all
 
@@ -51,12 +51,7 @@ def register(app: typer.Typer) -> None:
     app.command()(pause)
     app.command()(resume)
     app.command()(sweep)
-    dlq = typer.Typer(help="Dead-letter queue: tasks that ran out of attempts.",
-                      no_args_is_help=True)
-    dlq.command("ls")(dlq_ls)
-    dlq.command("retry")(dlq_retry)
-    dlq.command("purge")(dlq_purge)
-    app.add_typer(dlq, name="dlq")
+    dlq.register(app)
 
 
 # -- submit -------------------------------------------------------------------------
@@ -73,10 +68,10 @@ def read_json_arg(value: str, what: str) -> Any:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise CliError(f"cannot read {what} file {str(path)!r}: {exc.strerror}") from None
+            raise CliError(f"cannot read {what} file {shorten(str(path))}: {exc.strerror}") from None
         except UnicodeDecodeError:
-            raise CliError(f"{what} file {str(path)!r} is not UTF-8 text") from None
-        source = f"{what} file {str(path)!r}"
+            raise CliError(f"{what} file {shorten(str(path))} is not UTF-8 text") from None
+        source = f"{what} file {shorten(str(path))}"
     else:
         text = value
     try:
@@ -90,7 +85,7 @@ def parse_tags(tags: list[str] | None) -> dict[str, str]:
     for tag in tags or []:
         name, sep, value = tag.partition("=")
         if not sep or not name:
-            raise CliError(f"invalid tag {tag!r}: expected NAME=VALUE")
+            raise CliError(f"invalid tag {shorten(tag)}: expected NAME=VALUE")
         out[name] = value
     return out
 
@@ -105,8 +100,8 @@ def read_batch(source: str) -> list[dict[str, Any]]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise CliError(f"cannot read batch file {str(path)!r}: {reason}") from None
-        where = f"batch file {str(path)!r}"
+            raise CliError(f"cannot read batch file {shorten(str(path))}: {reason}") from None
+        where = f"batch file {shorten(str(path))}"
     stripped = text.strip()
     if not stripped:
         raise CliError(f"{where} is empty")
@@ -318,8 +313,7 @@ def show(
 
 # -- ls, stats ----------------------------------------------------------------------
 
-#: Statuses listed from the tasks/ prefix, where ``--after`` pages by id.
-_PAGED = (None, Status.SUCCEEDED, Status.CANCELLED)
+_PAGED = admin.PAGED_BY_ID  # where ``--after`` pages by id
 
 
 def ls(
@@ -337,10 +331,11 @@ def ls(
         raise CliError(f"--after cannot page through --status {status}: those come from an "
                        "index ordered by priority and time, not by id")
     q = common.open_queue(ctx, queue)
-    views = q.ls(status=status, queue=queue_name, limit=limit, after=after)
-    cursor = views[-1].record.id if len(views) == limit and status in _PAGED else None
+    page = q.ls_page(status=status, queue=queue_name, limit=limit, after=after)
+    views = page.views
+    cursor = views[-1].record.id if page.more and status in _PAGED else None
     if json:
-        emit_json({"tasks": [v.as_dict() for v in views], "next_after": cursor})
+        common.emit_listing([v.as_dict() for v in views], more=page.more, next_after=cursor)
         return
     if not views:
         note("no tasks" + (" after " + after if after else ""))
@@ -358,6 +353,8 @@ def ls(
     common.console().print(table)
     if cursor:
         say(f"next page: --after {cursor}")
+    elif page.more:
+        note(f"more than {limit} task(s): raise --limit to see them")
 
 
 def _brief(value: object, width: int = 40) -> str:
@@ -428,7 +425,8 @@ def retry(
     queue: QueueOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Run a dead, cancelled or waiting task again now, with fresh attempts."""
+    """Run a dead, failed (between attempts), scheduled or cancelled task again now, with
+    fresh attempts. Pending and running tasks are refused."""
     view = common.open_queue(ctx, queue).retry(task_id)
     if json:
         emit_json(view.as_dict())
@@ -472,99 +470,3 @@ def sweep(
         + (f", next due {fmt_time(report.next_due)}" if report.next_due else ""))
     for err in report.errors:
         note(f"warning: {err}")
-
-
-# -- dlq ----------------------------------------------------------------------------
-
-
-def _dead(q: Queue, queue_name: str | None, limit: int | None = None) -> list[TaskView]:
-    return q.ls(status=Status.DEAD, queue=queue_name, limit=limit or sys.maxsize)
-
-
-def dlq_ls(
-    ctx: typer.Context,
-    queue_name: QueueNameOption = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
-    queue: QueueOption = None,
-    json: JsonOption = False,
-) -> None:
-    """Dead tasks and why they died."""
-    views = _dead(common.open_queue(ctx, queue), queue_name, limit)
-    if json:
-        emit_json([v.as_dict() for v in views])
-        return
-    if not views:
-        note("no dead tasks")
-        return
-    table = Table()
-    for name in ("id", "type", "queue", "attempts", "finished", "error"):
-        table.add_column(name, no_wrap=name == "id")
-    for v in views:
-        r, e = v.record, v.record.error
-        table.add_row(*map(cell, (r.id, r.type, r.queue, r.attempt, fmt_time(r.finished_at),
-                                  _short_error(e))))
-    common.console().print(table)
-
-
-def _short_error(error: ErrorInfo | None, width: int = 100) -> str:
-    """First line of the error, for a table cell (``qo show`` has all of it)."""
-    if error is None:
-        return ""
-    lines = error.message.strip().splitlines()
-    text = f"{error.type}: {lines[0] if lines else ''}"
-    return text if len(text) <= width and len(lines) <= 1 else text[: width - 1] + "…"
-
-
-def dlq_retry(
-    ctx: typer.Context,
-    task_ids: Annotated[list[str] | None, typer.Argument(
-        metavar="ID", help="Dead tasks to run again.", show_default=False)] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every dead task (of --queue-name).")] = False,
-    queue_name: QueueNameOption = None,
-    queue: QueueOption = None,
-) -> None:
-    """Run dead tasks again, with fresh attempts."""
-    if bool(task_ids) == all_:
-        raise CliError("give task ids or --all (not both)")
-    if task_ids and queue_name:
-        raise CliError("--queue-name only filters --all")
-    q = common.open_queue(ctx, queue)
-    ids = list(task_ids or []) or [v.record.id for v in _dead(q, queue_name)]
-    failures: list[str] = []
-    with common.progress(len(ids), "retrying") as advance:
-        for task_id in ids:
-            try:
-                q.retry(task_id)
-            except QoError as exc:
-                if len(ids) == 1:
-                    raise
-                failures.append(f"{task_id}: {exc}")
-            advance(1)
-    for failure in failures:
-        note(f"warning: {failure}")
-    say(f"retried {len(ids) - len(failures)} task(s)")
-    if failures:
-        raise CliError(f"{len(failures)} of {len(ids)} task(s) could not be retried")
-
-
-def dlq_purge(
-    ctx: typer.Context,
-    queue_name: QueueNameOption = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    queue: QueueOption = None,
-) -> None:
-    """Delete dead tasks for good (records and payloads)."""
-    q = common.open_queue(ctx, queue)
-    counts = q.stats()
-    dead = sum(c.get("dead", 0) for name, c in counts.items()
-               if queue_name is None or name == queue_name)
-    where = f"queue {queue_name}" if queue_name else "all queues"
-    if not yes:
-        if not common.is_interactive():
-            raise CliError("refusing to purge without confirmation: pass --yes")
-        if not typer.confirm(f"Delete {dead} dead task(s) in {where} of {q.url} for good?",
-                             err=True):
-            raise CliError("purge cancelled; nothing deleted")
-    with common.spinner("purging dead tasks"):
-        purged = admin.purge_dead(q.store, q.settings, queue_name)
-    say(f"purged {purged} dead task(s) from {where}")

@@ -21,7 +21,10 @@ Errors are ``{"error": CODE, "message": TEXT}``: 400 for a malformed body or
 invalid fields (nothing is stored), 404 for an unknown task or route, 405 for
 a wrong method, 409 for an idempotency conflict or an impossible transition,
 413 for a body over ``QO_API_MAX_BODY`` (1 MiB) or a payload over the queue's
-limit, 503 when the store is unavailable, 500 otherwise. Responses never
+limit, 503 when the store is unavailable (a retry may succeed), 500 with the
+code ``misconfigured`` and the reason when the bucket is missing, access is
+denied or the configuration is wrong (a retry cannot succeed, so it is not a
+503 that clients would retry), and 500 otherwise. Responses never
 carry a stack trace: unexpected errors are logged with the request id, which
 the response names.
 
@@ -45,7 +48,16 @@ from pydantic import ValidationError
 from qo import admin, records
 from qo.admin import InvalidTransition, TaskNotFound, TaskView
 from qo.app import App
-from qo.errors import ConfigError, QoError, StoreError, StoreUnavailable
+from qo.errors import (
+    AccessDenied,
+    BucketNotFound,
+    ConfigError,
+    QoError,
+    StoreError,
+    StoreUnavailable,
+    shorten,
+    shorten_values,
+)
 from qo.models import CorruptRecord, Status
 from qo.names import check_free_text, check_task_id
 from qo.records import PayloadTooLarge
@@ -198,7 +210,7 @@ def _submit_request(app: App | None, fields: Any, where: str = "") -> SubmitRequ
         if definition is None:
             registered = ", ".join(sorted(app.tasks)) or "none"
             raise bad_request(_at(
-                where, f"unknown task type {fields['type']!r}; registered: {registered}"))
+                where, f"unknown task type {shorten(fields['type'])}; registered: {registered}"))
         fields = app.submit_defaults(definition) | fields
     try:
         return SubmitRequest(**fields)
@@ -252,12 +264,12 @@ def list_tasks(rt: Runtime, req: Request) -> tuple[int, Any]:
             status_value: Status | None = Status(status)
         except ValueError:
             choices = ", ".join(s.value for s in Status)
-            raise bad_request(f"invalid status {status!r}: one of {choices}") from None
+            raise bad_request(f"invalid status {shorten(status)}: one of {choices}") from None
     else:
         status_value = None
     raw_limit = req.query.get("limit", "20")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST:
-        raise bad_request(f"invalid limit {raw_limit!r}: a number from 1 to {MAX_LIST}")
+        raise bad_request(f"invalid limit {shorten(raw_limit)}: a number from 1 to {MAX_LIST}")
     views = admin.ls(rt.queue.store, status=status_value, queue=req.query.get("queue"),
                      limit=int(raw_limit), after=req.query.get("after"))
     return 200, {"tasks": [_view(rt, v, payloads=False, traceback=False) for v in views]}
@@ -354,10 +366,15 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         status, body = 409, _error("conflict", str(exc))
     except PayloadTooLarge as exc:
         status, body = 413, _error("payload_too_large", str(exc))
+    except (BucketNotFound, AccessDenied, ConfigError) as exc:  # retrying cannot help
+        log.error("request %s: misconfigured: %s", request_id, exc,
+                  extra={"event": "api_misconfigured"})
+        status, body = 500, _error("misconfigured", f"the API is misconfigured: {exc}; check "
+                                   "the function's QO_QUEUE, its role and its bucket")
     except StoreUnavailable as exc:
         log.warning("request %s: store unavailable: %s", request_id, exc)
-        status, body = 503, _error("unavailable", "the store is unavailable; try again")
-    except (StoreError, ConfigError, CorruptRecord):
+        status, body = 503, _error("unavailable", f"the store is unavailable, try again: {exc}")
+    except (StoreError, CorruptRecord):
         log.exception("request %s failed", request_id)
         status, body = 500, _error("internal_error", f"internal error (request {request_id})")
     except QoError as exc:  # everything else qo refuses is about the input
@@ -377,7 +394,7 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
 
 
 def _error(code: str, message: str) -> dict[str, str]:
-    return {"error": code, "message": " ".join(message.split())}
+    return {"error": code, "message": shorten_values(" ".join(message.split()))}
 
 
 def _where(event: Any) -> tuple[str, str]:

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from qo.errors import ConfigError, InvalidName
+from qo.errors import LONGEST_RUN, ConfigError, InvalidName, shorten
 from qo.store.base import Store, check_key
 
 ENV_VAR = "QO_QUEUE"
@@ -27,13 +27,31 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get(ENV_VAR) or default_url()
 
 
+def _absolute_dir(url: str, path: str) -> Path:
+    """The directory of a ``file://`` URL, which must be absolute (``~`` counts).
+
+    ``file://relative/dir`` is refused rather than resolved: the same URL
+    would name another directory for a worker started elsewhere (a service
+    manager, a cron job), and the two would silently never meet.
+    """
+    where = Path(path).expanduser()
+    if not where.is_absolute():
+        fixed = "file://" + str(Path.cwd() / where)
+        shown = repr(fixed) if len(fixed) <= LONGEST_RUN else shorten(fixed)  # whole to copy
+        raise ConfigError(
+            f"invalid queue URL {shorten(url)}: a file:// path must be absolute "
+            f"(three slashes), e.g. {shown} for that path from here"
+        )
+    return where
+
+
 def open_store(url: str | None = None) -> Store:
     """Open the store a queue URL names; a bad URL is a one-line ConfigError."""
     url = resolve_url(url)
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigError(
-            f"invalid queue URL {url!r}: expected s3://bucket/prefix, "
+            f"invalid queue URL {shorten(url)}: expected s3://bucket/prefix, "
             "file:///path or memory://name"
         )
     scheme = scheme.lower()
@@ -41,25 +59,25 @@ def open_store(url: str | None = None) -> Store:
         from qo.store.memory import MemoryStore
 
         if rest and not re.fullmatch(r"[A-Za-z0-9_.-]+", rest):
-            raise ConfigError(f"invalid memory queue name in {url!r}")
+            raise ConfigError(f"invalid memory queue name in {shorten(url)}")
         return MemoryStore.named(rest)
     if scheme == "file":
         if not rest:
-            raise ConfigError(f"invalid queue URL {url!r}: file:// needs a directory path")
+            raise ConfigError(f"invalid queue URL {shorten(url)}: file:// needs a directory path")
         from qo.store.local import LocalStore
 
-        return LocalStore(Path(rest).expanduser())
+        return LocalStore(_absolute_dir(url, rest))
     if scheme == "s3":
         bucket, _, prefix = rest.partition("/")
         if not _BUCKET.match(bucket) or ".." in bucket:
-            raise ConfigError(f"invalid S3 bucket name {bucket!r} in queue URL {url!r}")
+            raise ConfigError(f"invalid S3 bucket name {shorten(bucket)} in queue URL {shorten(url)}")
         prefix = prefix.strip("/")
         if prefix:
             try:
                 check_key(prefix)
             except InvalidName as exc:
-                raise ConfigError(f"invalid prefix in queue URL {url!r}: {exc}") from None
+                raise ConfigError(f"invalid prefix in queue URL {shorten(url)}: {exc}") from None
         from qo.store.s3 import S3Store
 
         return S3Store(bucket, prefix)
-    raise ConfigError(f"unsupported queue URL scheme {scheme!r} in {url!r} (use s3, file or memory)")
+    raise ConfigError(f"unsupported queue URL scheme {shorten(scheme)} in {shorten(url)} (use s3, file or memory)")
