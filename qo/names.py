@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from qo.errors import InvalidName
+from qo.errors import InvalidName, shorten
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _TASK_ID = re.compile(r"[0-9a-z]{8,64}")
@@ -30,14 +30,6 @@ def check_task_id(value: object) -> str:
     if not isinstance(value, str) or not _TASK_ID.fullmatch(value):
         raise InvalidName(f"invalid task id {shorten(value)}: expected 8-64 lowercase letters or digits")
     return value
-
-
-def shorten(value: object, limit: int = 80) -> str:
-    """``repr(value)`` cut to about ``limit`` characters, for error messages."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit - 20]}...({len(text):,} characters)"
 
 
 def check_free_text(value: object, what: str, max_len: int = 256) -> str:

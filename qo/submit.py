@@ -19,11 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qo import index, keys, leases, records
 from qo.cas import delete_quietly, put_checked
-from qo.errors import PreconditionFailed, QoError
+from qo.errors import PreconditionFailed, QoError, shorten
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import idempotent_task_id, new_task_id
 from qo.models import RetryPolicy, Status, TaskRecord
-from qo.names import check_free_text, check_name, shorten
+from qo.names import check_free_text, check_name
 from qo.settings import Settings
 from qo.store.base import Store
 
