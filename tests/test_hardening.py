@@ -23,22 +23,14 @@ from qo.submit import SubmitRequest
 from qo.worker import Worker, WorkerOptions
 
 from .helpers import FakeClock, Runs, drain
+from .test_queue_core import make_app
 
 FUTURE = 4_000_000_000.0  # 2096: a fixed `at=` in the future
 PAST = 1_000_000_000.0  # 2001: a fixed `at=` that is already due
 
 
 def make(store: Store, settings: Settings | None = None) -> tuple[Queue, App, Runs]:
-    queue = Queue(store, settings or Settings())
-    app = App(queue)
-    runs = Runs()
-
-    @app.task
-    def add(ctx, x: int, y: int) -> int:
-        runs.hit(ctx.task_id)
-        return x + y
-
-    return queue, app, runs
+    return make_app(store, settings)
 
 
 def stranded(queue: Queue, task_id: str) -> bool:
