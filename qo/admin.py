@@ -16,7 +16,7 @@ from typing import Any
 
 from qo import index, keys, leases, records
 from qo.cas import delete_quietly, put_if_absent
-from qo.errors import PreconditionFailed, QoError, StoreError
+from qo.errors import ErrorKind, PreconditionFailed, QoError, StoreError
 from qo.keys import parse_delayed_key, parse_ready_key
 from qo.models import TERMINAL, CorruptRecord, Lease, Status, TaskRecord
 from qo.names import check_name, check_task_id
@@ -25,11 +25,11 @@ from qo.store.base import Store
 
 
 class TaskNotFound(QoError):
-    exit_code = 4
+    kind = ErrorKind.NOT_FOUND
 
 
 class InvalidTransition(QoError):
-    exit_code = 3
+    kind = ErrorKind.CONFLICT
 
 
 @dataclass

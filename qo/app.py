@@ -19,7 +19,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from pydantic import ConfigDict, ValidationError, validate_call
 
 from qo.context import Context
-from qo.errors import ConfigError, QoError
+from qo.errors import ConfigError, ErrorKind, QoError
 from qo.models import RetryPolicy
 from qo.names import check_name
 from qo.queue import Queue, TaskHandle
@@ -33,7 +33,7 @@ class Fatal(Exception):
 
 
 class UnknownTaskType(QoError):
-    exit_code = 2
+    kind = ErrorKind.INVALID
 
 
 class AppLoadError(ConfigError):

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-from qo.errors import QoError
+from qo.errors import ErrorKind, QoError
 
 #: Wall-clock window searched around an instant: wider than any DST shift.
 _DST_WINDOW = timedelta(hours=3)
@@ -35,7 +35,7 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604
 
 
 class InvalidSchedule(QoError):
-    exit_code = 2
+    kind = ErrorKind.INVALID
 
 
 def parse_duration(text: str | float, what: str = "duration") -> float:

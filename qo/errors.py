@@ -1,37 +1,96 @@
-"""Every error qo raises on purpose derives from QoError.
+"""Every error qo raises on purpose derives from QoError, and has a kind.
 
-The CLI prints ``str(error)`` as a one-line message and exits non-zero, so
-messages must make sense to a person without a traceback.
+The kind says what went wrong from the caller's side. Both the CLI's exit
+code and the HTTP API's status (and its ``error`` code) derive from it, from
+the one table in ``ErrorKind``, so a command and a route that fail the same way
+answer the same way; docs/protocol.md shows the table for users.
+
+A subclass declares ``kind = ErrorKind.X``; ``exit_code`` and ``http_status``
+are read-only and follow it. The CLI prints ``str(error)`` as a one-line
+message and exits with ``exit_code``, so messages must make sense to a
+person without a traceback.
 """
 
 from __future__ import annotations
 
 import re
+from enum import Enum
+from typing import Any
 
-#: Characters of a user's value that an error message shows, at most.
-SHOWN_CHARS = 60
+
+class ErrorKind(Enum):
+    """What kind of failure an error is; the single source of exit codes and statuses."""
+
+    code: str
+    exit_code: int
+    http_status: int
+
+    # member = (API error code, CLI exit code, HTTP status)
+    #: The input is wrong (a name, a field, a flag): fix it and try again.
+    INVALID = ("bad_request", 2, 400)
+    #: The input is over a size limit (a payload, a body, a batch).
+    TOO_LARGE = ("payload_too_large", 2, 413)
+    #: No such task or schedule.
+    NOT_FOUND = ("not_found", 4, 404)
+    #: The stored state rules it out (a key taken, a transition, a lost write).
+    CONFLICT = ("conflict", 3, 409)
+    #: The URL, bucket, credentials or app are wrong: a retry cannot help.
+    MISCONFIGURED = ("misconfigured", 2, 500)
+    #: The store answers but cannot safely carry a queue (``qo doctor`` failed).
+    UNSUPPORTED_STORE = ("unsupported_store", 1, 500)
+    #: Transient: the store is unreachable or a wait ran out; a retry may succeed.
+    UNAVAILABLE = ("unavailable", 5, 503)
+    #: A bug or a corrupt object; the API logs it and shows no detail.
+    INTERNAL = ("internal_error", 1, 500)
+
+    def __init__(self, code: str, exit_code: int, http_status: int) -> None:
+        self.code = code
+        self.exit_code = exit_code
+        self.http_status = http_status
+
+
+class _FromKind:
+    """A read-only attribute of an error class or instance, taken from its kind."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> int:
+        source: Any = obj if obj is not None else owner
+        return int(getattr(source.kind, self.name))
+
+    def __set__(self, obj: Any, value: object) -> None:
+        raise AttributeError(f"{self.name} derives from the error's kind: set kind instead")
 
 
 class QoError(Exception):
-    """Base of all deliberate qo errors; its message is shown to users as is."""
+    """Base of all deliberate qo errors; its message is shown to users as is.
 
-    exit_code = 1
+    A bare ``QoError`` is about the caller's input (``ErrorKind.INVALID``); every
+    subclass names its own kind.
+    """
+
+    kind: ErrorKind = ErrorKind.INVALID
+    exit_code = _FromKind()
+    http_status = _FromKind()
 
 
 class ConfigError(QoError):
     """The queue URL, credentials or options are wrong."""
 
-    exit_code = 2
+    kind = ErrorKind.MISCONFIGURED
 
 
 class InvalidName(QoError):
     """A name or key would be unsafe to use in the store (key injection)."""
 
-    exit_code = 2
+    kind = ErrorKind.INVALID
 
 
 class StoreError(QoError):
     """The store refused or failed a request."""
+
+    kind = ErrorKind.INTERNAL
 
 
 class PreconditionFailed(StoreError):
@@ -41,17 +100,29 @@ class PreconditionFailed(StoreError):
     412, and 409 ConditionalRequestConflict under concurrency).
     """
 
+    kind = ErrorKind.CONFLICT
+
 
 class StoreUnavailable(StoreError):
     """A transient failure that survived the backend's own retries."""
+
+    kind = ErrorKind.UNAVAILABLE
 
 
 class BucketNotFound(StoreError):
     """The bucket (or local root) does not exist."""
 
+    kind = ErrorKind.MISCONFIGURED
+
 
 class AccessDenied(StoreError):
     """Credentials are valid but lack a permission on the queue's prefix."""
+
+    kind = ErrorKind.MISCONFIGURED
+
+
+#: Characters of a user's value that an error message shows, at most.
+SHOWN_CHARS = 60
 
 
 def shorten(value: object, width: int = SHOWN_CHARS) -> str:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qo.errors import QoError
+from qo.errors import ErrorKind, QoError
 
 SCHEMA_VERSION = 1
 M = TypeVar("M", bound=BaseModel)
@@ -32,6 +32,8 @@ TERMINAL = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED})
 
 class CorruptRecord(QoError):
     """An object in the store is not a record this version of qo can read."""
+
+    kind = ErrorKind.INTERNAL
 
 
 class RetryPolicy(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any
 
 from qo import admin, audit, records, sweep
 from qo.admin import TaskView
-from qo.errors import QoError
+from qo.errors import ErrorKind, QoError
 from qo.hooks import Hooks
 from qo.models import Status, TaskRecord
 from qo.settings import Settings
@@ -21,6 +21,8 @@ from qo.submit import SubmitRequest, Submitted, submit_many, submit_one
 class TaskFailed(QoError):
     """The task is dead: its last attempt failed and no retry is left."""
 
+    kind = ErrorKind.CONFLICT  # the task has no result to give
+
     def __init__(self, record: TaskRecord) -> None:
         err = record.error
         detail = f"{err.type}: {err.message}" if err else "unknown error"
@@ -29,13 +31,15 @@ class TaskFailed(QoError):
 
 
 class TaskCancelled(QoError):
+    kind = ErrorKind.CONFLICT  # the task has no result to give
+
     def __init__(self, record: TaskRecord) -> None:
         super().__init__(f"task {record.id} was cancelled ({record.cancel_reason or 'no reason'})")
         self.record = record
 
 
 class ResultTimeout(QoError, TimeoutError):
-    pass
+    kind = ErrorKind.UNAVAILABLE  # waiting longer may succeed
 
 
 class TaskHandle:

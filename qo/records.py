@@ -11,7 +11,7 @@ import orjson
 
 from qo import keys
 from qo.cas import get_retrying, put_checked
-from qo.errors import QoError
+from qo.errors import ErrorKind, QoError
 from qo.ids import new_token
 from qo.models import CorruptRecord, TaskRecord, dumps, loads
 from qo.settings import Settings
@@ -19,11 +19,11 @@ from qo.store.base import Store
 
 
 class PayloadTooLarge(QoError):
-    exit_code = 2
+    kind = ErrorKind.TOO_LARGE
 
 
 class InvalidPayload(QoError):
-    exit_code = 2
+    kind = ErrorKind.INVALID
 
 
 @dataclass

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qo.cron import CronSpec, IntervalSpec, InvalidSchedule, Spec, upcoming, zone
-from qo.errors import PreconditionFailed, QoError, StoreError
+from qo.errors import ErrorKind, PreconditionFailed, QoError, StoreError
 from qo.ids import idempotent_task_id
 from qo.models import CorruptRecord, RetryPolicy, dumps, loads
 from qo.names import check_name
@@ -51,11 +51,11 @@ CatchUp = Literal["none", "latest", "all"]
 
 
 class ScheduleNotFound(QoError):
-    exit_code = 4
+    kind = ErrorKind.NOT_FOUND
 
 
 class ScheduleExists(QoError):
-    exit_code = 3
+    kind = ErrorKind.CONFLICT
 
 
 class HistoryEntry(BaseModel):

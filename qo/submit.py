@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qo import index, keys, leases, records
 from qo.cas import delete_quietly, put_checked
-from qo.errors import PreconditionFailed, QoError, shorten
+from qo.errors import ErrorKind, PreconditionFailed, QoError, shorten
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import idempotent_task_id, new_task_id
 from qo.models import RetryPolicy, Status, TaskRecord
@@ -33,7 +33,7 @@ MAX_BATCH_THREADS = 32
 class IdempotencyConflict(QoError):
     """The idempotency key is taken by a task with a different input."""
 
-    exit_code = 3
+    kind = ErrorKind.CONFLICT
 
 
 class SubmitRequest(BaseModel):
@@ -122,11 +122,13 @@ def available_at(req: SubmitRequest, now: float) -> float:
 class InvalidBatchItem(QoError):
     """One request of a batch is invalid; nothing of the batch was written."""
 
+    kind = ErrorKind.INVALID  # an instance takes the kind of its item's error
+
     def __init__(self, index: int, error: QoError) -> None:
         super().__init__(f"item {index}: {error}")
         self.index = index  # 0-based position in the batch
         self.error = error
-        self.exit_code = error.exit_code
+        self.kind = error.kind
 
 
 @dataclass(frozen=True)

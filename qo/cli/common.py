@@ -2,8 +2,10 @@
 
 Commands print data to stdout (a rich table for people, JSON with ``--json``)
 and everything else to stderr, so ``qo ... --json | jq`` always parses. Every
-failure a user can cause becomes one ``error: <message>`` line and the
-error's ``exit_code``; only ``--debug`` (or ``QO_DEBUG=1``) shows tracebacks.
+failure a user can cause becomes one ``error: <message>`` line and the exit
+code of the error's kind (``qo.errors.ErrorKind``: 2 invalid input or configuration,
+3 conflict, 4 not found, 5 unavailable, 1 otherwise); only ``--debug`` (or
+``QO_DEBUG=1``) shows tracebacks.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from rich.text import Text
 from qo import app as app_module
 from qo import cron
 from qo.app import App
-from qo.errors import QoError, shorten, shorten_values
+from qo.errors import ErrorKind, QoError, shorten, shorten_values
 from qo.queue import Queue
 
 T = TypeVar("T")
@@ -42,7 +44,7 @@ PIPE_WIDTH = 240
 class CliError(QoError):
     """Bad input caught by the CLI itself (a flag combination, a file, a format)."""
 
-    exit_code = 2
+    kind = ErrorKind.INVALID
 
 
 # -- global state -------------------------------------------------------------------
@@ -325,16 +327,16 @@ def handle_error(exc: BaseException) -> int:
         return _fail(exc.format_message(), getattr(exc, "exit_code", 1))
     if isinstance(exc, _ABORT):
         return _fail("aborted", 1)
-    if isinstance(exc, QoError):
-        return _fail(str(exc) or type(exc).__name__, exc.exit_code or 1, exc)
+    if isinstance(exc, QoError):  # the exit code is the kind's (see qo.errors.ErrorKind)
+        return _fail(str(exc) or type(exc).__name__, exc.kind.exit_code, exc)
     if isinstance(exc, ValidationError):
-        return _fail(describe_validation(exc), 2, exc)
+        return _fail(describe_validation(exc), ErrorKind.INVALID.exit_code, exc)
     if isinstance(exc, KeyboardInterrupt):
         return _fail("interrupted", 130)
     return _fail(
         f"unexpected {type(exc).__name__}: {exc}"
         + ("" if DEBUG["on"] else " (run with --debug for the traceback)"),
-        1,
+        ErrorKind.INTERNAL.exit_code,
         exc,
     )
 

@@ -9,13 +9,15 @@ from rich.text import Text
 from qo.cli import common
 from qo.cli.common import JsonOption, QueueOption, cell, emit_json, note
 from qo.doctor import Level, diagnose
-from qo.errors import QoError
+from qo.errors import ErrorKind, QoError
 
 _STYLE = {Level.OK: "green", Level.WARN: "yellow", Level.FAIL: "bold red", Level.SKIP: "dim"}
 
 
 class DoctorFailed(QoError):
     """At least one check failed; the report says which."""
+
+    kind = ErrorKind.UNSUPPORTED_STORE
 
 
 def register(app: typer.Typer) -> None:

@@ -17,16 +17,20 @@ Requests arrive in payload format 2.0. Routes:
 ``GET /schedules``          cron schedules (when this qo has a scheduler)      200
 ==========================  =================================================  ============
 
-Errors are ``{"error": CODE, "message": TEXT}``: 400 for a malformed body or
-invalid fields (nothing is stored), 404 for an unknown task or route, 405 for
-a wrong method, 409 for an idempotency conflict or an impossible transition,
-413 for a body over ``QO_API_MAX_BODY`` (1 MiB) or a payload over the queue's
-limit, 503 when the store is unavailable (a retry may succeed), 500 with the
-code ``misconfigured`` and the reason when the bucket is missing, access is
+Errors are ``{"error": CODE, "message": TEXT}``. For every ``QoError`` the
+status and the code are those of its kind (``qo.errors.ErrorKind``, the table
+docs/protocol.md shows), never chosen here by error class: 400
+``bad_request`` for a malformed body or invalid fields (nothing is stored),
+404 ``not_found`` for an unknown task, schedule or route, 409 ``conflict``
+for an idempotency conflict or an impossible transition, 413
+``payload_too_large`` for a body over ``QO_API_MAX_BODY`` (1 MiB) or a
+payload over the queue's limit, 503 ``unavailable`` when the store is
+unavailable (a retry may succeed), 500 ``misconfigured`` (or
+``unsupported_store``) with the reason when the bucket is missing, access is
 denied or the configuration is wrong (a retry cannot succeed, so it is not a
-503 that clients would retry), and 500 otherwise. Responses never
-carry a stack trace: unexpected errors are logged with the request id, which
-the response names.
+503 that clients would retry), and 500 ``internal_error`` otherwise; 405
+for a wrong method. Responses never carry a stack trace: unexpected errors
+are logged with the request id, which the response names.
 
 With ``QO_APP`` set, submits use the app's defaults for the task type
 (queue, priority, attempts, retry, timeout), like ``qo submit --app``, and
@@ -46,31 +50,14 @@ import orjson
 from pydantic import ValidationError
 
 from qo import admin, records
-from qo.admin import InvalidTransition, TaskNotFound, TaskView
+from qo.admin import TaskView
 from qo.app import App
-from qo.errors import (
-    AccessDenied,
-    BucketNotFound,
-    ConfigError,
-    QoError,
-    StoreError,
-    StoreUnavailable,
-    shorten,
-    shorten_values,
-)
-from qo.models import CorruptRecord, Status
+from qo.errors import ErrorKind, QoError, shorten, shorten_values
+from qo.models import Status
 from qo.names import check_free_text, check_task_id
-from qo.records import PayloadTooLarge
 from qo.serverless import Runtime, runtime
 from qo.serverless.sweeper import plain, scheduler_function
-from qo.submit import (
-    IdempotencyConflict,
-    InvalidBatchItem,
-    SubmitRequest,
-    prepare_batch,
-    submit_all,
-    submit_one,
-)
+from qo.submit import InvalidBatchItem, SubmitRequest, prepare_batch, submit_all, submit_one
 
 log = logging.getLogger("qo.serverless.api")
 
@@ -90,9 +77,14 @@ class HttpError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    @classmethod
+    def of(cls, kind: ErrorKind, message: str) -> HttpError:
+        """The answer for an error of ``kind``: its status and code."""
+        return cls(kind.http_status, kind.code, message)
+
 
 def bad_request(message: str) -> HttpError:
-    return HttpError(400, "bad_request", message)
+    return HttpError.of(ErrorKind.INVALID, message)
 
 
 class Request:
@@ -153,8 +145,7 @@ class Request:
 
 
 def too_large(limit: int) -> HttpError:
-    return HttpError(413, "payload_too_large",
-                     f"request body is over the limit of {limit:,} bytes")
+    return HttpError.of(ErrorKind.TOO_LARGE, f"request body is over the limit of {limit:,} bytes")
 
 
 def _json_type(value: Any) -> str:
@@ -217,7 +208,7 @@ def _submit_request(app: App | None, fields: Any, where: str = "") -> SubmitRequ
     except ValidationError as exc:
         raise bad_request(describe_validation(exc, where)) from None
     except QoError as exc:
-        raise bad_request(_at(where, str(exc))) from None
+        raise HttpError.of(exc.kind, _at(where, str(exc))) from None
 
 
 @route("/tasks", "POST")
@@ -239,18 +230,14 @@ def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
     if not isinstance(items, list) or not items:
         raise bad_request('field "tasks" must be a non-empty array of task objects')
     if len(items) > MAX_BATCH:
-        raise HttpError(413, "payload_too_large",
-                        f"{len(items)} tasks in one batch; at most {MAX_BATCH}")
+        raise HttpError.of(ErrorKind.TOO_LARGE, f"{len(items)} tasks in one batch; at most {MAX_BATCH}")
     reqs = [_submit_request(rt.app, item, f"tasks[{n}]") for n, item in enumerate(items)]
     store, settings = rt.queue.store, rt.queue.settings
     now = store.now()
     try:  # sizes, delay and at: refuse before writing anything
         prepared = prepare_batch(reqs, settings, now)
-    except InvalidBatchItem as exc:
-        where = f"tasks[{exc.index}]: {exc.error}"
-        if isinstance(exc.error, PayloadTooLarge):
-            raise HttpError(413, "payload_too_large", where) from None
-        raise bad_request(where) from None
+    except InvalidBatchItem as exc:  # of the kind of the item's error
+        raise HttpError.of(exc.kind, f"tasks[{exc.index}]: {exc.error}") from None
     done = submit_all(store, prepared, settings, now)
     rows = [{"id": d.id, "created": d.created, "status": d.status.value} for d in done]
     return (201 if any(d.created for d in done) else 200), {"tasks": rows}
@@ -347,7 +334,7 @@ def _dispatch(event: Any) -> tuple[int, Any, dict[str, str]]:
         req.params = match.groupdict()
         status, body = fn(rt, req)
         return status, body, {}
-    raise HttpError(404, "not_found", f"no route {req.method} {req.path}")
+    raise HttpError.of(ErrorKind.NOT_FOUND, f"no route {req.method} {req.path}")
 
 
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
@@ -359,29 +346,12 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
     except HttpError as exc:
         status, body, headers = exc.status, _error(exc.code, exc.message), exc.headers
     except ValidationError as exc:
-        status, body = 400, _error("bad_request", describe_validation(exc))
-    except TaskNotFound as exc:
-        status, body = 404, _error("not_found", str(exc))
-    except (IdempotencyConflict, InvalidTransition) as exc:
-        status, body = 409, _error("conflict", str(exc))
-    except PayloadTooLarge as exc:
-        status, body = 413, _error("payload_too_large", str(exc))
-    except (BucketNotFound, AccessDenied, ConfigError) as exc:  # retrying cannot help
-        log.error("request %s: misconfigured: %s", request_id, exc,
-                  extra={"event": "api_misconfigured"})
-        status, body = 500, _error("misconfigured", f"the API is misconfigured: {exc}; check "
-                                   "the function's QO_QUEUE, its role and its bucket")
-    except StoreUnavailable as exc:
-        log.warning("request %s: store unavailable: %s", request_id, exc)
-        status, body = 503, _error("unavailable", f"the store is unavailable, try again: {exc}")
-    except (StoreError, CorruptRecord):
-        log.exception("request %s failed", request_id)
-        status, body = 500, _error("internal_error", f"internal error (request {request_id})")
-    except QoError as exc:  # everything else qo refuses is about the input
-        status, body = 400, _error("bad_request", str(exc))
+        status, body = ErrorKind.INVALID.http_status, _error(ErrorKind.INVALID.code, describe_validation(exc))
+    except QoError as exc:
+        status, body = refusal(exc, request_id)
     except Exception:
         log.exception("request %s failed", request_id)
-        status, body = 500, _error("internal_error", f"internal error (request {request_id})")
+        status, body = _internal(request_id)
     method, path = _where(event)
     log.info("%s %s -> %d", method, path, status,
              extra={"event": "api_request", "status": status, "request_id": request_id})
@@ -391,6 +361,34 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         "body": orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS, default=str).decode(),
         "isBase64Encoded": False,
     }
+
+
+def refusal(exc: QoError, request_id: str) -> tuple[int, dict[str, str]]:
+    """The status and body for a ``QoError``: both are its kind's; only the wording varies.
+
+    Internal errors are logged with their traceback and answered without
+    detail; configuration errors are logged and name what to check.
+    """
+    kind = exc.kind
+    if kind is ErrorKind.INTERNAL:
+        log.error("request %s failed", request_id, exc_info=exc)
+        return _internal(request_id)
+    if kind in (ErrorKind.MISCONFIGURED, ErrorKind.UNSUPPORTED_STORE):  # retrying cannot help
+        log.error("request %s: misconfigured: %s", request_id, exc,
+                  extra={"event": "api_misconfigured"})
+        message = (f"the API is misconfigured: {exc}; check the function's QO_QUEUE, "
+                   "its role and its bucket")
+    elif kind is ErrorKind.UNAVAILABLE:
+        log.warning("request %s: unavailable: %s", request_id, exc)
+        message = f"temporarily unavailable, try again: {exc}"
+    else:
+        message = str(exc)
+    return kind.http_status, _error(kind.code, message)
+
+
+def _internal(request_id: str) -> tuple[int, dict[str, str]]:
+    return ErrorKind.INTERNAL.http_status, _error(ErrorKind.INTERNAL.code,
+                                             f"internal error (request {request_id})")
 
 
 def _error(code: str, message: str) -> dict[str, str]:
@@ -404,4 +402,4 @@ def _where(event: Any) -> tuple[str, str]:
         return "?", "?"
 
 
-__all__ = ["MAX_BATCH", "HttpError", "describe_validation", "handler"]
+__all__ = ["MAX_BATCH", "HttpError", "describe_validation", "handler", "refusal"]

@@ -37,7 +37,7 @@ from typing import Any
 
 from qo import keys, outcome
 from qo.claim import Claim
-from qo.errors import QoError
+from qo.errors import ErrorKind, QoError
 from qo.serverless import Config, runtime
 from qo.serverless.events import WorkerEvent, parse_worker_event
 from qo.worker import TaskTimeout, Worker, WorkerOptions
@@ -52,9 +52,13 @@ class InvocationDeadline(TaskTimeout):
 class TaskTooLong(QoError):
     """The task's timeout does not fit in the worker function's timeout."""
 
+    kind = ErrorKind.MISCONFIGURED
+
 
 class InvocationFailed(QoError):
     """The store failed during the invocation; raised so that Lambda retries the event."""
+
+    kind = ErrorKind.UNAVAILABLE
 
 
 @dataclass
