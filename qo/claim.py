@@ -106,6 +106,10 @@ class Claimer:
         self.listing_ttl = listing_ttl
         self.rng = rng or random.Random()
         self.stats = ClaimStats()
+        #: Seen by the listings, for the worker to report: task types of ready
+        #: markers it skipped (no handler), and the queues found paused.
+        self.unknown_types: set[tuple[str, str]] = set()  # (queue, task type)
+        self.paused: set[str] = set()
         self._lock = threading.Lock()
         self._listings: dict[str, _Listing] = {}
         self._skip: dict[str, float] = {}  # key -> monotonic time until which to skip it
@@ -138,6 +142,11 @@ class Claimer:
             return None
         seen = self.store.now() if last_modified is None else last_modified
         return self._try(ObjectInfo(key, "", 0, seen), marker)
+
+    def seen(self) -> tuple[set[tuple[str, str]], set[str]]:
+        """Copies of ``unknown_types`` and ``paused``, for the worker's log."""
+        with self._lock:
+            return set(self.unknown_types), set(self.paused)
 
     def forget(self) -> None:
         """Drop cached listings, e.g. after an idle sleep."""
@@ -172,6 +181,7 @@ class Claimer:
 
     def _list(self, queue: str) -> _Listing:
         items: list[tuple[ObjectInfo, Marker]] = []
+        skipped: set[tuple[str, str]] = set()
         paused = False
         infos = list(self.store.list(keys.ready_prefix(queue), limit=self.listing_size))
         with self._lock:
@@ -184,11 +194,17 @@ class Claimer:
             if marker is None or marker.queue != queue:
                 continue
             if self.task_types is not None and marker.task_type not in self.task_types:
+                skipped.add((queue, marker.task_type))
                 continue
             items.append((info, marker))
         listing = _Listing(items, paused, time.monotonic())
         with self._lock:
             self._listings[queue] = listing
+            self.unknown_types |= skipped
+            if paused:
+                self.paused.add(queue)
+            else:
+                self.paused.discard(queue)
         return listing
 
     def _skip_for(self, key: str, seconds: float) -> None:
