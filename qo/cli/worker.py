@@ -81,6 +81,10 @@ def worker(
     grace: Annotated[float, typer.Option(
         parser=common.as_param(common.parse_duration), metavar="SECONDS",
         help="On SIGTERM, how long running tasks may finish.")] = 30.0,
+    cancel_wait: Annotated[float, typer.Option(
+        parser=common.as_param(common.parse_duration), metavar="SECONDS",
+        help="Once stopped, how long handlers told to stop may take to return before the "
+             f"worker gives up on them and exits with code {EXIT_ABANDONED}.")] = 5.0,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
     log_format: Annotated[LogFormat, typer.Option(case_sensitive=False)] = LogFormat.text,
     queue: QueueOption = None,
@@ -100,7 +104,8 @@ def worker(
     if poll_max <= 0:
         raise CliError("--poll-max must be positive")
     options = WorkerOptions(queues=names, concurrency=concurrency, burst=burst,
-                            poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace)
+                            poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace,
+                            cancel_wait=cancel_wait)
     with _restored_process_state():
         logs.setup(log_level.value, json=log_format == LogFormat.json)
         summary = Worker(app, q, options).run()
