@@ -5,9 +5,9 @@ The worker cannot read that instant, but it can bound it from its own side:
 the store applied a lease write no earlier than the moment the request was
 sent, so the lease lives at least until ``sent + seconds``. ``LeaseKeeper``
 keeps that estimate on the monotonic clock (elapsed store time equals
-elapsed local time; only the offset between the clocks is unknown), minus
-``CLOCK_TOLERANCE`` for the one-second resolution of the store's clock that
-reapers read.
+elapsed local time; only the offset between the clocks is unknown), minus a
+margin for the one-second resolution of the store's clock that reapers read:
+``CLOCK_TOLERANCE``, or a quarter of the lease for sub-4 s leases (tests).
 
 Renewal is due every ``seconds / 3``. A renewal that fails for a store error
 (an outage, a timeout) is retried with backoff (1, 2, 4, then every 5 s)
@@ -52,7 +52,8 @@ class LeaseKeeper:
         self.held = held
         self.seconds = held.lease.seconds
         self.clock = clock
-        self.expires = sent_at + self.seconds - CLOCK_TOLERANCE
+        self.margin = min(CLOCK_TOLERANCE, self.seconds / 4)
+        self.expires = sent_at + self.seconds - self.margin
         self.next_renew = sent_at + self.seconds / 3
         self.last_error: StoreError | None = None
         self._failures = 0
@@ -97,7 +98,7 @@ class LeaseKeeper:
                 self._lost = True
                 return Renewal.LOST
             self._failures, self.last_error = 0, None
-            self.expires = sent + self.seconds - CLOCK_TOLERANCE
+            self.expires = sent + self.seconds - self.margin
             self.next_renew = sent + self.seconds / 3
             return Renewal.RENEWED
 
