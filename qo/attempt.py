@@ -274,7 +274,7 @@ class Attempts:
             self._settle(running, lambda: claim.lease.release(self.store))
         else:
             self._settle(running, lambda: outcome.cancelled(
-                self.store, claim, seen.record, seen.etag, what))
+                self.store, claim, seen.record, seen.etag, what, running.declared))
         self._report(running, outcome.Outcome.SUPERSEDED, what, extra)
 
     def _settle(self, running: Running, write: Callable[[], T]) -> T | None:

@@ -81,7 +81,7 @@ def succeed(
             "last_lease": claim.lease.lease.token,
         })
 
-    return _record(store, claim, update, now, "succeeded")
+    return _record(store, claim, update, now, "succeeded", declared)
 
 
 def fail(
@@ -107,7 +107,7 @@ def fail(
             changes["finished_at"] = now
         return rec.model_copy(update=changes)
 
-    return _record(store, claim, update, now, f"failed ({error.type})")
+    return _record(store, claim, update, now, f"failed ({error.type})", declared)
 
 
 def release(store: Store, claim: Claim) -> None:
@@ -116,7 +116,10 @@ def release(store: Store, claim: Claim) -> None:
     claim.lease.release(store)
 
 
-def cancelled(store: Store, claim: Claim, current: TaskRecord, etag: str, what: str) -> None:
+def cancelled(
+    store: Store, claim: Claim, current: TaskRecord, etag: str, what: str,
+    declared: dict[str, Any] | None = None,
+) -> None:
     """The task was cancelled while this claim ran it: note that on the record, drop the lease.
 
     The note is one CAS that leaves the status, the index and ``cancel_reason``
@@ -129,6 +132,7 @@ def cancelled(store: Store, claim: Claim, current: TaskRecord, etag: str, what: 
                     f"its outcome ({what}) was dropped",
         )
         noted = current.model_copy(update={
+            **(declared or {}),
             "attempt": max(current.attempt, claim.attempt), "error": note,
             "started_at": claim.lease.lease.claimed_at, "worker": claim.lease.lease.owner,
             "last_lease": claim.lease.lease.token,
@@ -153,7 +157,7 @@ def _is_own(current: TaskRecord, ours: TaskRecord, claim: Claim) -> bool:
 
 def _record(
     store: Store, claim: Claim, update: Callable[[TaskRecord], TaskRecord], now: float,
-    what: str,
+    what: str, declared: dict[str, Any] | None,
 ) -> Outcome:
     record, etag = claim.record, claim.etag
     for _ in range(MAX_RETRIES_ON_CONFLICT):
@@ -170,7 +174,7 @@ def _record(
                     claim.lease.release(store)
                     return Outcome.RECORDED
                 claim.record, claim.etag = current.record, current.etag
-                cancelled(store, claim, current.record, current.etag, what)
+                cancelled(store, claim, current.record, current.etag, what, declared)
                 return Outcome.SUPERSEDED
             if current is None or not claim.lease.still_held(store):
                 log.warning("task %s: lease lost, outcome dropped", claim.task_id)

@@ -152,3 +152,17 @@ def test_an_outage_longer_than_the_lease_tells_the_handler_to_stop() -> None:
         thread.join(60)
     assert seen[handle.id] == "lease lost"
     assert runs.counts[handle.id] == 1 and worker.summary.succeeded == 0
+
+
+def test_no_credentials_fail_fast_with_one_error_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(PYTHONPATH=str(ROOT), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true",
+               AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    cmd = [sys.executable, "-m", "qo", "--queue", "s3://qo-worker-no-credentials/x", "worker",
+           "--app", "tests.apps.demo_app:app"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "credentials" in lines[0], lines

@@ -103,7 +103,7 @@ def test_a_task_cancelled_while_running_says_it_ran_and_its_outcome_was_dropped(
     queue = Queue(MemoryStore(), Settings(lease_seconds=lease_seconds))
     gate, started = threading.Event(), threading.Event()
     app = _blocking_app(queue, gate, started)
-    handle = app.submit("hold")
+    handle = queue.submit("hold")  # without the app: max_attempts comes from the handler
     worker = Worker(app, queue, WorkerOptions(concurrency=1, poll_max=0.1))
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -120,6 +120,7 @@ def test_a_task_cancelled_while_running_says_it_ran_and_its_outcome_was_dropped(
     record = queue.get(handle.id).record
     assert record.status == Status.CANCELLED and record.cancel_reason == "changed my mind"
     assert record.attempt == 1 and record.started_at is not None and record.worker == worker.id
+    assert record.max_attempts == 2  # the handler's, shown as 1/2
     assert record.error is not None and record.error.type == "OutcomeDropped"
     assert "was dropped" in record.error.message
     assert worker.summary.fenced == 0 and worker.summary.succeeded == 0
