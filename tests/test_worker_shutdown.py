@@ -97,3 +97,27 @@ def test_a_clean_drain_exits_zero(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "processed 3: 3 succeeded" in done.stdout
     assert [queue.get(i).record.result for i in ids] == [1, 2, 3]
+
+
+EMBEDDED = """
+import sys
+from qo.queue import Queue
+from qo.worker import Worker, WorkerOptions
+from tests.apps.stubborn_app import app
+
+app.use(Queue.from_url(sys.argv[1]))
+app.submit("timed_wakes", {"seconds": 60})
+summary = Worker(app, options=WorkerOptions(concurrency=1, burst=True, cancel_wait=0.2)).run()
+print("abandoned", summary.abandoned)
+"""
+
+
+def test_a_program_embedding_the_worker_exits_normally_under_a_lingering_handler(
+    tmp_path: Path,
+) -> None:
+    """No os._exit here: the handler thread must not carry pydantic-core frames."""
+    script = tmp_path / "embed.py"
+    script.write_text(EMBEDDED)
+    done = run([sys.executable, str(script), f"file://{tmp_path / 'store'}"])
+    assert done.returncode == 0, done.stderr
+    assert "abandoned 1" in done.stdout
