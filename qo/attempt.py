@@ -158,8 +158,8 @@ class Attempts:
             if ctx.deadline is not None:
                 waits.append(ctx.deadline - now)
             running.done.wait(max(0.0, min(waits)))
-            if running.done.is_set() or ctx.is_cancelled():
-                return
+            if running.done.is_set() or ctx.cancel_reason in ("cancelled", "lease lost"):
+                return  # (a heartbeat the handler made itself can find these)
             if self._abort.is_set():
                 ctx.cancel(SHUTTING_DOWN)
                 return

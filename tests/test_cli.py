@@ -501,7 +501,7 @@ def test_python_dash_m_qo(tmp_path: Path) -> None:
 
     done = run("stats", "--json")
     assert done.returncode == 0, done.stderr
-    assert orjson.loads(done.stdout) == {"queues": {}, "paused": []}
+    assert orjson.loads(done.stdout) == {"queues": {}, "paused": [], "unserved": []}
     bad = run("show", "nope")
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stdout == ""
 
