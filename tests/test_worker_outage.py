@@ -166,3 +166,30 @@ def test_no_credentials_fail_fast_with_one_error_line(tmp_path: Path) -> None:
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "credentials" in lines[0], lines
+
+
+def test_an_outcome_write_that_fails_is_retried_while_the_lease_lives() -> None:
+    store = FaultyStore(MemoryStore())
+    queue = Queue(store, Settings(lease_seconds=20))
+    gate, runs, seen = threading.Event(), Runs(), {}
+    app = _gated_app(queue, gate, runs, seen)
+    handle = queue.submit("gated")
+    worker = Worker(app, queue, WorkerOptions(concurrency=1, poll_max=0.2))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    record_puts = lambda: sum(
+        1 for op, _, key in list(store.injected) if op == "put" and key.startswith("tasks/"))
+    try:
+        wait_for(lambda: handle.status() == Status.RUNNING, timeout=60)
+        store.rates = {"before": 1.0}
+        gate.set()  # the handler returns during the outage
+        wait_for(lambda: record_puts() >= 8, timeout=60)  # two rounds of put_checked's tries
+        store.clear()
+        assert handle.result(timeout=60) == "done"
+    finally:
+        store.clear()
+        gate.set()
+        worker.stop()
+        thread.join(60)
+    assert runs.counts[handle.id] == 1 and queue.get(handle.id).record.attempt == 1
+    assert worker.summary.succeeded == 1
