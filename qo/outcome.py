@@ -36,8 +36,8 @@ DROPPED = "OutcomeDropped"
 
 class Outcome(StrEnum):
     RECORDED = "recorded"  # our outcome is the task's state now
-    SUPERSEDED = "superseded"  # the record reached a terminal state without us (cancel)
-    FENCED = "fenced"  # we had lost the lease; nothing written
+    SUPERSEDED = "superseded"  # the task was cancelled meanwhile: our outcome is dropped
+    FENCED = "fenced"  # we had lost the lease (or the task ended without us); nothing written
 
 
 def error_info(exc: BaseException, attempt: int, retryable: bool) -> ErrorInfo:
@@ -174,8 +174,13 @@ def _record(
                     claim.lease.release(store)
                     return Outcome.RECORDED
                 claim.record, claim.etag = current.record, current.etag
-                cancelled(store, claim, current.record, current.etag, what, declared)
-                return Outcome.SUPERSEDED
+                if current.record.status == Status.CANCELLED:
+                    cancelled(store, claim, current.record, current.etag, what, declared)
+                    return Outcome.SUPERSEDED
+                claim.lease.release(store)  # no-op unless still ours
+                log.warning("task %s: finished without us (lease lost), outcome dropped",
+                            claim.task_id)
+                return Outcome.FENCED
             if current is None or not claim.lease.still_held(store):
                 log.warning("task %s: lease lost, outcome dropped", claim.task_id)
                 return Outcome.FENCED

@@ -193,3 +193,25 @@ def test_an_outcome_write_that_fails_is_retried_while_the_lease_lives() -> None:
         thread.join(60)
     assert runs.counts[handle.id] == 1 and queue.get(handle.id).record.attempt == 1
     assert worker.summary.succeeded == 1
+
+
+def test_an_outcome_that_landed_although_reported_failed_counts_as_recorded() -> None:
+    store = FaultyStore(MemoryStore())
+    queue = Queue(store)
+    app = App(queue)
+
+    @app.task
+    def ambiguous() -> str:
+        # the record CAS lands but reports a failure, and the read-back fails too:
+        # the worker retries the whole outcome and must recognise its own write
+        store.inject("put", "after", key_prefix="tasks/")
+        store.inject("get", "before", key_prefix="tasks/", times=4)
+        return "ok"
+
+    handle = queue.submit("ambiguous")
+    worker = Worker(app, queue, WorkerOptions(concurrency=1))
+    assert worker.run_once()
+    assert worker.summary.succeeded == 1 and worker.summary.cancelled == 0
+    record = queue.get(handle.id).record
+    assert record.status == Status.SUCCEEDED and record.result == "ok" and record.error is None
+    assert list(store.list("leases/")) == []
