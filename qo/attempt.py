@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qo import outcome, records
 from qo.app import App, TaskDef
@@ -30,6 +30,9 @@ from qo.heartbeat import MAX_BACKOFF, LeaseKeeper, Renewal
 from qo.models import ErrorInfo, Status, TaskRecord
 from qo.settings import Settings
 from qo.store.base import Store
+
+if TYPE_CHECKING:
+    from qo.worker import WorkerOptions, WorkerSummary
 
 log = logging.getLogger("qo.worker")
 T = TypeVar("T")
@@ -46,6 +49,8 @@ class WorkerDeadline(TaskTimeout):
 
 @dataclass
 class Running:
+    """One attempt in flight: its claim, its handler's context and what it returned."""
+
     claim: Claim
     ctx: Context
     keeper: LeaseKeeper
@@ -67,8 +72,8 @@ class Attempts:
     store: Store
     settings: Settings
     health: StoreHealth
-    summary: Any  # qo.worker.WorkerSummary
-    options: Any  # qo.worker.WorkerOptions
+    summary: WorkerSummary
+    options: WorkerOptions
     _abort: threading.Event
     _lock: threading.Lock
     _running: dict[str, Running]
