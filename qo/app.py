@@ -118,8 +118,39 @@ class TaskDef:
 
     @functools.cache  # noqa: B019 - one wrapper per TaskDef, kept for its lifetime
     def _validated(self) -> Callable[..., Any]:
+        """Validate the arguments with pydantic, then call the handler from Python.
+
+        ``validate_call(fn)`` would call ``fn`` from inside pydantic-core, which
+        keeps a native frame on the handler thread's stack while it runs; a
+        daemon thread woken during interpreter shutdown is stopped by unwinding
+        its stack, and that frame turns the unwinding into an abort (exit 134,
+        see ``qo.shutdown``). Here pydantic validates the same signature and
+        returns, and the handler runs in plain Python frames.
+        """
         # arbitrary types: a ``ctx: Context`` annotation is checked with isinstance
-        return validate_call(config=ConfigDict(arbitrary_types_allowed=True))(self.fn)
+        config = ConfigDict(arbitrary_types_allowed=True)
+        fn = self.fn
+        try:
+            sig = inspect.signature(fn, eval_str=True)
+        except Exception:  # noqa: BLE001 - unresolvable hints: let pydantic report them
+            return validate_call(config=config)(fn)
+
+        def arguments(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return args, kwargs
+
+        arguments.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            return_annotation=inspect.Signature.empty)
+        arguments.__annotations__ = {n: p.annotation for n, p in sig.parameters.items()
+                                     if p.annotation is not inspect.Parameter.empty}
+        arguments.__name__, arguments.__qualname__ = fn.__name__, fn.__qualname__
+        arguments.__module__ = fn.__module__
+        check = validate_call(config=config)(arguments)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            valid_args, valid_kwargs = check(*args, **kwargs)
+            return fn(*valid_args, **valid_kwargs)
+
+        return call
 
     def input_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Map a Python call to the JSON input a worker will pass back."""

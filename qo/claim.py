@@ -135,14 +135,15 @@ class Claimer:
         self.hooks = hooks
         self.admission = tuple(admission)
         self.stats = ClaimStats()
+        #: Seen by the listings, for the worker to report: task types of ready
+        #: markers it skipped (no handler), and the queues found paused.
+        self.unknown_types: set[tuple[str, str]] = set()  # (queue, task type)
+        self.paused: set[str] = set()
         self._lock = threading.Lock()
         self._listings: dict[str, _Listing] = {}
         self._skip: dict[str, float] = {}  # key -> monotonic time until which to skip it
         self._misses: dict[str, int] = {}  # key -> times in a row it was unusable
         self._floor: dict[str, tuple[str, float]] = {}  # queue -> (list after, until)
-        self._paused: dict[str, bool] = {}  # queue -> paused, as the head listing said
-        #: Task types seen in ready markers that this worker has no handler for.
-        self.unserved: set[str] = set()
 
     def claim(self) -> Claim | None:
         """Claim the best available task, or None if there is none right now."""
@@ -172,6 +173,11 @@ class Claimer:
             return None
         seen = self.store.now() if last_modified is None else last_modified
         return self._try(ObjectInfo(key, "", 0, seen), marker)
+
+    def seen(self) -> tuple[set[tuple[str, str]], set[str]]:
+        """Copies of ``unknown_types`` and ``paused``, for the worker's log."""
+        with self._lock:
+            return set(self.unknown_types), set(self.paused)
 
     def forget(self) -> None:
         """Drop cached listings, e.g. after an idle sleep."""
@@ -230,13 +236,14 @@ class Claimer:
 
     def _list(self, queue: str, start_after: str | None = None) -> _Listing:
         items: list[tuple[ObjectInfo, Marker]] = []
+        skipped: set[tuple[str, str]] = set()
         paused = False
         infos = list(self.store.list(keys.ready_prefix(queue), start_after=start_after,
                                      limit=self.listing_size))
         with self._lock:
             self.stats.lists += 1
             if start_after is not None:
-                paused = self._paused.get(queue, False)  # `!paused` sorts before any floor
+                paused = queue in self.paused  # `!paused` sorts before any floor
         for info in infos:
             if info.key == keys.paused_key(queue):
                 paused = True
@@ -245,26 +252,21 @@ class Claimer:
             if marker is None or marker.queue != queue:
                 continue
             if self.task_types is not None and marker.task_type not in self.task_types:
-                self._seen_unserved(marker.task_type)
+                skipped.add((queue, marker.task_type))
                 continue
             items.append((info, marker))
         full = len(infos) >= self.listing_size
         listing = _Listing(items, paused, time.monotonic(), infos[-1].key if full else None)
         with self._lock:
             self._listings[queue] = listing
-            if start_after is None:
-                self._paused[queue] = paused
+            if len(self.unknown_types) < 1000:
+                self.unknown_types |= skipped
+            if start_after is None:  # only the head listing can see `!paused`
+                if paused:
+                    self.paused.add(queue)
+                else:
+                    self.paused.discard(queue)
         return listing
-
-    def _seen_unserved(self, task_type: str) -> None:
-        """Remember (and log once) a ready task type that this worker has no handler for."""
-        with self._lock:
-            if task_type in self.unserved or len(self.unserved) >= 100:
-                return
-            self.unserved.add(task_type)
-        log.warning("ready tasks of type %r wait in queues %s, but this worker has no handler "
-                    "for it", task_type, ", ".join(self.queues),
-                    extra={"event": "unserved_type", "task_type": task_type})
 
     def _backoff(self, key: str) -> float:
         """Skip a key that keeps being unusable for longer each time (1 s doubling to 60 s)."""

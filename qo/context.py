@@ -12,9 +12,17 @@ from dataclasses import dataclass, field
 class Context:
     """Per-attempt facts and controls for a handler.
 
-    ``cancelled`` is set when the task is cancelled, its deadline passes, its
-    lease is lost or the worker shuts down; long handlers should check
-    ``ctx.is_cancelled()`` (or wait on ``ctx.cancelled``) and stop early.
+    ``cancelled`` is set whenever the worker stops waiting for the handler,
+    with ``cancel_reason`` saying why: ``"cancelled"`` (the task was
+    cancelled), ``"timeout"`` (its deadline passed), ``"lease lost"`` (taken
+    over, or expired during a store outage), ``"worker shutting down"`` (handed
+    back after the grace period). Whatever the handler returns after that is
+    dropped, so long handlers should check ``ctx.is_cancelled()`` (or wait on
+    ``ctx.cancelled``) and stop early; one that is still running when the
+    worker process ends is abandoned (``qo worker`` exits with code 3).
+
+    ``max_attempts`` is the limit this attempt runs under: the record's, or
+    the handler's declared one when the submitter set none.
     """
 
     task_id: str
@@ -34,7 +42,9 @@ class Context:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
     def heartbeat(self) -> bool:
-        """Extend the lease now; False (and ``cancelled`` set) if it was lost."""
+        """Extend the lease now; False (and ``cancelled`` set) if it was lost or the
+        task was cancelled. A store failure is not a loss: it returns True while
+        the lease lives by the worker's estimate."""
         if self._heartbeat is None:
             return True
         return self._heartbeat()

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from qo import keys
+from qo import fleet, keys
 from qo.errors import PreconditionFailed, QoError
 from qo.ids import new_token
 from qo.store.base import Store
@@ -90,7 +90,7 @@ class _Probe:
 
 
 CHECKS = ("queue URL", "reachable", "writable", "conditional writes", "clock", "quarantine",
-          "cleanup")
+          "workers", "cleanup")
 
 
 def diagnose(
@@ -118,6 +118,7 @@ def diagnose(
         ("conditional writes", _conditional, False),
         ("clock", _clock, False),
         ("quarantine", _quarantine, False),
+        ("workers", _workers, False),
     ]
     try:
         for name, step, essential in steps:
@@ -164,6 +165,17 @@ def _quarantine(p: _Probe) -> tuple[Level, str]:
         samples.append(f"{info.key[len(keys.QUARANTINE):]}: {reason}")
     count = "over 100" if len(found) > 100 else str(len(found))
     return Level.WARN, f"{count} unreadable task record(s) quarantined; " + "; ".join(samples)
+
+
+def _workers(p: _Probe) -> tuple[Level, str]:
+    """Ready task types that no running worker serves (``qo.fleet``)."""
+    found = fleet.coverage(p.store, limit=10_000)
+    problem = found.describe()
+    if problem is not None:
+        return Level.WARN, problem
+    if not found.workers:
+        return Level.OK, "no ready task is waiting for a worker"
+    return Level.OK, f"{len(found.workers)} running worker(s); every ready task type is served"
 
 
 def _reachable(p: _Probe) -> tuple[Level, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -60,9 +60,16 @@ class ErrorInfo(BaseModel):
 
 
 class TaskRecord(BaseModel):
-    """The source of truth for one task. Index keys are hints derived from it."""
+    """The source of truth for one task. Index keys are hints derived from it.
+
+    ``max_attempts`` is stored only when the submitter set it: a record
+    without the key reads as 3 (older readers too), and ``declares`` tells a
+    worker whether the handler's own ``@app.task(max_attempts=...)`` applies.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    #: Fields left out of the stored body unless the submitter set them.
+    omit_unset: ClassVar[frozenset[str]] = frozenset({"max_attempts"})
 
     v: int = SCHEMA_VERSION
     id: str
@@ -98,6 +105,10 @@ class TaskRecord(BaseModel):
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
+    def declares(self, field: str) -> bool:
+        """Did the submitter (or an outcome) set ``field``, rather than leave the default?"""
+        return field in self.model_fields_set
+
     def claimable(self, now: float) -> bool:
         return self.status in WAITING and self.available_at <= now
 
@@ -131,6 +142,8 @@ class WorkerInfo(BaseModel):
     host: str
     pid: int
     queues: list[str]
+    #: The task types it has handlers for (None: a worker too old to say).
+    task_types: list[str] | None = None
     concurrency: int
     started_at: float
     seen_at: float
@@ -141,7 +154,8 @@ class WorkerInfo(BaseModel):
 
 
 def dumps(model: BaseModel) -> bytes:
-    return orjson.dumps(model.model_dump(mode="json", exclude_defaults=False))
+    omit: set[str] = set(getattr(model, "omit_unset", ())) - model.model_fields_set
+    return orjson.dumps(model.model_dump(mode="json", exclude_defaults=False, exclude=omit or None))
 
 
 def loads(cls: type[M], body: bytes, what: str) -> M:

@@ -7,6 +7,11 @@ write only while it still holds its lease, checked by etag. A worker whose
 lease was taken over therefore never overwrites the new owner's outcome.
 Follow-up writes (the retry or dead marker) happen before the lease is
 deleted, so a crash in between is repaired by whoever reaps the lease.
+
+A task cancelled while its handler ran keeps its ``cancelled`` status, but
+the worker notes on it (one more CAS, only on that path) that the attempt ran
+and that its outcome was dropped: ``attempt``, ``started_at``, ``worker`` and
+an ``error`` of type ``OutcomeDropped``.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ from qo.store.base import Store
 
 log = logging.getLogger("qo.outcome")
 MAX_RETRIES_ON_CONFLICT = 5
+DROPPED = "OutcomeDropped"
 
 
 class Outcome(StrEnum):
     RECORDED = "recorded"  # our outcome is the task's state now
-    SUPERSEDED = "superseded"  # the record reached a terminal state without us (cancel)
-    FENCED = "fenced"  # we had lost the lease; nothing written
+    SUPERSEDED = "superseded"  # the task was cancelled meanwhile: our outcome is dropped
+    FENCED = "fenced"  # we had lost the lease (or the task ended without us); nothing written
 
 
 def error_info(exc: BaseException, attempt: int, retryable: bool) -> ErrorInfo:
@@ -45,33 +51,51 @@ def error_info(exc: BaseException, attempt: int, retryable: bool) -> ErrorInfo:
     )
 
 
-def succeed(store: Store, claim: Claim, result: Any, settings: Settings) -> Outcome:
+def encode_result(claim: Claim, result: Any, settings: Settings) -> bytes:
+    """The result as stored; ``InvalidPayload`` or ``PayloadTooLarge`` before any write."""
+    what = f"result of task {claim.task_id}"
+    encoded = records.encode_json(result, what)
+    records.check_size(encoded, what, settings)
+    return encoded
+
+
+def succeed(
+    store: Store, claim: Claim, result: Any, settings: Settings,
+    *, encoded: bytes | None = None, declared: dict[str, Any] | None = None,
+) -> Outcome:
+    """Record a success. ``declared``: handler options the record left unset
+    (``max_attempts``, ``timeout``), written with the outcome."""
     now = store.now()
-    encoded = records.encode_json(result, f"result of task {claim.task_id}")
-    records.check_size(encoded, f"result of task {claim.task_id}", settings)
+    if encoded is None:
+        encoded = encode_result(claim, result, settings)
     inline, ref = records.offload(
         store, keys.result_key(claim.task_id, claim.attempt), encoded, result, settings
     )
 
     def update(rec: TaskRecord) -> TaskRecord:
         return rec.model_copy(update={
+            **(declared or {}),
             "status": Status.SUCCEEDED, "attempt": claim.attempt, "result": inline,
             "result_ref": ref, "error": None, "started_at": claim.lease.lease.claimed_at,
             "finished_at": now, "worker": claim.lease.lease.owner,
             "last_lease": claim.lease.lease.token,
         })
 
-    return _record(store, claim, update, now)
+    return _record(store, claim, update, now, "succeeded", declared)
 
 
 def fail(
-    store: Store, claim: Claim, error: ErrorInfo, *, retryable: bool, settings: Settings
+    store: Store, claim: Claim, error: ErrorInfo, *, retryable: bool, settings: Settings,
+    declared: dict[str, Any] | None = None,
 ) -> Outcome:
+    """Record a failed attempt: ``failed`` with a retry due later, or ``dead``."""
     now = store.now()
 
     def update(rec: TaskRecord) -> TaskRecord:
-        retry = retryable and claim.attempt < rec.max_attempts
+        max_attempts = (declared or {}).get("max_attempts", rec.max_attempts)
+        retry = retryable and claim.attempt < max_attempts
         changes: dict[str, Any] = {
+            **(declared or {}),
             "attempt": claim.attempt, "error": error, "worker": claim.lease.lease.owner,
             "started_at": claim.lease.lease.claimed_at, "last_lease": claim.lease.lease.token,
         }
@@ -83,7 +107,7 @@ def fail(
             changes["finished_at"] = now
         return rec.model_copy(update=changes)
 
-    return _record(store, claim, update, now)
+    return _record(store, claim, update, now, f"failed ({error.type})", declared)
 
 
 def release(store: Store, claim: Claim) -> None:
@@ -92,8 +116,48 @@ def release(store: Store, claim: Claim) -> None:
     claim.lease.release(store)
 
 
+def cancelled(
+    store: Store, claim: Claim, current: TaskRecord, etag: str, what: str,
+    declared: dict[str, Any] | None = None,
+) -> None:
+    """The task was cancelled while this claim ran it: note that on the record, drop the lease.
+
+    The note is one CAS that leaves the status, the index and ``cancel_reason``
+    alone; it is skipped if the record is no longer cancelled or changed again.
+    """
+    if current.status == Status.CANCELLED and current.last_lease != claim.lease.lease.token:
+        note = ErrorInfo(
+            type=DROPPED, attempt=claim.attempt, retryable=False,
+            message=f"cancelled while attempt {claim.attempt} ran on {claim.lease.lease.owner}; "
+                    f"its outcome ({what}) was dropped",
+        )
+        noted = current.model_copy(update={
+            **(declared or {}),
+            "attempt": max(current.attempt, claim.attempt), "error": note,
+            "started_at": claim.lease.lease.claimed_at, "worker": claim.lease.lease.owner,
+            "last_lease": claim.lease.lease.token,
+        })
+        try:
+            records.replace(store, noted, etag)
+            claim.record = noted
+        except PreconditionFailed:
+            pass  # changed again (retried, purged): the newer state says what matters
+    claim.lease.release(store)
+
+
+def _is_own(current: TaskRecord, ours: TaskRecord, claim: Claim) -> bool:
+    """Is ``current`` an outcome this claim wrote (a write reported failed that landed)?
+
+    Only this claim writes its token with this status and error: a reaper
+    writes ``LeaseExpired``, a cancel writes ``cancelled``.
+    """
+    return (current.last_lease == claim.lease.lease.token and current.status == ours.status
+            and current.error == ours.error)
+
+
 def _record(
-    store: Store, claim: Claim, update: Callable[[TaskRecord], TaskRecord], now: float
+    store: Store, claim: Claim, update: Callable[[TaskRecord], TaskRecord], now: float,
+    what: str, declared: dict[str, Any] | None,
 ) -> Outcome:
     record, etag = claim.record, claim.etag
     for _ in range(MAX_RETRIES_ON_CONFLICT):
@@ -103,9 +167,20 @@ def _record(
         except PreconditionFailed:
             current = records.read(store, claim.task_id)
             if current is not None and current.record.terminal:
-                claim.record = current.record
-                claim.lease.release(store)  # no-op if it is not ours any more
-                return Outcome.SUPERSEDED
+                if _is_own(current.record, new, claim):  # our earlier write had landed
+                    record = current.record
+                    claim.record, claim.etag = record, current.etag
+                    index.ensure_indexed(store, record, now)
+                    claim.lease.release(store)
+                    return Outcome.RECORDED
+                claim.record, claim.etag = current.record, current.etag
+                if current.record.status == Status.CANCELLED:
+                    cancelled(store, claim, current.record, current.etag, what, declared)
+                    return Outcome.SUPERSEDED
+                claim.lease.release(store)  # no-op unless still ours
+                log.warning("task %s: finished without us (lease lost), outcome dropped",
+                            claim.task_id)
+                return Outcome.FENCED
             if current is None or not claim.lease.still_held(store):
                 log.warning("task %s: lease lost, outcome dropped", claim.task_id)
                 return Outcome.FENCED

@@ -163,7 +163,6 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
         input_hash=records.input_hash(req.type, encoded),
         priority=req.priority,
         status=Status.PENDING if when <= now else Status.SCHEDULED,
-        max_attempts=req.max_attempts,
         retry=req.retry,
         timeout=req.timeout,
         created_at=now,
@@ -171,6 +170,8 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
         idempotency_key=req.key,
         idempotency_expires_at=(when + retention) if req.key else None,
         tags=req.tags,
+        # unset, the record omits it and a worker applies its handler's declared value
+        **({"max_attempts": req.max_attempts} if "max_attempts" in req.model_fields_set else {}),
     )
     try:
         records.body(record)  # anything that cannot be stored fails here, before any write

@@ -2,10 +2,16 @@
 
 Each slot claims a task, runs its handler in a separate thread (so that a
 timeout or a shutdown never waits on user code), renews the lease while it
-runs, and records the outcome. The housekeeper promotes due tasks, reaps
+runs (``qo.heartbeat``: through store outages, until the lease really
+expires) and records the outcome. The housekeeper promotes due tasks, reaps
 expired leases and refreshes this worker's heartbeat record, at a bounded
 rate. Nothing here is needed for correctness by anyone else: kill -9 at any
 point and the next reaper repairs what this worker held.
+
+A handler that is handed back, timed out, cancelled or whose lease is lost
+is told to stop (``ctx.cancelled``); one still running when the worker
+stops is *abandoned* and counted in ``WorkerSummary.abandoned``, and ``qo
+worker`` then exits with ``shutdown.EXIT_ABANDONED`` (see ``qo.shutdown``).
 """
 
 from __future__ import annotations
@@ -17,28 +23,30 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from qo import keys, outcome, records, sweep
+from qo import keys, sweep
 from qo.app import App
+from qo.attempt import Attempts, Running, TaskTimeout, WorkerDeadline
 from qo.cas import delete_quietly
 from qo.claim import Claim, Claimer
-from qo.context import Context
-from qo.errors import QoError
+from qo.errors import ErrorKind, QoError
+from qo.health import Notices, StoreHealth
 from qo.ids import new_token
-from qo.models import ErrorInfo, Status, WorkerInfo, dumps
+from qo.models import WorkerInfo, dumps
 from qo.queue import Queue
+from qo.shutdown import EXIT_ABANDONED
+
+__all__ = ["EXIT_ABANDONED", "TaskTimeout", "Worker", "WorkerDeadline", "WorkerOptions",
+           "WorkerSummary"]
 
 log = logging.getLogger("qo.worker")
 
 
-class TaskTimeout(Exception):
-    """The attempt ran past the task's timeout."""
+class StoreCheckFailed(QoError):
+    """The worker's first request (its heartbeat record) failed: it does not start."""
 
-
-class WorkerDeadline(TaskTimeout):
-    """The attempt ran into the worker's own deadline (``WorkerOptions.deadline``)."""
+    kind = ErrorKind.MISCONFIGURED  # each instance takes the kind of the failure
 
 
 @dataclass
@@ -49,6 +57,9 @@ class WorkerOptions:
     poll_min: float = 0.05
     poll_max: float = 20.0  # idle polling backs off to this, with jitter
     grace: float = 30.0  # on SIGTERM, how long in-flight tasks may finish
+    #: Once stopped, how long handlers told to stop may take to return
+    #: before they count as abandoned.
+    cancel_wait: float = 5.0
     sweep_interval: float = 60.0  # promote and reap at most this often when idle
     heartbeat_interval: float = 300.0  # worker record refresh (for inspection only)
     worker_id: str | None = None
@@ -64,20 +75,12 @@ class WorkerSummary:
     succeeded: int = 0
     failed: int = 0
     released: int = 0
-    fenced: int = 0
+    fenced: int = 0  # the lease was lost: the outcome was dropped
+    cancelled: int = 0  # cancelled while running: the outcome was dropped
+    abandoned: int = 0  # handlers still running when the worker stopped
 
 
-@dataclass
-class _Running:
-    claim: Claim
-    ctx: Context
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-    error: BaseException | None = None
-    capped: bool = False  # its deadline is the worker's, not the task's timeout
-
-
-class Worker:
+class Worker(Attempts):
     def __init__(self, app: App, queue: Queue | None = None, options: WorkerOptions | None = None):
         self.app = app
         self.queue = queue or app.queue
@@ -88,14 +91,17 @@ class Worker:
         self.queues = self.options.queues or app.queues()
         self.claimer = Claimer(
             self.store, self.settings, queues=self.queues, task_types=set(app.tasks),
-            owner=self.id, spread=1,
+            owner=self.id, spread=1, hooks=self.queue.hooks,
         )
         self.summary = WorkerSummary()
+        self.health = StoreHealth()
+        self.notices = Notices()
         self.started_at = time.time()
         self._stop = threading.Event()  # stop claiming
         self._abort = threading.Event()  # grace is over: give back what runs
         self._lock = threading.Lock()
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, Running] = {}
+        self._handlers: dict[threading.Thread, str] = {}  # live handler threads -> task id
         self._idle = self.options.poll_min  # the worker's idle backoff, shared by slots
         self._next_poll = 0.0  # monotonic time before which idle slots do not poll
         self._idle_cond = threading.Condition()
@@ -104,12 +110,23 @@ class Worker:
     # -- lifecycle ------------------------------------------------------------
 
     def run(self) -> WorkerSummary:
-        """Run until stopped (or, in burst mode, until no task is ready)."""
+        """Run until stopped (or, in burst mode, until no task is ready).
+
+        The first request (the heartbeat record) checks the store: if it fails,
+        ``StoreCheckFailed`` is raised before anything else starts. Returns once
+        every write of the worker has settled; handler threads still running
+        then are counted in ``summary.abandoned``.
+        """
+        try:
+            self._write_heartbeat("running", strict=True)
+        except QoError as exc:
+            error = StoreCheckFailed(f"cannot start the worker on {self.store.url}: {exc}")
+            error.kind = exc.kind  # a missing bucket stays a misconfiguration, an outage an outage
+            raise error from None
         self._install_signals()
         log.info("worker %s started on %s, queues %s, concurrency %d",
                  self.id, self.store.url, ",".join(self.queues), self.options.concurrency,
                  extra={"event": "worker_started", "worker": self.id})
-        self._write_heartbeat("running")
         housekeeper = threading.Thread(target=self._housekeep, name="qo-housekeeper", daemon=True)
         housekeeper.start()
         slots = [threading.Thread(target=self._slot, name=f"qo-slot-{i}", daemon=True)
@@ -120,13 +137,16 @@ class Worker:
             while any(t.is_alive() for t in slots) and not self._stop.is_set():
                 self._stop.wait(0.2)
         finally:
-            self._stop.set()
+            self.stop()
             deadline = time.monotonic() + self.options.grace
             for t in slots:
                 t.join(max(0.0, deadline - time.monotonic()))
             self._abort.set()
-            for t in slots:
-                t.join(5.0)
+            # Slots now hand back what runs and record outcomes; each store write
+            # is bounded by the lease it holds, so this ends.
+            for t in [*slots, housekeeper]:
+                t.join()
+            self._wait_for_handlers()
             self._write_heartbeat("stopped")
             delete_quietly(self.store, keys.worker_key(self.id))
             log.info("worker %s stopped: %s", self.id, self.summary,
@@ -145,6 +165,7 @@ class Worker:
     def run_once(self) -> bool:
         """Claim and run one task in the calling thread; False if none was ready."""
         claim = self.claimer.claim()
+        self._report_seen()
         if claim is None:
             return False
         self._execute(claim)
@@ -175,16 +196,15 @@ class Worker:
             try:
                 claim = self.claimer.claim()
             except QoError as exc:
-                log.warning("claim failed: %s", exc, extra={"event": "claim_error"})
-                claim = None
+                self.health.failed(exc, "claim")
+                self._back_off()
+                continue
+            self.health.ok()
+            self._report_seen()
             if claim is None:
                 if self.options.burst and self._burst_done():
                     return
-                with self._idle_cond:  # back off, with jitter, for the whole worker
-                    self._next_poll = time.monotonic() + self._rng.uniform(
-                        self._idle / 2, self._idle)
-                    self._idle = min(self.options.poll_max, self._idle * 2)
-                self.claimer.forget()
+                self._back_off()
                 continue
             with self._idle_cond:  # work is there: every idle slot may look again
                 self._idle, self._next_poll = self.options.poll_min, 0.0
@@ -196,142 +216,39 @@ class Worker:
             except Exception:  # never let one task kill the worker
                 log.exception("task %s: internal error", claim.task_id)
 
+    def _back_off(self) -> None:
+        """Nothing to claim (or the store failed): wait longer, with jitter, worker-wide."""
+        with self._idle_cond:
+            self._next_poll = time.monotonic() + self._rng.uniform(self._idle / 2, self._idle)
+            self._idle = min(self.options.poll_max, self._idle * 2)
+        self.claimer.forget()
+
+    def _report_seen(self) -> None:
+        unknown, paused = self.claimer.seen()
+        self.notices.unknown_types(unknown)
+        self.notices.paused(paused)
+
     def _burst_done(self) -> bool:
         """In burst mode: is nothing ready, even after promoting due tasks?"""
-        sweep.promote(self.store)
-        self.claimer.forget()
-        with self._lock:
-            busy = bool(self._running)
-        if busy:
+        try:
+            sweep.promote(self.store)
+            self.claimer.forget()
+            with self._lock:
+                busy = bool(self._running)
+            if busy:
+                return False
+            claim = self.claimer.claim()
+        except QoError as exc:
+            self.health.failed(exc, "burst check")
             return False
-        claim = self.claimer.claim()
         if claim is None:
             self._stop.set()
             return True
         self._execute(claim)
         return False
 
-    def _execute(self, claim: Claim) -> None:
-        record = claim.record
-        definition = self.app.tasks.get(record.type)
-        if definition is None:
-            outcome.release(self.store, claim)
-            return
-        if claim.input_error is not None:  # an unreadable payload never reaches the handler
-            error = ErrorInfo(type="CorruptPayload", message=claim.input_error,
-                              attempt=claim.attempt, retryable=False)
-            outcome.fail(self.store, claim, error, retryable=False, settings=self.settings)
-            self._count("failed")
-            return
-        deadline = None if record.timeout is None else time.monotonic() + record.timeout
-        capped = self.options.deadline is not None and (
-            deadline is None or deadline > self.options.deadline)
-        if capped:
-            deadline = self.options.deadline
-        ctx = Context(task_id=record.id, task_type=record.type, queue=record.queue,
-                      attempt=claim.attempt, max_attempts=record.max_attempts, deadline=deadline)
-        running = _Running(claim, ctx, capped=capped)
-        ctx._heartbeat = lambda: self._heartbeat(running)
-        with self._lock:
-            self._running[record.id] = running
-        extra = {"task_id": record.id, "type": record.type, "attempt": claim.attempt}
-        log.info("task %s started", record.id, extra={"event": "task_started", **extra})
-        started = time.monotonic()
-        try:
-            self._supervise(running, definition)
-        finally:
-            with self._lock:
-                self._running.pop(record.id, None)
-        self._finish(running, definition, extra | {"seconds": round(time.monotonic() - started, 3)})
+    # -- one attempt ----------------------------------------------------------
 
-    def _supervise(self, running: _Running, definition: Any) -> None:
-        """Run the handler in its own thread; renew the lease; enforce the deadline."""
-
-        def target() -> None:
-            try:
-                running.result = definition.call(running.claim.input, running.ctx)
-            except BaseException as exc:  # noqa: BLE001 - reported as the task's error
-                running.error = exc
-            finally:
-                running.done.set()
-
-        threading.Thread(target=target, name=f"qo-task-{running.claim.task_id}", daemon=True).start()
-        renew_every = self.settings.lease_seconds / 3
-        next_renew = time.monotonic() + renew_every
-        while not running.done.is_set():
-            now = time.monotonic()
-            waits = [next_renew - now]
-            if running.ctx.deadline is not None:
-                waits.append(running.ctx.deadline - now)
-            running.done.wait(max(0.0, min(waits + [0.5])))
-            if running.done.is_set():
-                return
-            now = time.monotonic()
-            if self._abort.is_set():
-                running.ctx.cancel("worker shutting down")
-                return
-            if running.ctx.deadline is not None and now >= running.ctx.deadline:
-                running.ctx.cancel("timeout")
-                return
-            if now >= next_renew:
-                next_renew = now + renew_every
-                if not self._heartbeat(running):
-                    return
-
-    def _heartbeat(self, running: _Running) -> bool:
-        """Renew the lease and look for a cancellation; False if the task is lost."""
-        claim = running.claim
-        if not claim.lease.renew(self.store):
-            running.ctx.cancel("lease lost")
-            return False
-        current = records.read(self.store, claim.task_id)
-        if current is None or current.record.status == Status.CANCELLED:
-            running.ctx.cancel("cancelled")
-            return False
-        return True
-
-    def _finish(self, running: _Running, definition: Any, extra: dict[str, Any]) -> None:
-        claim, ctx = running.claim, running.ctx
-        with self._lock:
-            self.summary.processed += 1
-        if not running.done.is_set():
-            if ctx.cancel_reason == "worker shutting down":
-                outcome.release(self.store, claim)
-                self._count("released")
-                log.info("task %s released", claim.task_id, extra={"event": "task_released", **extra})
-                return
-            if ctx.cancel_reason == "timeout" and running.capped:
-                running.error = self.options.deadline_error(
-                    "the handler ran into the worker's deadline; give the task a timeout "
-                    "that fits, or give the worker more time")
-            elif ctx.cancel_reason == "timeout":
-                running.error = TaskTimeout(f"timed out after {claim.record.timeout} s")
-            elif ctx.cancel_reason == "lease lost":
-                self._count("fenced")
-                return
-            else:  # cancelled: the record already says so; drop our lease
-                claim.lease.release(self.store)
-                return
-        if running.error is None:
-            result = outcome.succeed(self.store, claim, running.result, self.settings)
-            self._count("succeeded" if result == outcome.Outcome.RECORDED else "fenced")
-            log.info("task %s succeeded", claim.task_id,
-                     extra={"event": "task_succeeded", "outcome": result.value, **extra})
-            return
-        exc = running.error
-        retryable = definition.retryable(exc)
-        info = outcome.error_info(exc, claim.attempt, retryable)
-        result = outcome.fail(self.store, claim, info, retryable=retryable, settings=self.settings)
-        self._count("failed")
-        log.warning("task %s failed: %s: %s", claim.task_id, type(exc).__name__, exc,
-                    extra={"event": "task_failed", "retryable": retryable,
-                           "outcome": result.value, **extra})
-
-    def _count(self, what: str) -> None:
-        with self._lock:
-            setattr(self.summary, what, getattr(self.summary, what) + 1)
-
-    # -- housekeeping ---------------------------------------------------------
 
     def _housekeep(self) -> None:
         """Sweep at a bounded rate: when something is known to be due, or when it is
@@ -353,23 +270,27 @@ class Worker:
                             if time.monotonic() + wait < next_sweep:
                                 next_sweep, due_sweep = time.monotonic() + wait, True
                 except QoError as exc:
-                    log.warning("sweep failed: %s", exc, extra={"event": "sweep_error"})
+                    self.health.failed(exc, "sweep")
             if now >= next_beat:
                 next_beat = now + self.options.heartbeat_interval
                 self._write_heartbeat("running")
             self._stop.wait(max(0.05, min(next_sweep, next_beat) - time.monotonic()))
 
-    def _write_heartbeat(self, state: str) -> None:
+    def _write_heartbeat(self, state: str, *, strict: bool = False) -> None:
+        """PUT ``workers/{id}.json``: what this worker serves and does (for inspection
+        and ``qo.fleet``). ``strict``: let a store error through."""
         with self._lock:
             running = sorted(self._running)
             summary = self.summary
         info = WorkerInfo(
             id=self.id, host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
-            concurrency=self.options.concurrency, started_at=self.started_at, seen_at=time.time(),
-            running=running, processed=summary.processed, failed=summary.failed, state=state,
+            task_types=sorted(self.app.tasks), concurrency=self.options.concurrency,
+            started_at=self.started_at, seen_at=time.time(), running=running,
+            processed=summary.processed, failed=summary.failed, state=state,
         )
         try:
             self.store.put(keys.worker_key(self.id), dumps(info))
         except QoError as exc:
-            log.warning("heartbeat record failed: %s", exc)
-
+            if strict:
+                raise
+            self.health.failed(exc, "heartbeat record")

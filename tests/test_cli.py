@@ -401,7 +401,7 @@ def test_parse_duration_rejects(text: str) -> None:
 def test_doctor_passes_on_local_directory(url: str) -> None:
     report = as_json(qo("-q", url, "doctor", "--json"))
     assert report["ok"] is True
-    assert [c["status"] for c in report["checks"]] == ["ok"] * 7
+    assert [c["status"] for c in report["checks"]] == ["ok"] * 8
     human = ok(qo("-q", url, "doctor")).stdout
     assert "conditional writes" in human and "fail" not in human
     assert not (Path(url.removeprefix("file://")) / "doctor~").exists() or not any(
@@ -501,7 +501,7 @@ def test_python_dash_m_qo(tmp_path: Path) -> None:
 
     done = run("stats", "--json")
     assert done.returncode == 0, done.stderr
-    assert orjson.loads(done.stdout) == {"queues": {}, "paused": []}
+    assert orjson.loads(done.stdout) == {"queues": {}, "paused": [], "unserved": []}
     bad = run("show", "nope")
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stdout == ""
 

@@ -93,6 +93,7 @@ EXPECTED = {
     "qo.store.faulty.InjectedFault": ErrorKind.UNAVAILABLE,
     "qo.submit.IdempotencyConflict": ErrorKind.CONFLICT,
     "qo.submit.InvalidBatchItem": ErrorKind.INVALID,  # an instance takes its item's kind
+    "qo.worker.StoreCheckFailed": ErrorKind.MISCONFIGURED,  # an instance takes its cause's
 }
 
 

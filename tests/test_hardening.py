@@ -172,7 +172,7 @@ def test_a_page_of_unusable_markers_does_not_starve_the_queue(kind: str) -> None
         worker.run_once()
     assert all(runs.counts[i] == 1 for i in ids)
     if kind == "unserved":
-        assert worker.claimer.unserved == {"nosuch"}
+        assert worker.claimer.unknown_types == {("default", "nosuch")}
 
 
 def test_an_orphan_marker_is_skipped_for_longer_each_time() -> None:

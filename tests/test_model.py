@@ -142,6 +142,7 @@ class QueueMachine(RuleBasedStateMachine):
         model.holder = model.lease_until = None
         if model.status == Status.CANCELLED:
             assert result == outcome.Outcome.SUPERSEDED
+            model.attempt = max(model.attempt, claim.attempt)  # noted: the attempt ran
             return
         assert result == outcome.Outcome.RECORDED
         model.attempt = claim.attempt

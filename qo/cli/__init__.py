@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from qo import shutdown
 from qo.cli import common
 from qo.cli.common import CliState
 
@@ -114,7 +115,10 @@ _register()
 def main(argv: Sequence[str] | None = None) -> None:
     """Console script entry point (``qo = "qo.cli:main"``)."""
     command = typer.main.get_command(app)
-    command.main(args=argv, prog_name="qo")
+    try:
+        command.main(args=argv, prog_name="qo")
+    except SystemExit as exc:  # never finalize under a lingering handler thread
+        shutdown.exit_process(exc.code)
 
 
 __all__ = ["app", "main"]

@@ -16,7 +16,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from qo import admin, records
+from qo import admin, fleet, records
 from qo.admin import TaskView
 from qo.app import App
 from qo.cli import common, dlq
@@ -386,8 +386,10 @@ def stats(
     paused = sorted(admin.paused_queues(q.store))
     table_data = {name: {k: counts.get(name, {}).get(k, 0) for k in _COUNTS}
                   for name in sorted(set(counts) | set(paused))}
+    served = fleet.coverage(q.store)  # ready task types no running worker serves
     if json:
-        emit_json({"queues": table_data, "paused": paused})
+        emit_json({"queues": table_data, "paused": paused, "unserved": [
+            {"queue": u.queue, "type": u.task_type, "ready": u.ready} for u in served.unserved]})
         return
     if not table_data:
         note(f"no queued, running or dead tasks in {q.url}")
@@ -399,6 +401,8 @@ def stats(
         table.add_row(cell(name), *(cell(row[k]) for k in _COUNTS),
                       cell("yes" if name in paused else ""))
     common.console().print(table)
+    if served.unserved:
+        note(served.describe() or "")
 
 
 # -- cancel, retry, pause, resume, sweep --------------------------------------------

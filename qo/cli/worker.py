@@ -14,8 +14,9 @@ import typer
 
 from qo import logs
 from qo.cli import common
-from qo.cli.common import CliError, QueueOption, say
+from qo.cli.common import CliError, QueueOption, note, say
 from qo.names import check_name
+from qo.shutdown import EXIT_ABANDONED
 from qo.worker import Worker, WorkerOptions
 
 
@@ -80,11 +81,21 @@ def worker(
     grace: Annotated[float, typer.Option(
         parser=common.as_param(common.parse_duration), metavar="SECONDS",
         help="On SIGTERM, how long running tasks may finish.")] = 30.0,
+    cancel_wait: Annotated[float, typer.Option(
+        parser=common.as_param(common.parse_duration), metavar="SECONDS",
+        help="Once stopped, how long handlers told to stop may take to return before the "
+             f"worker gives up on them and exits with code {EXIT_ABANDONED}.")] = 5.0,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
     log_format: Annotated[LogFormat, typer.Option(case_sensitive=False)] = LogFormat.text,
     queue: QueueOption = None,
 ) -> None:
-    """Run the app's handlers on the queue until stopped (SIGTERM/Ctrl-C: graceful)."""
+    """Run the app's handlers on the queue until stopped (SIGTERM/Ctrl-C: graceful).
+
+    Exit codes: 0 once stopped after a clean drain (or --burst found nothing
+    left); 3 when handlers were still running when it stopped (their tasks
+    were handed back or timed out; their late outcomes are dropped); 1 or 2
+    with one error: line when the store or the options are unusable at start.
+    """
     names = parse_queues(queues)
     app = common.bind_app(ctx, queue, common.load_app(app_spec))
     if not app.tasks:
@@ -93,9 +104,14 @@ def worker(
     if poll_max <= 0:
         raise CliError("--poll-max must be positive")
     options = WorkerOptions(queues=names, concurrency=concurrency, burst=burst,
-                            poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace)
+                            poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace,
+                            cancel_wait=cancel_wait)
     with _restored_process_state():
         logs.setup(log_level.value, json=log_format == LogFormat.json)
         summary = Worker(app, q, options).run()
     say(f"processed {summary.processed}: {summary.succeeded} succeeded, {summary.failed} failed, "
-        f"{summary.released} released, {summary.fenced} fenced")
+        f"{summary.released} released, {summary.cancelled} cancelled, {summary.fenced} fenced")
+    if summary.abandoned:
+        note(f"{summary.abandoned} handler(s) were still running when the worker stopped; "
+             f"exiting with code {EXIT_ABANDONED}")
+        raise typer.Exit(EXIT_ABANDONED)

@@ -1,0 +1,322 @@
+"""One attempt of a claimed task: run its handler, keep its lease, record its outcome.
+
+The handler runs in its own daemon thread, so that a timeout or a shutdown
+never waits on user code; the slot thread supervises it: it renews the lease
+(``qo.heartbeat``), enforces the deadline, and then records the outcome,
+retrying store failures while the lease lives. Whenever the slot stops
+waiting for a handler that has not returned (handed back, timed out,
+cancelled, lease lost) it sets ``ctx.cancelled``: the handler is told to stop.
+
+``Attempts`` is the part of ``qo.worker.Worker`` that does this; it lives here
+to keep each module small.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from qo import outcome, records
+from qo.app import App, TaskDef
+from qo.claim import Claim
+from qo.context import Context
+from qo.errors import PreconditionFailed, QoError, StoreError
+from qo.health import StoreHealth
+from qo.heartbeat import MAX_BACKOFF, LeaseKeeper, Renewal
+from qo.models import ErrorInfo, Status, TaskRecord
+from qo.settings import Settings
+from qo.store.base import Store
+
+if TYPE_CHECKING:
+    from qo.worker import WorkerOptions, WorkerSummary
+
+log = logging.getLogger("qo.worker")
+T = TypeVar("T")
+SHUTTING_DOWN = "worker shutting down"
+
+
+class TaskTimeout(Exception):
+    """The attempt ran past the task's timeout."""
+
+
+class WorkerDeadline(TaskTimeout):
+    """The attempt ran into the worker's own deadline (``WorkerOptions.deadline``)."""
+
+
+@dataclass
+class Running:
+    """One attempt in flight: its claim, its handler's context and what it returned."""
+
+    claim: Claim
+    ctx: Context
+    keeper: LeaseKeeper
+    timeout: float | None
+    declared: dict[str, Any]  # handler options the record left unset
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+    capped: bool = False  # its deadline is the worker's, not the task's timeout
+    seen_cancelled: records.Versioned | None = None  # the cancelled record a heartbeat read
+    over: bool = False  # the attempt is settled: heartbeats from the handler are refused
+
+
+
+class Attempts:
+    """Running attempts; mixed into ``Worker``, which provides these attributes."""
+
+    app: App
+    store: Store
+    settings: Settings
+    health: StoreHealth
+    summary: WorkerSummary
+    options: WorkerOptions
+    _abort: threading.Event
+    _lock: threading.Lock
+    _running: dict[str, Running]
+    _handlers: dict[threading.Thread, str]
+
+    def _wait_for_handlers(self) -> None:
+        """Give handlers told to stop ``cancel_wait`` seconds to return; count the rest."""
+        end = time.monotonic() + self.options.cancel_wait
+        with self._lock:
+            threads = list(self._handlers)
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        with self._lock:
+            left = sorted(task for t, task in self._handlers.items() if t.is_alive())
+            self.summary.abandoned = len(left)
+        if left:
+            log.warning("%d handler(s) still running after being told to stop (tasks %s); their "
+                        "outcomes will be dropped", len(left), ", ".join(left),
+                        extra={"event": "handlers_abandoned", "tasks": left})
+
+    def _execute(self, claim: Claim) -> None:
+        record = claim.record
+        definition = self.app.tasks.get(record.type)
+        if definition is None:
+            outcome.release(self.store, claim)
+            return
+        declared = _declared(record, definition)
+        keeper = LeaseKeeper.for_claim(self.store, claim.lease)
+        timeout = record.timeout if record.timeout is not None else definition.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        capped = self.options.deadline is not None and (
+            deadline is None or deadline > self.options.deadline)
+        if capped:
+            deadline = self.options.deadline
+        ctx = Context(task_id=record.id, task_type=record.type, queue=record.queue,
+                      attempt=claim.attempt, deadline=deadline,
+                      max_attempts=declared.get("max_attempts", record.max_attempts))
+        running = Running(claim, ctx, keeper, timeout, declared, capped=capped)
+        ctx._heartbeat = lambda: self._heartbeat(running)
+        if claim.input_error is not None:  # an unreadable payload never reaches the handler
+            error = ErrorInfo(type="CorruptPayload", message=claim.input_error,
+                              attempt=claim.attempt, retryable=False)
+            self._settle(running, lambda: outcome.fail(
+                self.store, claim, error, retryable=False, settings=self.settings,
+                declared=declared))
+            self._count("failed")
+            return
+        with self._lock:
+            self._running[record.id] = running
+        extra = {"task_id": record.id, "type": record.type, "attempt": claim.attempt}
+        log.info("task %s started", record.id, extra={"event": "task_started", **extra})
+        started = time.monotonic()
+        try:
+            self._supervise(running, definition)
+        finally:
+            with self._lock:
+                self._running.pop(record.id, None)
+            if not running.done.is_set():  # handed back, timed out, lost: tell it to stop
+                ctx.cancel("the worker stopped waiting for it")
+        try:
+            self._finish(running, definition, extra | {"seconds": round(time.monotonic() - started, 3)})
+        finally:
+            running.over = True
+
+    def _supervise(self, running: Running, definition: TaskDef) -> None:
+        """Run the handler in its own thread; renew the lease; enforce the deadline."""
+        task_id = running.claim.task_id
+
+        def target() -> None:
+            try:
+                running.result = definition.call(running.claim.input, running.ctx)
+            except BaseException as exc:  # noqa: BLE001 - reported as the task's error
+                running.error = exc
+            finally:
+                running.done.set()
+                with self._lock:
+                    self._handlers.pop(threading.current_thread(), None)
+
+        thread = threading.Thread(target=target, name=f"qo-task-{task_id}", daemon=True)
+        with self._lock:
+            self._handlers[thread] = task_id
+        thread.start()
+        keeper, ctx = running.keeper, running.ctx
+        while not running.done.is_set():
+            now = time.monotonic()
+            waits = [keeper.next_renew - now, 0.5]
+            if ctx.deadline is not None:
+                waits.append(ctx.deadline - now)
+            running.done.wait(max(0.0, min(waits)))
+            if running.done.is_set() or ctx.cancel_reason in ("cancelled", "lease lost"):
+                return  # (a heartbeat the handler made itself can find these)
+            if self._abort.is_set():
+                ctx.cancel(SHUTTING_DOWN)
+                return
+            if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
+                ctx.cancel("timeout")
+                return
+            if keeper.due() and not self._heartbeat(running):
+                return
+
+    def _heartbeat(self, running: Running) -> bool:
+        """Renew the lease and look for a cancellation; False if the task is lost.
+
+        A store failure is not a loss: the keeper tries again until the lease
+        expires by its estimate (``qo.heartbeat``).
+        """
+        if running.over:
+            return False
+        claim = running.claim
+        renewal = running.keeper.renew()
+        if renewal is Renewal.LOST:
+            running.ctx.cancel("lease lost")
+            return False
+        if renewal is Renewal.FAILED:
+            assert running.keeper.last_error is not None
+            self.health.failed(running.keeper.last_error, f"renewing the lease of {claim.task_id}")
+            return True
+        self.health.ok()
+        try:
+            current = records.read(self.store, claim.task_id)
+        except QoError:  # the next heartbeat looks again
+            return True
+        if current is None or current.record.status == Status.CANCELLED:
+            running.seen_cancelled = current
+            running.ctx.cancel("cancelled")
+            return False
+        return True
+
+    def _finish(self, running: Running, definition: TaskDef, extra: dict[str, Any]) -> None:
+        claim, ctx = running.claim, running.ctx
+        with self._lock:
+            self.summary.processed += 1
+        retryable: bool | None = None
+        if not running.done.is_set():
+            if ctx.cancel_reason == SHUTTING_DOWN:
+                self._settle(running, lambda: outcome.release(self.store, claim))
+                self._count("released")
+                log.info("task %s released", claim.task_id, extra={"event": "task_released", **extra})
+                return
+            if ctx.cancel_reason == "timeout" and running.capped:
+                running.error = self.options.deadline_error(
+                    "the handler ran into the worker's deadline; give the task a timeout "
+                    "that fits, or give the worker more time")
+            elif ctx.cancel_reason == "timeout":
+                running.error = TaskTimeout(f"timed out after {running.timeout:g} s")
+            elif ctx.cancel_reason == "cancelled":
+                self._cancelled(running, "the handler was told to stop", extra)
+                return
+            else:  # the lease was lost (or the attempt was abandoned)
+                self._report(running, outcome.Outcome.FENCED, "still running", extra)
+                return
+        if running.error is None:
+            try:
+                encoded = outcome.encode_result(claim, running.result, self.settings)
+            except (records.InvalidPayload, records.PayloadTooLarge) as bad:
+                running.error, retryable = bad, False  # a programming error: no retry
+            else:
+                result = self._settle(running, lambda: outcome.succeed(
+                    self.store, claim, running.result, self.settings, encoded=encoded,
+                    declared=running.declared))
+                self._report(running, result, "succeeded", extra)
+                return
+        error = running.error
+        assert error is not None
+        if retryable is None:
+            retryable = definition.retryable(error)
+        info = outcome.error_info(error, claim.attempt, retryable)
+        result = self._settle(running, lambda: outcome.fail(
+            self.store, claim, info, retryable=bool(retryable), settings=self.settings,
+            declared=running.declared))
+        if result is outcome.Outcome.RECORDED:
+            self._count("failed")
+            log.warning("task %s failed: %s: %s", claim.task_id, type(error).__name__, error,
+                        extra={"event": "task_failed", "retryable": retryable,
+                               "outcome": result.value, **extra})
+            return
+        self._report(running, result, f"failed with {type(error).__name__}", extra)
+
+    def _report(self, running: Running, result: outcome.Outcome | None, what: str,
+                extra: dict[str, Any]) -> None:
+        task_id = running.claim.task_id
+        if result is outcome.Outcome.RECORDED:
+            self._count("succeeded")
+            log.info("task %s succeeded", task_id,
+                     extra={"event": "task_succeeded", "outcome": result.value, **extra})
+        elif result is outcome.Outcome.SUPERSEDED:
+            self._count("cancelled")
+            log.info("task %s was cancelled while running; its outcome (%s) was dropped",
+                     task_id, what, extra={"event": "task_cancelled", **extra})
+        elif result is outcome.Outcome.FENCED:
+            self._count("fenced")
+            log.warning("task %s: lease lost; its outcome (%s) was dropped and another worker "
+                        "will run it again", task_id, what, extra={"event": "task_fenced", **extra})
+        else:
+            self._count("fenced")
+            log.warning("task %s: the store failed until its lease ran out; its outcome (%s) "
+                        "was not recorded and another worker will run it again", task_id, what,
+                        extra={"event": "task_fenced", **extra})
+
+    def _cancelled(self, running: Running, what: str, extra: dict[str, Any]) -> None:
+        seen, claim = running.seen_cancelled, running.claim
+        if seen is None:  # the record is gone: only the lease is left to drop
+            self._settle(running, lambda: claim.lease.release(self.store))
+        else:
+            self._settle(running, lambda: outcome.cancelled(
+                self.store, claim, seen.record, seen.etag, what, running.declared))
+        self._report(running, outcome.Outcome.SUPERSEDED, what, extra)
+
+    def _settle(self, running: Running, write: Callable[[], T]) -> T | None:
+        """Do an outcome's writes; on a store failure retry with backoff while the
+        lease lives (renewing it when due). None if the lease ran out first."""
+        delay = 0.2
+        while True:
+            try:
+                result = write()
+            except PreconditionFailed:
+                raise
+            except StoreError as exc:
+                self.health.failed(exc, f"recording the outcome of {running.claim.task_id}")
+                running.keeper.renew_if_due()
+                if running.keeper.remaining() <= delay:
+                    return None
+                time.sleep(delay)
+                delay = min(MAX_BACKOFF, delay * 2)
+                continue
+            self.health.ok()
+            return result
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            setattr(self.summary, what, getattr(self.summary, what) + 1)
+
+    # -- housekeeping ---------------------------------------------------------
+
+def _declared(record: TaskRecord, definition: TaskDef) -> dict[str, Any]:
+    """The handler's ``max_attempts`` and ``timeout``, where the record sets none.
+
+    Applied by this worker and written into the record with the outcome, so the
+    declared behaviour holds whoever submitted the task.
+    """
+    declared: dict[str, Any] = {}
+    if not record.declares("max_attempts"):
+        declared["max_attempts"] = definition.max_attempts
+    if record.timeout is None and definition.timeout is not None:
+        declared["timeout"] = definition.timeout
+    return declared
