@@ -12,8 +12,9 @@ from __future__ import annotations
 import random
 import time
 
-from qo.errors import PreconditionFailed, StoreUnavailable
+from qo.errors import PreconditionFailed, StoreError, StoreUnavailable
 from qo.store.base import Store
+from qo.store.failures import delete_failures
 
 ATTEMPTS = 4
 
@@ -72,7 +73,12 @@ def delete_quietly(store: Store, key: str, *, if_match: str | None = None) -> bo
     """Best-effort delete of a hint; False when it lost or kept failing.
 
     Safe to lose: every key deleted this way is either re-checked by whoever
-    finds it later (stale markers) or covered by a lease (repairs).
+    finds it later (stale markers) or covered by a lease (repairs). Losing a
+    race (412) is quiet; any other failure is loud: an outage is retried
+    (``ATTEMPTS`` tries), while a refusal (403, 501 ``NotSupported``) is not,
+    and either is logged (rate-limited) and counted by
+    ``qo.store.failures.delete_failures``, which ``qo stats`` and
+    ``qo doctor`` report.
     """
     for attempt in range(ATTEMPTS):
         try:
@@ -80,8 +86,12 @@ def delete_quietly(store: Store, key: str, *, if_match: str | None = None) -> bo
             return True
         except PreconditionFailed:
             return False
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             if attempt == ATTEMPTS - 1:
+                delete_failures.record(store, key, exc)
                 return False
             _pause(attempt)
+        except StoreError as exc:  # denied, not supported: asking again changes nothing
+            delete_failures.record(store, key, exc)
+            return False
     return False

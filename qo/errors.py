@@ -47,3 +47,25 @@ class BucketNotFound(StoreError):
 
 class AccessDenied(StoreError):
     """Credentials are valid but lack a permission on the queue's prefix."""
+
+
+class NotSupported(StoreError):
+    """The store does not implement a request qo needs (HTTP 501, or a 400
+    naming an unsupported header such as ``If-Match``).
+
+    Never retried: asking again gets the same answer. It is not an outage.
+    """
+
+
+class ListingStalled(StoreError):
+    """A paginated listing did not advance past the previous page.
+
+    Raised instead of looping forever (or silently skipping keys) on a store
+    whose pagination is broken.
+    """
+
+
+class StoreRefused(StoreError):
+    """The store lacks a feature qo's guarantees depend on (see ``qo doctor``)."""
+
+    exit_code = 2

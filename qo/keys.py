@@ -11,6 +11,7 @@
     payloads/{id}/input, payloads/{id}/result-{n}    large bodies
     workers/{worker_id}.json                         worker heartbeats
     quarantine/{queue}/{id}                          unreadable records, for qo doctor
+    meta/capabilities.json, meta/delete-failures/*   store checks and failure reports
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ DEAD = "dead/"
 PAYLOADS = "payloads/"
 WORKERS = "workers/"
 QUARANTINE = "quarantine/"
+META = "meta/"  # store capabilities cache, probe keys, delete-failure reports
 PAUSED_MARK = "!paused"
 
 

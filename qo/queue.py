@@ -98,6 +98,21 @@ class Queue:
     def __init__(self, store: Store, settings: Settings | None = None) -> None:
         self.store = store
         self.settings = settings or Settings()
+        self._store_checked = False
+
+    def check_store(self) -> Queue:
+        """Refuse a store that cannot keep qo's guarantees; once per Queue.
+
+        See ``qo.store.capabilities.require`` (usually 1 GET, nothing for the
+        memory and local stores). May wrap ``store`` for the unconditional
+        delete mode, so call it before handing ``store`` to other objects.
+        """
+        if not self._store_checked:
+            from qo.store.capabilities import require
+
+            self.store = require(self.store)
+            self._store_checked = True
+        return self
 
     @classmethod
     def from_url(cls, url: str | None = None, **settings: Any) -> Queue:
@@ -110,11 +125,13 @@ class Queue:
     def submit(self, task_type: str, input: Any = None, **options: Any) -> TaskHandle:
         """Submit one task; options are those of ``SubmitRequest`` (priority, delay, key...)."""
         req = SubmitRequest(type=task_type, input=input, **options)
+        self.check_store()
         done = submit_one(self.store, req, self.settings)
         return TaskHandle(self, done.id, done.created)
 
     def submit_many(self, requests: list[SubmitRequest | dict[str, Any]]) -> list[TaskHandle]:
         reqs = [r if isinstance(r, SubmitRequest) else SubmitRequest(**r) for r in requests]
+        self.check_store()
         return [self._handle(d) for d in submit_many(self.store, reqs, self.settings)]
 
     def _handle(self, done: Submitted) -> TaskHandle:
