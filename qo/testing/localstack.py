@@ -125,3 +125,22 @@ class LocalStack:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def main() -> None:
+    """``python -m qo.testing.localstack [PORT]``: serve LocalStack's S3 until Ctrl-C."""
+    import sys
+
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 4566
+    with LocalStack(port=port) as server:
+        print(f"export AWS_ENDPOINT_URL={server.endpoint_url} AWS_ACCESS_KEY_ID=test "
+              "AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1", flush=True)
+        try:
+            while server._proc is not None and server._proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
