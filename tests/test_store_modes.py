@@ -238,7 +238,8 @@ def test_a_store_that_denies_deletes_is_refused_at_start() -> None:
 
 def test_deletes_denied_later_are_logged_counted_reported_and_run_nothing_twice(
         caplog: pytest.LogCaptureFixture) -> None:
-    inner = MemoryStore()
+    now = [1_000_000.0]
+    inner = MemoryStore(clock=lambda: now[0])
     store = DeniesDeletes(inner, active=False)
     queue = Queue(store, Settings())
     queue.check_store()  # passes: the policy changes afterwards
@@ -246,15 +247,21 @@ def test_deletes_denied_later_are_logged_counted_reported_and_run_nothing_twice(
     before = failures.delete_failures.count(store)
     with caplog.at_level(logging.WARNING, logger="qo.store"):
         runs = run_tasks(queue, 20, concurrency=1)
-    assert set(runs.values()) == {1}  # every task that ran, ran once
-    assert len(runs) >= 1 and all(v.status in (Status.SUCCEEDED, Status.PENDING)
-                                  for v in queue.ls(limit=100))
-    failed = failures.delete_failures.count(store) - before
-    assert failed >= 2 * len(runs)  # at least a marker and a lease per claimed task
+        assert sorted(runs) == list(range(20)) and set(runs.values()) == {1}
+        assert {v.status for v in queue.ls(limit=100)} == {Status.SUCCEEDED}
+        assert failures.delete_failures.count(store) - before >= 40  # a marker + a lease each
+        now[0] += 3600  # every lease left behind has expired: reapers and claimers meet them
+        queue.sweep()
+        app = App(queue)
+        app.task(lambda i: runs.update([i]), name="count")
+        Worker(app, queue, WorkerOptions(concurrency=2, burst=True, poll_max=0.2)).run()
+    assert set(runs.values()) == {1}  # nothing ran twice
     warnings = [r for r in caplog.records if "could not delete" in r.getMessage()]
-    assert 1 <= len(warnings) <= 3  # rate-limited: one per kind of key and minute
+    assert 1 <= len(warnings) <= 4  # rate-limited: one per kind of key and minute
+    assert "AccessDenied" in warnings[0].getMessage()
+    failures.delete_failures.flush(store)  # as at exit; while failing: once a minute
     summary = failures.summary(inner)
-    assert summary.count >= 1 and "AccessDenied" in summary.last_error
+    assert summary.count >= 40 and "AccessDenied" in summary.last_error
     assert "failed delete" in summary.line()
 
 

@@ -3,7 +3,7 @@
 A delete that keeps failing (a 403 from a policy without ``s3:DeleteObject``,
 a 501, an outage that outlasts the retries) leaves a marker or a lease
 behind. That is never silent: ``record`` logs a warning at most once a
-minute per kind of key (saying how many were suppressed), counts it in this
+minute per store and kind of key (saying how many were suppressed), counts it in this
 process, and writes a small report ``meta/delete-failures/{host}-{pid}.json``
 into the store (1 PUT on the first failure, then at most one a minute while
 failures go on, and one at exit), so that ``qo stats`` and ``qo doctor`` in
@@ -48,6 +48,7 @@ class _StoreFailures:
     last_key: str = ""
     flushed_at: float = 0.0
     dirty: bool = False
+    logged: dict[str, tuple[float, int]] = field(default_factory=dict)  # family: (when, quiet)
 
 
 class DeleteFailures:
@@ -57,7 +58,6 @@ class DeleteFailures:
         self._lock = threading.Lock()
         self._by_store: weakref.WeakKeyDictionary[object, _StoreFailures] = (
             weakref.WeakKeyDictionary())
-        self._logged: dict[str, tuple[float, int]] = {}  # family -> (when, suppressed)
         self.total = 0
 
     def record(self, store: Store, key: str, error: BaseException) -> None:
@@ -70,9 +70,9 @@ class DeleteFailures:
             state = self._for(store)
             state.counts[family] += 1
             state.last_error, state.last_key, state.dirty = message, key, True
-            when, suppressed = self._logged.get(family, (-LOG_EVERY, 0))
+            when, suppressed = state.logged.get(family, (-LOG_EVERY, 0))
             speak = now - when >= LOG_EVERY
-            self._logged[family] = (now, 0) if speak else (when, suppressed + 1)
+            state.logged[family] = (now, 0) if speak else (when, suppressed + 1)
             flush = now - state.flushed_at >= FLUSH_EVERY or state.flushed_at == 0.0
         if speak:
             more = f" ({suppressed} more since the last warning)" if suppressed else ""
