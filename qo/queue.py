@@ -14,7 +14,14 @@ from qo.models import Status, TaskRecord
 from qo.settings import Settings
 from qo.store.base import Store
 from qo.store.url import open_store
-from qo.submit import SubmitRequest, Submitted, submit_many, submit_one
+from qo.submit import (
+    SubmitRequest,
+    Submitted,
+    prepare,
+    prepare_batch,
+    submit_all,
+    submit_prepared,
+)
 
 
 class TaskFailed(QoError):
@@ -125,14 +132,20 @@ class Queue:
     def submit(self, task_type: str, input: Any = None, **options: Any) -> TaskHandle:
         """Submit one task; options are those of ``SubmitRequest`` (priority, delay, key...)."""
         req = SubmitRequest(type=task_type, input=input, **options)
-        self.check_store()
-        done = submit_one(self.store, req, self.settings)
+        now = self.store.now()
+        prepared = prepare(req, self.settings, now)  # everything that can refuse it
+        self.check_store()  # then the first submit checks the store, before any write
+        done = submit_prepared(self.store, prepared, self.settings, now)
         return TaskHandle(self, done.id, done.created)
 
     def submit_many(self, requests: list[SubmitRequest | dict[str, Any]]) -> list[TaskHandle]:
         reqs = [r if isinstance(r, SubmitRequest) else SubmitRequest(**r) for r in requests]
+        if not reqs:
+            return []
+        now = self.store.now()
+        prepared = prepare_batch(reqs, self.settings, now)
         self.check_store()
-        return [self._handle(d) for d in submit_many(self.store, reqs, self.settings)]
+        return [self._handle(d) for d in submit_all(self.store, prepared, self.settings, now)]
 
     def _handle(self, done: Submitted) -> TaskHandle:
         return TaskHandle(self, done.id, done.created)

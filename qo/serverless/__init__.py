@@ -151,7 +151,7 @@ def open_queue(config: Config) -> Queue:
     settings: dict[str, Any] = {}
     if config.lease_seconds is not None:
         settings["lease_seconds"] = config.lease_seconds
-    return Queue.from_url(config.queue_url, **settings).check_store()
+    return Queue.from_url(config.queue_url, **settings)
 
 
 def configure(

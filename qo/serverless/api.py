@@ -55,9 +55,10 @@ from qo.submit import (
     IdempotencyConflict,
     InvalidBatchItem,
     SubmitRequest,
+    prepare,
     prepare_batch,
     submit_all,
-    submit_one,
+    submit_prepared,
 )
 
 log = logging.getLogger("qo.serverless.api")
@@ -211,7 +212,10 @@ def _submit_request(app: App | None, fields: Any, where: str = "") -> SubmitRequ
 @route("/tasks", "POST")
 def post_task(rt: Runtime, req: Request) -> tuple[int, Any]:
     submit = _submit_request(rt.app, req.json_object())
-    done = submit_one(rt.queue.store, submit, rt.queue.settings)
+    now = rt.queue.store.now()
+    prepared = prepare(submit, rt.queue.settings, now)  # refuse before any write
+    rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
+    done = submit_prepared(rt.queue.store, prepared, rt.queue.settings, now)
     body = {"id": done.id, "created": done.created, "status": done.status.value}
     return (201 if done.created else 200), body
 
@@ -239,7 +243,8 @@ def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
         if isinstance(exc.error, PayloadTooLarge):
             raise HttpError(413, "payload_too_large", where) from None
         raise bad_request(where) from None
-    done = submit_all(store, prepared, settings, now)
+    rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
+    done = submit_all(rt.queue.store, prepared, settings, now)
     rows = [{"id": d.id, "created": d.created, "status": d.status.value} for d in done]
     return (201 if any(d.created for d in done) else 200), {"tasks": rows}
 
