@@ -102,3 +102,16 @@ def test_500_tasks_4_worker_processes_each_task_once_nothing_left(
     assert "could not delete" not in "".join(err for _, err in outputs)
     assert orjson.loads(raw.get(capabilities.CACHE_KEY).body)["features"][  # type: ignore[union-attr]
         capabilities.CONDITIONAL_DELETE] is False
+
+
+def test_admin_commands_leave_no_lease_behind(bucket: str) -> None:
+    url = f"s3://{bucket}/admin"
+    task = Queue.from_url(url).submit("add", {"x": 1, "y": 2})
+    runner = CliRunner()
+    for args in (["cancel", task.id], ["retry", task.id]):
+        result = runner.invoke(cli_app, ["--queue", url, *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert "could not delete" not in result.output
+    raw = S3Store(bucket, "admin")
+    assert list(raw.list("leases/")) == []  # the admin lease went, by its tombstone
+    assert Queue.from_url(url).get(task.id).status == Status.PENDING
