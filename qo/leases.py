@@ -9,9 +9,10 @@ whoever reaps it after it expires.
 On a store without conditional DELETE (qo/store/modes.py) a lease is
 released by a tombstone: an ``If-Match`` PUT that rewrites it as a lease of
 kind ``released`` (the linearization point, fenced like a renewal), then an
-unconditional DELETE. A tombstone left behind (the DELETE failed) reads as
-held for ``RELEASE_SETTLE`` seconds, then as absent: ``acquire`` takes it
-over by a CAS, and so does a reaper. See docs/protocol.md.
+unconditional DELETE. A lease whose DELETE fails for good (403, 501) is
+tombstoned too. A tombstone left behind reads as held for
+``RELEASE_SETTLE`` seconds, then as absent: ``acquire`` takes it over by a
+CAS, and so does a reaper. See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from qo import keys
-from qo.cas import delete_quietly, get_retrying, put_checked
+from qo.cas import delete_outcome, delete_quietly, get_retrying, put_checked
 from qo.errors import PreconditionFailed, StoreError
 from qo.ids import new_token
 from qo.models import CorruptRecord, Lease, dumps, loads
@@ -59,11 +60,26 @@ class HeldLease:
         """Delete the lease if it is still ours; False if it was taken over or stayed.
 
         Conditional DELETE: 1 DELETE. Unconditional mode: 1 PUT (the tombstone,
-        ``If-Match`` our etag: the linearization point) + 1 DELETE.
+        ``If-Match`` our etag: the linearization point) + 1 DELETE. A conditional
+        DELETE that fails for good (403, 501, an outage) leaves a tombstone
+        instead (1 PUT), so that the task does not stay locked: see ``acquire``.
         """
         if not releases_by_tombstone(store):
-            return delete_quietly(store, self.key, if_match=self.etag)
+            outcome = delete_outcome(store, self.key, if_match=self.etag)
+            if outcome == "failed":
+                self._tombstone(store)
+            return outcome == "deleted"
         started = time.monotonic()
+        if not self._tombstone(store):
+            return False
+        if time.monotonic() - started > RELEASE_SETTLE / 2:
+            log.warning("releasing %s took over %.0f s: left its tombstone for others to take "
+                        "over", self.key, RELEASE_SETTLE / 2)
+            return False
+        return delete_quietly(store, self.key)
+
+    def _tombstone(self, store: Store) -> bool:
+        """Rewrite the lease as released, ``If-Match`` our etag; False if it is not ours."""
         tomb = self.lease.model_copy(update={
             "kind": RELEASED, "seconds": RELEASE_SETTLE, "renewals": self.lease.renewals + 1,
             "reaped_token": None})
@@ -75,11 +91,7 @@ class HeldLease:
             delete_failures.record(store, self.key, exc)
             return False
         self.lease = tomb
-        if time.monotonic() - started > RELEASE_SETTLE / 2:
-            log.warning("releasing %s took over %.0f s: left its tombstone for others to take "
-                        "over", self.key, RELEASE_SETTLE / 2)
-            return False
-        return delete_quietly(store, self.key)
+        return True
 
     def still_held(self, store: Store) -> bool:
         obj = get_retrying(store, self.key)
@@ -104,7 +116,8 @@ def acquire(
     try:
         etag = put_checked(store, key, dumps(lease), if_none_match=True)
     except PreconditionFailed:
-        if releases_by_tombstone(store):
+        # Tombstones exist in the unconditional mode, or where deletes fail here.
+        if releases_by_tombstone(store) or delete_failures.count(store):
             return take_over_released(store, key, lease, now)
         return None
     return HeldLease(key, lease, etag)

@@ -276,3 +276,31 @@ def test_stats_and_doctor_show_failed_deletes() -> None:
     assert "1 failed delete(s)" in human.stderr and "no DELETE here" in human.stderr
     check = next(c for c in diagnose(store=store).checks if c.name == "stuck deletes")
     assert check.level == Level.WARN and "no DELETE here" in check.detail
+
+
+def test_a_task_given_back_while_deletes_fail_is_claimed_again_once() -> None:
+    from qo.claim import Claimer
+
+    now = [2_000_000.0]
+    inner = MemoryStore(clock=lambda: now[0])
+    store = DeniesDeletes(inner, active=False)
+    queue = Queue(store, Settings())
+    task = queue.submit("count", {"i": 1})
+    store.active = True
+    first = Claimer(store, queue.settings, queues=["default"], task_types=None, owner="a")
+    claim = first.claim()
+    assert claim is not None and claim.task_id == task.id
+    from qo import outcome
+
+    outcome.release(store, claim)  # graceful shutdown: marker again, then the lease goes
+    tomb = leases.read(store, f"leases/default/{task.id}")
+    assert tomb is not None and leases.is_released(tomb.lease)  # its DELETE was denied
+    second = Claimer(store, queue.settings, queues=["default"], task_types=None, owner="b")
+    assert second.claim() is None  # the tombstone is settling: still reads as held
+    now[0] += leases.RELEASE_SETTLE + 1
+    second.forget()
+    again = Claimer(store, queue.settings, queues=["default"], task_types=None, owner="c")
+    taken = again.claim()
+    assert taken is not None and taken.task_id == task.id and taken.lease.lease.owner == "c"
+    assert Claimer(store, queue.settings, queues=["default"], task_types=None,
+                   owner="d").claim() is None  # one holder at a time
