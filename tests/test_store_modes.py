@@ -304,3 +304,33 @@ def test_a_task_given_back_while_deletes_fail_is_claimed_again_once() -> None:
     assert taken is not None and taken.task_id == task.id and taken.lease.lease.owner == "c"
     assert Claimer(store, queue.settings, queues=["default"], task_types=None,
                    owner="d").claim() is None  # one holder at a time
+
+
+def test_doctor_drops_a_cached_result_that_no_longer_holds() -> None:
+    from qo.doctor import diagnose
+
+    inner = MemoryStore()
+    capabilities.check(RefusesConditionalDelete(inner))  # cached: no conditional DELETE
+    assert inner.get(capabilities.CACHE_KEY) is not None
+    report = diagnose(store=_Plain(inner))  # the store was fixed meanwhile
+    assert next(c for c in report.checks if c.name == "conditional DELETE").level == "ok"
+    assert inner.get(capabilities.CACHE_KEY) is None  # the next start probes again
+    assert capabilities.check(_Plain(inner)).has(capabilities.CONDITIONAL_DELETE)
+
+
+class _Plain(RefusesConditionalDelete):
+    """The same store once its conditional DELETE works (not CONFORMING: probed)."""
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        self.inner.delete(key, if_match=if_match)
+
+
+def test_a_stale_cache_is_probed_again() -> None:
+    now = [1_000.0]
+    inner = MemoryStore(clock=lambda: now[0])
+    capabilities.check(RefusesConditionalDelete(inner), clock=lambda: now[0])
+    now[0] += capabilities.MAX_AGE + 1
+    inner.counts.reset()
+    caps = capabilities.check(_Plain(inner), clock=lambda: now[0])
+    assert caps.source == "probe" and caps.has(capabilities.CONDITIONAL_DELETE)
+    assert inner.counts["LIST"] == 6

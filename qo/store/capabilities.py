@@ -169,7 +169,8 @@ def reconcile(store: Store, fresh: Capabilities) -> None:
     target = source(store)
     if declared(target):
         return
-    cached = _read_cache(target, float("-inf"))
+    obj = target.get(CACHE_KEY)
+    cached = Capabilities.from_json(target.url, obj.body) if obj is not None else None
     if cached is not None and cached.features != fresh.features:
         forget(target)
 
@@ -199,12 +200,12 @@ def _remember(store: Store, caps: Capabilities) -> None:
 
 
 def _read_cache(store: Store, now: float) -> Capabilities | None:
-    """The cached result, unless missing, unreadable or older than MAX_AGE (-inf: any age)."""
+    """The cached result, unless missing, unreadable or older than MAX_AGE."""
     obj = store.get(CACHE_KEY)
     if obj is None:
         return None
     caps = Capabilities.from_json(store.url, obj.body)
-    if caps is None or (now != float("-inf") and now - caps.checked_at > MAX_AGE):
+    if caps is None or now - caps.checked_at > MAX_AGE:
         return None
     return caps
 
