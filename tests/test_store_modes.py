@@ -334,3 +334,22 @@ def test_a_stale_cache_is_probed_again() -> None:
     caps = capabilities.check(_Plain(inner), clock=lambda: now[0])
     assert caps.source == "probe" and caps.has(capabilities.CONDITIONAL_DELETE)
     assert inner.counts["LIST"] == 6
+
+
+def test_on_s3_the_first_submit_of_a_process_costs_one_get_more(s3_server) -> None:
+    from qo.store.metrics import diff
+    from qo.store.s3 import S3Store
+
+    from .conftest import new_bucket_name
+
+    bucket = new_bucket_name()
+    first = S3Store(bucket, "p", endpoint_url=s3_server.endpoint_url)
+    first.create_bucket()
+    assert capabilities.require(first) is first  # moto has every feature: probed, cached
+    queue = Queue(S3Store(bucket, "p", endpoint_url=s3_server.endpoint_url))  # a new process
+    before = s3_server.counts.snapshot()
+    queue.submit("t", {"n": 1})
+    queue.submit("t", {"n": 2})
+    spent = {k: v for k, v in diff(s3_server.counts.snapshot(), before).items()
+             if not k.startswith("BUCKET_")}
+    assert spent == {"GET": 1, "PUT": 4}  # the cached check once, then 2 PUT per submit
