@@ -20,6 +20,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from qo.cas import delete_outcome
 from qo.cli import app as cli_app
 from qo.errors import NotSupported
 from qo.models import Status
@@ -47,6 +48,12 @@ def test_stock_localstack_is_detected_and_gets_the_unconditional_mode(bucket: st
     store = S3Store(bucket, "caps")
     with pytest.raises(NotSupported, match="NotImplemented"):
         store.delete("k", if_match='"0"')
+    sent: list[str] = []
+    store.client.meta.events.register("before-send.s3.DeleteObject",
+                                      lambda **_: sent.append("DELETE"))
+    store.put("k", b"1")
+    assert delete_outcome(store, "k", if_match='"0"') == "failed"
+    assert sent == ["DELETE"]  # a refusal, not an outage: asked once, not retried
     caps = capabilities.check(store)
     assert caps.missing == [capabilities.CONDITIONAL_DELETE, capabilities.COLON_LISTING]
     assert "NotImplemented" in caps.details[capabilities.CONDITIONAL_DELETE]
