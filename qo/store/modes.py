@@ -54,6 +54,8 @@ class UnconditionalDeletes:
         return f"UnconditionalDeletes({self.inner!r})"
 
     def __getattr__(self, name: str) -> Any:  # bucket, client, create_bucket, counts...
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def capability_source(self) -> Store:

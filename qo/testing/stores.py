@@ -30,6 +30,8 @@ class _Wrapper:
         self.url = inner.url
 
     def __getattr__(self, name: str) -> Any:  # counts, clock...
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def get(self, key: str) -> StoredObject | None:
