@@ -131,7 +131,11 @@ def main() -> None:
     """``python -m qo.testing.localstack [PORT]``: serve LocalStack's S3 until Ctrl-C."""
     import sys
 
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 4566
+    signal.signal(signal.SIGTERM, interrupt)  # stop LocalStack too, on SIGTERM as on Ctrl-C
     with LocalStack(port=port) as server:
         print(f"export AWS_ENDPOINT_URL={server.endpoint_url} AWS_ACCESS_KEY_ID=test "
               "AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-east-1", flush=True)
