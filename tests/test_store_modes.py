@@ -353,3 +353,15 @@ def test_on_s3_the_first_submit_of_a_process_costs_one_get_more(s3_server) -> No
     spent = {k: v for k, v in diff(s3_server.counts.snapshot(), before).items()
              if not k.startswith("BUCKET_")}
     assert spent == {"GET": 1, "PUT": 4}  # the cached check once, then 2 PUT per submit
+
+
+def test_week_old_failure_reports_are_removed_by_the_summary() -> None:
+    import orjson
+
+    store = MemoryStore()
+    old = {"count": 3, "at": 1_000.0, "last_key": "ready/x", "last_error": "e"}
+    store.put(f"{failures.PREFIX}gone-1.json", orjson.dumps(old))
+    store.put(f"{failures.PREFIX}recent-2.json", orjson.dumps(old | {"at": 2_000_000.0}))
+    found = failures.summary(store, now=2_000_100.0)
+    assert found.count == 3 and found.processes == 1
+    assert [i.key for i in store.list(failures.PREFIX)] == [f"{failures.PREFIX}recent-2.json"]

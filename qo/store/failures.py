@@ -8,7 +8,7 @@ process, and writes a small report ``meta/delete-failures/{host}-{pid}.json``
 into the store (1 PUT on the first failure, then at most one a minute while
 failures go on, and one at exit), so that ``qo stats`` and ``qo doctor`` in
 any other process can show it. ``summary`` reads those reports: 1 LIST plus
-1 GET per process that reported within ``RECENT`` seconds.
+1 GET per report; it deletes reports older than a week.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ PREFIX = f"{keys.META}delete-failures/"
 LOG_EVERY = 60.0  # seconds between two warnings for one kind of key
 FLUSH_EVERY = 60.0  # seconds between two reports written to the store
 RECENT = 86_400.0  # reports older than this are ignored by summary()
+EXPIRE = 7 * 86_400.0  # reports older than this are deleted by summary() (best effort)
 
 
 def _family(key: str) -> str:
@@ -152,7 +153,10 @@ class Summary:
 
 
 def summary(store: Store, now: float | None = None) -> Summary:
-    """Sum the recent reports under ``meta/delete-failures/`` (1 LIST + 1 GET each)."""
+    """Sum the recent reports under ``meta/delete-failures/`` (1 LIST + 1 GET each).
+
+    Reports older than ``EXPIRE`` are deleted on the way (1 DELETE each).
+    """
     now = time.time() if now is None else now
     count = processes = 0
     latest: tuple[float, str, str] = (0.0, "", "")
@@ -165,6 +169,11 @@ def summary(store: Store, now: float | None = None) -> Summary:
             at, n = float(data["at"]), int(data["count"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
+        if now - at > EXPIRE:
+            try:  # a process long gone: its report goes (quietly: it is housekeeping)
+                store.delete(info.key, if_match=obj.etag)
+            except QoError:
+                pass
         if now - at > RECENT or n <= 0:
             continue
         count += n
