@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Literal
 
-from qo.errors import PreconditionFailed, StoreUnavailable
+from qo.errors import PreconditionFailed, StoreError, StoreUnavailable
 from qo.store.base import Store
+from qo.store.failures import delete_failures
 
 ATTEMPTS = 4
 
@@ -68,20 +70,42 @@ def get_retrying(store: Store, key: str):
     raise AssertionError("unreachable")
 
 
+#: What a best-effort delete came to: gone, lost a race (412), or failed for good.
+DeleteOutcome = Literal["deleted", "lost", "failed"]
+
+
 def delete_quietly(store: Store, key: str, *, if_match: str | None = None) -> bool:
     """Best-effort delete of a hint; False when it lost or kept failing.
 
     Safe to lose: every key deleted this way is either re-checked by whoever
-    finds it later (stale markers) or covered by a lease (repairs).
+    finds it later (stale markers) or covered by a lease (repairs). See
+    ``delete_outcome`` to tell a lost race from a failure.
+    """
+    return delete_outcome(store, key, if_match=if_match) == "deleted"
+
+
+def delete_outcome(store: Store, key: str, *, if_match: str | None = None) -> DeleteOutcome:
+    """Delete ``key``; ``"lost"`` on a 412, ``"failed"`` when the store would not.
+
+    Losing a race is quiet; any other failure is loud: an outage is retried
+    (``ATTEMPTS`` tries), while a refusal (403, 501 ``NotSupported``) is not,
+    and either is logged (rate-limited) and counted by
+    ``qo.store.failures.delete_failures``, which ``qo stats`` and
+    ``qo doctor`` report. A caller that meets ``"failed"`` on a marker should
+    move past it rather than read it again.
     """
     for attempt in range(ATTEMPTS):
         try:
             store.delete(key, if_match=if_match)
-            return True
+            return "deleted"
         except PreconditionFailed:
-            return False
-        except StoreUnavailable:
+            return "lost"
+        except StoreUnavailable as exc:
             if attempt == ATTEMPTS - 1:
-                return False
+                delete_failures.record(store, key, exc)
+                return "failed"
             _pause(attempt)
-    return False
+        except StoreError as exc:  # denied, not supported: asking again changes nothing
+            delete_failures.record(store, key, exc)
+            return "failed"
+    return "failed"

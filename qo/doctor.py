@@ -21,7 +21,10 @@ import orjson
 from qo import fleet, keys
 from qo.errors import PreconditionFailed, QoError
 from qo.ids import new_token
+from qo.store import capabilities, failures
 from qo.store.base import Store
+from qo.store.capabilities import Capabilities
+from qo.store.modes import delete_mode
 from qo.store.url import open_store, resolve_url
 
 PREFIX = "doctor/"
@@ -87,10 +90,12 @@ class _Probe:
     cas_key: str
     written_at: tuple[float, float, float] | None = None  # (before, after, last_modified)
     touched: set[str] = field(default_factory=set)  # keys we may have written
+    caps: Capabilities | None = None  # the fresh capability probe, once run
 
 
 CHECKS = ("queue URL", "reachable", "writable", "conditional writes", "clock", "quarantine",
-          "workers", "cleanup")
+          capabilities.CONDITIONAL_DELETE, capabilities.LISTING, capabilities.COLON_LISTING,
+          "stuck deletes", "workers", "cleanup")
 
 
 def diagnose(
@@ -118,6 +123,10 @@ def diagnose(
         ("conditional writes", _conditional, False),
         ("clock", _clock, False),
         ("quarantine", _quarantine, False),
+        (capabilities.CONDITIONAL_DELETE, _conditional_delete, False),
+        (capabilities.LISTING, _listing, False),
+        (capabilities.COLON_LISTING, _colon_listing, False),
+        ("stuck deletes", _delete_failures, False),
         ("workers", _workers, False),
     ]
     try:
@@ -205,6 +214,7 @@ def _writable(p: _Probe) -> tuple[Level, str]:
 
 
 def _conditional(p: _Probe) -> tuple[Level, str]:
+    """Create-only PUT and If-Match PUT (conditional DELETE has its own check)."""
     s, key = p.store, p.cas_key
     p.touched.add(key)
     first = s.put(key, f"1 {key}".encode(), if_none_match=True)
@@ -215,25 +225,64 @@ def _conditional(p: _Probe) -> tuple[Level, str]:
     except PreconditionFailed:
         pass
     try:
-        current = s.put(key, f"3 {key}".encode(), if_match=first)
+        s.put(key, f"3 {key}".encode(), if_match=first)
     except PreconditionFailed:
         if not violations:
             return Level.FAIL, "a put with the current ETag (If-Match) was refused"
-        current = first  # the create-only put moved the object on: first is stale now
     try:
         s.put(key, f"4 {key}".encode(), if_match=first)
         violations.append("a put with a stale If-Match was accepted")
     except PreconditionFailed:
         pass
-    try:
-        s.delete(key, if_match=first)
-        violations.append("a delete with a stale If-Match was accepted")
-    except PreconditionFailed:
-        pass
     if violations:
         return Level.FAIL, f"{NOT_ENFORCED} ({'; '.join(violations)})"
-    s.delete(key, if_match=current)
-    return Level.OK, "create-only put, If-Match put and If-Match delete refuse stale versions"
+    return Level.OK, "create-only PUT and If-Match PUT refuse stale versions"
+
+
+def _caps(p: _Probe) -> Capabilities:
+    """Probe afresh once per run; drop a cached result that disagrees with it."""
+    if p.caps is None:
+        p.caps = capabilities.probe(capabilities.source(p.store), p.clock)
+        capabilities.reconcile(p.store, p.caps)  # a stale cache: the next start probes again
+    return p.caps
+
+
+def _conditional_delete(p: _Probe) -> tuple[Level, str]:
+    caps = _caps(p)
+    feature = capabilities.CONDITIONAL_DELETE
+    if caps.has(feature):
+        return Level.OK, "a DELETE with a stale If-Match is refused, with the current one works"
+    why = caps.details.get(feature, "not supported")
+    mode = delete_mode(p.store)
+    if mode == "unconditional":
+        return Level.OK, (f"not supported ({why}); the queue URL selects the unconditional "
+                          "mode (see docs/protocol.md)")
+    if mode == "conditional":
+        return Level.FAIL, f"not supported ({why}) and the queue URL says ?delete=conditional"
+    return Level.WARN, (f"not supported ({why}): qo switches to the unconditional mode, "
+                        "whose guarantees are weaker (docs/protocol.md)")
+
+
+def _listing(p: _Probe) -> tuple[Level, str]:
+    caps = _caps(p)
+    if caps.has(capabilities.LISTING):
+        return Level.OK, "keys come back in UTF-8 byte order, page after page"
+    return Level.FAIL, caps.details.get(capabilities.LISTING, "broken")
+
+
+def _colon_listing(p: _Probe) -> tuple[Level, str]:
+    caps = _caps(p)
+    if caps.has(capabilities.COLON_LISTING):
+        return Level.OK, "pages advance across keys containing ':'"
+    return Level.WARN, (caps.details.get(capabilities.COLON_LISTING, "broken")
+                        + ": do not use ':' in queue, task type or schedule names here")
+
+
+def _delete_failures(p: _Probe) -> tuple[Level, str]:
+    found = failures.summary(p.store)
+    if found.count:
+        return Level.WARN, found.line()
+    return Level.OK, "no process reported a delete it could not make in the last 24 h"
 
 
 def _clock(p: _Probe) -> tuple[Level, str]:

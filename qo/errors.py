@@ -173,3 +173,28 @@ def shorten_values(message: str) -> str:
         half = MAX_MESSAGE // 2
         message = f"{message[:half]} … {message[-half:]}"
     return message
+
+class NotSupported(StoreError):
+    """The store does not implement a request qo needs (HTTP 501, or a 400
+    naming an unsupported header such as ``If-Match``).
+
+    Never retried: asking again gets the same answer. It is not an outage.
+    """
+
+    kind = ErrorKind.UNSUPPORTED_STORE
+
+
+class ListingStalled(StoreError):
+    """A paginated listing did not advance past the previous page.
+
+    Raised instead of looping forever (or silently skipping keys) on a store
+    whose pagination is broken.
+    """
+
+    kind = ErrorKind.UNSUPPORTED_STORE
+
+
+class StoreRefused(StoreError):
+    """The store lacks a feature qo's guarantees depend on (see ``qo doctor``)."""
+
+    kind = ErrorKind.MISCONFIGURED  # choose another store, or a mode for it

@@ -14,6 +14,7 @@
     schedules/{name}.json                            a schedule and its state
     sweep/turn, sweep/retention-cursor, sweep/audit-cursor   housekeeping state
     doctor/...                                       qo doctor's scratch objects
+    meta/capabilities.json, meta/delete-failures/*   store checks and failure reports
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ SWEEP_TURN = "sweep/turn"
 RETENTION_CURSOR = "sweep/retention-cursor"
 #: Where the audit (qo/audit.py) resumes its pass over tasks/.
 AUDIT_CURSOR = "sweep/audit-cursor"
+META = "meta/"  # store capabilities cache, probe keys, delete-failure reports
 PAUSED_MARK = "!paused"
 
 

@@ -5,18 +5,39 @@ entries (except cancel, which only moves a record to a terminal state, and
 the promoter, which only adds markers). A lease is deleted only once the task
 is terminal or indexed again, so a crash while holding one is repaired by
 whoever reaps it after it expires.
+
+On a store without conditional DELETE (qo/store/modes.py) a lease is
+released by a tombstone: an ``If-Match`` PUT that rewrites it as a lease of
+kind ``released`` (the linearization point, fenced like a renewal), then an
+unconditional DELETE. A lease whose DELETE fails for good (403, 501) is
+tombstoned too. A tombstone left behind reads as held for
+``RELEASE_SETTLE`` seconds, then as absent: ``acquire`` takes it over by a
+CAS, and so does a reaper. See docs/protocol.md.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 from qo import keys
-from qo.cas import delete_quietly, get_retrying, put_checked
-from qo.errors import PreconditionFailed
+from qo.cas import delete_outcome, delete_quietly, get_retrying, put_checked
+from qo.errors import PreconditionFailed, StoreError
 from qo.ids import new_token
-from qo.models import Lease, dumps, loads
+from qo.models import CorruptRecord, Lease, dumps, loads
 from qo.store.base import Store
+from qo.store.failures import delete_failures
+from qo.store.modes import releases_by_tombstone
+
+log = logging.getLogger("qo.leases")
+
+#: The kind of a released lease (a tombstone): every reader treats it as absent.
+RELEASED = "released"
+#: A tombstone reads as held this long (store clock), so that the releaser's
+#: unconditional DELETE, sent at most RELEASE_SETTLE / 2 after its PUT, can
+#: never remove a lease someone took over; then it may be taken over.
+RELEASE_SETTLE = 10.0
 
 
 @dataclass
@@ -36,7 +57,41 @@ class HeldLease:
         return True
 
     def release(self, store: Store) -> bool:
-        return delete_quietly(store, self.key, if_match=self.etag)
+        """Delete the lease if it is still ours; False if it was taken over or stayed.
+
+        Conditional DELETE: 1 DELETE. Unconditional mode: 1 PUT (the tombstone,
+        ``If-Match`` our etag: the linearization point) + 1 DELETE. A conditional
+        DELETE that fails for good (403, 501, an outage) leaves a tombstone
+        instead (1 PUT), so that the task does not stay locked: see ``acquire``.
+        """
+        if not releases_by_tombstone(store):
+            outcome = delete_outcome(store, self.key, if_match=self.etag)
+            if outcome == "failed":
+                self._tombstone(store)
+            return outcome == "deleted"
+        started = time.monotonic()
+        if not self._tombstone(store):
+            return False
+        if time.monotonic() - started > RELEASE_SETTLE / 2:
+            log.warning("releasing %s took over %.0f s: left its tombstone for others to take "
+                        "over", self.key, RELEASE_SETTLE / 2)
+            return False
+        return delete_quietly(store, self.key)
+
+    def _tombstone(self, store: Store) -> bool:
+        """Rewrite the lease as released, ``If-Match`` our etag; False if it is not ours."""
+        tomb = self.lease.model_copy(update={
+            "kind": RELEASED, "seconds": RELEASE_SETTLE, "renewals": self.lease.renewals + 1,
+            "reaped_token": None})
+        try:
+            self.etag = put_checked(store, self.key, dumps(tomb), if_match=self.etag)
+        except PreconditionFailed:
+            return False  # taken over (expired and reaped): not ours to delete
+        except StoreError as exc:
+            delete_failures.record(store, self.key, exc)
+            return False
+        self.lease = tomb
+        return True
 
     def still_held(self, store: Store) -> bool:
         obj = get_retrying(store, self.key)
@@ -61,8 +116,39 @@ def acquire(
     try:
         etag = put_checked(store, key, dumps(lease), if_none_match=True)
     except PreconditionFailed:
+        # Tombstones exist in the unconditional mode, or where deletes fail here.
+        if releases_by_tombstone(store) or delete_failures.count(store):
+            return take_over_released(store, key, lease, now)
         return None
     return HeldLease(key, lease, etag)
+
+
+def take_over_released(store: Store, key: str, lease: Lease, now: float) -> HeldLease | None:
+    """Replace a settled tombstone with ``lease`` by a CAS; None if the key is held.
+
+    1 GET, + 1 PUT when the key holds a tombstone older than RELEASE_SETTLE
+    (or is gone again: then a create-only PUT).
+    """
+    obj = get_retrying(store, key)
+    try:
+        if obj is None:
+            etag = put_checked(store, key, dumps(lease), if_none_match=True)
+            return HeldLease(key, lease, etag)
+        try:
+            current = loads(Lease, obj.body, f"lease {key}")
+        except CorruptRecord:
+            return None  # the reaper parks unreadable leases
+        if current.kind != RELEASED or not expired(current, obj.last_modified, now):
+            return None
+        etag = put_checked(store, key, dumps(lease), if_match=obj.etag)
+    except PreconditionFailed:
+        return None
+    return HeldLease(key, lease, etag)
+
+
+def is_released(lease: Lease) -> bool:
+    """A tombstone: the holder is done; readers treat the task as having no lease."""
+    return lease.kind == RELEASED
 
 
 def read(store: Store, key: str) -> HeldLease | None:

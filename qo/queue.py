@@ -15,7 +15,14 @@ from qo.models import Status, TaskRecord
 from qo.settings import Settings
 from qo.store.base import Store
 from qo.store.url import open_store
-from qo.submit import SubmitRequest, Submitted, submit_many, submit_one
+from qo.submit import (
+    SubmitRequest,
+    Submitted,
+    prepare,
+    prepare_batch,
+    submit_all,
+    submit_prepared,
+)
 
 
 class TaskFailed(QoError):
@@ -105,6 +112,21 @@ class Queue:
         self.settings = settings or Settings()
         #: Lifecycle events of what this Queue (and workers built on it) decides.
         self.hooks = Hooks()
+        self._store_checked = False
+
+    def check_store(self) -> Queue:
+        """Refuse a store that cannot keep qo's guarantees; once per Queue.
+
+        See ``qo.store.capabilities.require`` (usually 1 GET, nothing for the
+        memory and local stores). May wrap ``store`` for the unconditional
+        delete mode, so call it before handing ``store`` to other objects.
+        """
+        if not self._store_checked:
+            from qo.store.capabilities import require
+
+            self.store = require(self.store)
+            self._store_checked = True
+        return self
 
     @classmethod
     def from_url(cls, url: str | None = None, **settings: Any) -> Queue:
@@ -117,13 +139,21 @@ class Queue:
     def submit(self, task_type: str, input: Any = None, **options: Any) -> TaskHandle:
         """Submit one task; options are those of ``SubmitRequest`` (priority, delay, key...)."""
         req = SubmitRequest(type=task_type, input=input, **options)
-        done = submit_one(self.store, req, self.settings, hooks=self.hooks)
+        now = self.store.now()
+        prepared = prepare(req, self.settings, now)  # everything that can refuse it
+        self.check_store()  # then the first submit checks the store, before any write
+        done = submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
         return TaskHandle(self, done.id, done.created)
 
     def submit_many(self, requests: list[SubmitRequest | dict[str, Any]]) -> list[TaskHandle]:
         reqs = [r if isinstance(r, SubmitRequest) else SubmitRequest(**r) for r in requests]
-        return [self._handle(d) for d in submit_many(self.store, reqs, self.settings,
-                                                            hooks=self.hooks)]
+        if not reqs:
+            return []
+        now = self.store.now()
+        prepared = prepare_batch(reqs, self.settings, now)
+        self.check_store()
+        return [self._handle(d) for d in submit_all(self.store, prepared, self.settings, now,
+                                                       hooks=self.hooks)]
 
     def _handle(self, done: Submitted) -> TaskHandle:
         return TaskHandle(self, done.id, done.created)

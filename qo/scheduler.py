@@ -468,6 +468,7 @@ class SchedulerDaemon:
     """
 
     def __init__(self, queue: Queue, refresh: float = 60.0) -> None:
+        queue.check_store()  # refuse a store that cannot keep qo's guarantees
         self.firer = Firer(queue)
         self.queue = queue
         self.refresh = refresh

@@ -1,7 +1,12 @@
 """Fixtures: one `store` fixture parametrized over every backend.
 
-Backends: memory, local directory, moto in-process (``mock_aws``) and a moto
-server on 127.0.0.1 started once per session. moto's in-process conditional
+Backends: memory, local directory, moto in-process (``mock_aws``), a moto
+server on 127.0.0.1 started once per session, and LocalStack's S3 (a second,
+independent S3 implementation) started once per session from
+``.venv-localstack`` and used in the mode it needs (``delete=unconditional``,
+chosen by the capability check). That virtualenv is built by ``.ci/run``;
+with ``QO_LOCALSTACK=required`` (set by ``.ci/run``) a missing one is an
+error, never a silently smaller matrix. moto's in-process conditional
 writes are not atomic under threads, so the in-process fixture serializes
 calls at the store boundary (``SerializedStore``); the server fixture proves
 the real S3 code path under concurrency, serialized only inside the server
@@ -11,16 +16,25 @@ around the call into moto.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Iterator
 
 import pytest
 
+from qo.store import capabilities
 from qo.store.base import Store
 from qo.store.memory import MemoryStore
+from qo.testing import localstack
 
-BACKENDS = ["memory", "local", "moto", "moto_server"]
+HAVE_LOCALSTACK = localstack.python() is not None
+if not HAVE_LOCALSTACK and os.environ.get("QO_LOCALSTACK") == "required":
+    raise RuntimeError("QO_LOCALSTACK=required but .venv-localstack is missing: "
+                       "run infra/localstack/setup")
+BACKENDS = ["memory", "local", "moto", "moto_server"] + (["localstack"] if HAVE_LOCALSTACK
+                                                         else [])
 _bucket_ids = itertools.count()
+_moto_capabilities: dict[str, capabilities.Capabilities] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -70,8 +84,28 @@ def s3_server() -> Iterator[object]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def localstack_server() -> Iterator[localstack.LocalStack]:
+    server = localstack.LocalStack().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def new_bucket_name() -> str:
     return f"qo-test-{next(_bucket_ids)}"
+
+
+def _known_capabilities(kind: str, store: Store) -> None:
+    """Probe moto once per session and kind, then tell each new store the result.
+
+    Keeps the capability cache object out of tests that assert an empty
+    store; ``tests/test_capabilities.py`` proves the probe on every backend.
+    """
+    if kind not in _moto_capabilities:
+        _moto_capabilities[kind] = capabilities.probe(store)
+    capabilities.remember(store, _moto_capabilities[kind])
 
 
 def make_store(kind: str, request: pytest.FixtureRequest, tmp_path) -> Store:
@@ -91,13 +125,23 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path) -> Store:
         request.addfinalizer(mock.stop)
         store = S3Store(new_bucket_name(), "pfx")
         store.create_bucket()
-        return SerializedStore(store)  # type: ignore[return-value]
+        serialized = SerializedStore(store)
+        _known_capabilities(kind, serialized)  # type: ignore[arg-type]
+        return serialized  # type: ignore[return-value]
     if kind == "moto_server":
         server = request.getfixturevalue("s3_server")
         store = S3Store(new_bucket_name(), "pfx", endpoint_url=server.endpoint_url)
         store.create_bucket()
         request.addfinalizer(store.close)
+        _known_capabilities(kind, store)
         return store
+    if kind == "localstack":
+        ls = request.getfixturevalue("localstack_server")
+        store = S3Store(new_bucket_name(), "pfx", endpoint_url=ls.endpoint_url)
+        store.create_bucket()
+        request.addfinalizer(store.close)
+        _known_capabilities(kind, store)
+        return capabilities.require(store)  # the mode it needs: unconditional deletes
     raise ValueError(kind)
 
 

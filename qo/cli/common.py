@@ -95,8 +95,12 @@ def queue_url(ctx: typer.Context, local: str | None) -> str | None:
 
 
 def open_queue(ctx: typer.Context, local: str | None) -> Queue:
-    """The queue the user named (``Queue.from_url`` falls back to the default store)."""
-    return Queue.from_url(queue_url(ctx, local))
+    """The queue the user named (``Queue.from_url`` falls back to the default store).
+
+    Its store is checked (``Queue.check_store``: 1 GET on S3, nothing locally),
+    so that every command refuses an unsafe store and uses the delete mode it needs.
+    """
+    return Queue.from_url(queue_url(ctx, local)).check_store()
 
 
 def plain_flags(command: Any, help_names: list[str]) -> None:

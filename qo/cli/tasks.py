@@ -35,6 +35,7 @@ from qo.cli.common import (
 from qo.errors import QoError, shorten
 from qo.models import Status, TaskRecord
 from qo.queue import Queue, TaskHandle
+from qo.store.failures import summary as delete_failures_summary
 from qo.submit import InvalidBatchItem, SubmitRequest, prepare_batch, submit_all
 
 #: Batches are written in chunks of this many tasks, for progress and memory.
@@ -209,6 +210,7 @@ def _submit_batch(queue: Queue, app: App | None, items: list[dict[str, Any]]) ->
         prepared = prepare_batch(reqs, queue.settings, now)
     except InvalidBatchItem as exc:
         raise CliError(f"batch item {exc.index + 1}: {_reason(exc.error)}") from None
+    queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
     handles: list[TaskHandle] = []
     with common.progress(len(prepared), "submitting") as advance:
         for start in range(0, len(prepared), BATCH_CHUNK):
@@ -387,10 +389,14 @@ def stats(
     table_data = {name: {k: counts.get(name, {}).get(k, 0) for k in _COUNTS}
                   for name in sorted(set(counts) | set(paused))}
     served = fleet.coverage(q.store)  # ready task types no running worker serves
+    failed = delete_failures_summary(q.store)  # 1 LIST (+1 GET per reporting process)
     if json:
         emit_json({"queues": table_data, "paused": paused, "unserved": [
-            {"queue": u.queue, "type": u.task_type, "ready": u.ready} for u in served.unserved]})
+            {"queue": u.queue, "type": u.task_type, "ready": u.ready} for u in served.unserved]}
+                  | ({"delete_failures": failed.count} if failed.count else {}))
         return
+    if failed.count:
+        note(f"warning: {failed.line()}")
     if not table_data:
         note(f"no queued, running or dead tasks in {q.url}")
         return

@@ -100,7 +100,7 @@ def worker(
     app = common.bind_app(ctx, queue, common.load_app(app_spec))
     if not app.tasks:
         raise CliError(f"app {app_spec!r} has no tasks registered: nothing to run")
-    q = app.queue
+    q = app.queue.check_store()  # refuse a store that cannot keep qo's guarantees
     if poll_max <= 0:
         raise CliError("--poll-max must be positive")
     options = WorkerOptions(queues=names, concurrency=concurrency, burst=burst,

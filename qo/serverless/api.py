@@ -57,7 +57,14 @@ from qo.models import Status
 from qo.names import check_free_text, check_task_id
 from qo.serverless import Runtime, runtime
 from qo.serverless.sweeper import plain, scheduler_function
-from qo.submit import InvalidBatchItem, SubmitRequest, prepare_batch, submit_all, submit_one
+from qo.submit import (
+    InvalidBatchItem,
+    SubmitRequest,
+    prepare,
+    prepare_batch,
+    submit_all,
+    submit_prepared,
+)
 
 log = logging.getLogger("qo.serverless.api")
 
@@ -214,7 +221,10 @@ def _submit_request(app: App | None, fields: Any, where: str = "") -> SubmitRequ
 @route("/tasks", "POST")
 def post_task(rt: Runtime, req: Request) -> tuple[int, Any]:
     submit = _submit_request(rt.app, req.json_object())
-    done = submit_one(rt.queue.store, submit, rt.queue.settings)
+    now = rt.queue.store.now()
+    prepared = prepare(submit, rt.queue.settings, now)  # refuse before any write
+    rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
+    done = submit_prepared(rt.queue.store, prepared, rt.queue.settings, now)
     body = {"id": done.id, "created": done.created, "status": done.status.value}
     return (201 if done.created else 200), body
 
@@ -238,7 +248,8 @@ def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
         prepared = prepare_batch(reqs, settings, now)
     except InvalidBatchItem as exc:  # of the kind of the item's error
         raise HttpError.of(exc.kind, f"tasks[{exc.index}]: {exc.error}") from None
-    done = submit_all(store, prepared, settings, now)
+    rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
+    done = submit_all(rt.queue.store, prepared, settings, now)
     rows = [{"id": d.id, "created": d.created, "status": d.status.value} for d in done]
     return (201 if any(d.created for d in done) else 200), {"tasks": rows}
 

@@ -118,6 +118,7 @@ def invoke_worker(function_name: str) -> None:
 def handler(event: Any = None, context: Any = None) -> dict[str, Any]:
     """The Lambda entry point of the sweeper function."""
     rt = runtime()
+    rt.queue.check_store()  # at cold start: refuse a store that cannot keep qo's guarantees
     started = time.monotonic()
     request_id = str(getattr(context, "aws_request_id", None) or "local")[:36]
     report: dict[str, Any] = {"promoted": 0, "reaped": 0, "schedules": None,

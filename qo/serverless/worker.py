@@ -92,6 +92,7 @@ def remaining_seconds(context: Any, config: Config) -> float:
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
     """The Lambda entry point of the worker function."""
     rt = runtime()
+    rt.queue.check_store()  # at cold start: refuse a store that cannot keep qo's guarantees
     app = rt.require_app()
     started = time.monotonic()
     deadline = started + remaining_seconds(context, rt.config) - rt.config.safety_margin

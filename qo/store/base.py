@@ -9,11 +9,11 @@ docs/protocol.md ("Store contract") for the exact semantics.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from qo.errors import InvalidName
+from qo.errors import InvalidName, ListingStalled
 
 #: S3 lists at most this many keys per LIST request.
 LIST_PAGE_SIZE = 1000
@@ -125,3 +125,56 @@ def check_prefix(prefix: str) -> str:
         return prefix
     check_key(prefix[:-1] if prefix.endswith("/") and len(prefix) > 1 else prefix)
     return prefix
+
+
+#: One page of a listing: the keys, and the token of the next page (None: last).
+Page = tuple[list[ObjectInfo], str | None]
+
+#: A truncated page may be empty (some stores do that); this many in a row is a stall.
+MAX_EMPTY_PAGES = 8
+
+
+def paginate(
+    fetch: Callable[[str | None, int], Page],
+    *,
+    where: str,
+    start_after: str | None = None,
+    limit: int | None = None,
+    page_size: int = LIST_PAGE_SIZE,
+) -> Iterator[ObjectInfo]:
+    """Yield the keys of a paginated listing, lazily, refusing a stalled one.
+
+    ``fetch(token, max_keys)`` makes one request: the first page has token
+    ``None``. Every key must sort strictly after the one before it (and after
+    ``start_after``); a page that does not advance, a repeated continuation
+    token or ``MAX_EMPTY_PAGES`` empty truncated pages in a row raise
+    ``ListingStalled`` naming ``where``, instead of looping forever or
+    skipping keys. Costs nothing beyond the requests it makes.
+    """
+    last = start_after
+    remaining = limit
+    token: str | None = None
+    seen_tokens: set[str] = set()
+    page_no = empty = 0
+    while remaining is None or remaining > 0:
+        page_no += 1
+        items, token = fetch(token, page_size if remaining is None else min(page_size, remaining))
+        for info in items:
+            if last is not None and info.key.encode() <= last.encode():
+                raise ListingStalled(
+                    f"{where}: page {page_no} returned {info.key!r}, which does not sort after "
+                    f"{last!r}: the store's pagination is broken (stopped instead of looping)"
+                )
+            last = info.key
+            yield info
+        if remaining is not None:
+            remaining -= len(items)
+        if token is None:
+            return
+        empty = 0 if items else empty + 1
+        if token in seen_tokens or empty >= MAX_EMPTY_PAGES:
+            raise ListingStalled(
+                f"{where}: page {page_no} repeated a continuation token or returned no key "
+                f"{empty} times in a row: the store's pagination is broken"
+            )
+        seen_tokens.add(token)

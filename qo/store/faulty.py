@@ -73,6 +73,10 @@ class FaultyStore:
         self._planned: list[Fault] = []
         self.injected: list[tuple[str, str, str]] = []  # (op, mode, key) log
 
+    def capability_source(self) -> Store:
+        """Faults are transient: the capabilities are those of the wrapped store."""
+        return self.inner
+
     def inject(self, op: Op, mode: Mode, *, key_prefix: str = "", times: int = 1,
                delay: float = 0.0, when: Callable[[str], bool] | None = None) -> Fault:
         fault = Fault(op, mode, key_prefix, times, delay, when)

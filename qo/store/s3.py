@@ -36,12 +36,21 @@ from qo.errors import (
     AccessDenied,
     BucketNotFound,
     ConfigError,
+    NotSupported,
     PreconditionFailed,
     QoError,
     StoreError,
     StoreUnavailable,
 )
-from qo.store.base import LIST_PAGE_SIZE, ObjectInfo, StoredObject, check_key, check_prefix
+from qo.store.base import (
+    LIST_PAGE_SIZE,
+    ObjectInfo,
+    Page,
+    StoredObject,
+    check_key,
+    check_prefix,
+    paginate,
+)
 
 DEFAULT_REGION = "us-east-1"
 
@@ -64,6 +73,19 @@ _CREDENTIAL_ERRORS = (
     NoRegionError,
 )
 _NETWORK_ERRORS = (BotoConnectionError, HTTPClientError)
+#: Codes a store uses for "I do not implement what you asked": never an outage.
+_UNSUPPORTED_CODES = frozenset({"NotImplemented", "NotSupported", "UnsupportedOperation"})
+#: A 400 whose message names one of these is about an unsupported header.
+_CONDITIONAL_HEADERS = ("if-match", "if-none-match", "ifmatch", "ifnonematch", "header")
+
+
+def _unsupported(code: str, status: int, message: str) -> bool:
+    """501, or a 400 that says a header (e.g. If-Match) is not supported."""
+    if status == 501 or code in _UNSUPPORTED_CODES:
+        return True
+    text = message.lower()
+    return status == 400 and any(h in text for h in _CONDITIONAL_HEADERS) and (
+        "not supported" in text or "not implemented" in text or "unsupported" in text)
 
 
 def configured_endpoint() -> str | None:
@@ -127,6 +149,7 @@ class S3Store:
         client: Any = None,
         max_pool_connections: int = 64,
         max_attempts: int = 5,
+        delete_mode: str = "auto",
     ) -> None:
         prefix = prefix.strip("/")
         if prefix:
@@ -134,6 +157,9 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        #: "auto": the capability check may switch to the unconditional mode;
+        #: "conditional": refuse a store without conditional DELETE instead.
+        self.delete_mode = delete_mode
         self._root = f"{prefix}/" if prefix else ""
         self._owns_client = client is None
         self._client = client or make_client(
@@ -244,36 +270,31 @@ class S3Store:
         limit: int | None = None,
         page_size: int = LIST_PAGE_SIZE,
     ) -> Iterator[ObjectInfo]:
+        """One ListObjectsV2 per page, lazily; a page that does not advance raises."""
         check_prefix(prefix)
-        return self._pages(prefix, start_after, limit, max(1, min(page_size, LIST_PAGE_SIZE)))
-
-    def _pages(
-        self, prefix: str, start_after: str | None, limit: int | None, page_size: int
-    ) -> Iterator[ObjectInfo]:
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._root + prefix}
         if start_after:
             params["StartAfter"] = self._root + start_after
-        remaining = limit
-        while remaining is None or remaining > 0:
-            params["MaxKeys"] = page_size if remaining is None else min(page_size, remaining)
+
+        def fetch(token: str | None, max_keys: int) -> Page:
+            call = dict(params, MaxKeys=max_keys)
+            if token:
+                call["ContinuationToken"] = token
             try:
-                resp = self._client.list_objects_v2(**params)
+                resp = self._client.list_objects_v2(**call)
             except (ClientError, BotoCoreError) as exc:
                 raise self._error(exc, f"list {prefix!r}") from exc
-            contents = resp.get("Contents", [])
-            for item in contents:
-                yield ObjectInfo(
-                    item["Key"][len(self._root) :],
-                    item["ETag"],
-                    item["Size"],
-                    item["LastModified"].timestamp(),
-                )
-            if remaining is not None:
-                remaining -= len(contents)
-            token = resp.get("NextContinuationToken")
-            if not resp.get("IsTruncated") or not token:
-                return
-            params["ContinuationToken"] = token
+            items = [
+                ObjectInfo(item["Key"][len(self._root) :], item["ETag"], item["Size"],
+                           item["LastModified"].timestamp())
+                for item in resp.get("Contents", [])
+            ]
+            more = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+            return items, more or None
+
+        return paginate(fetch, where=f"listing {prefix!r} in {self.url}",
+                        start_after=start_after or None, limit=limit,
+                        page_size=max(1, min(page_size, LIST_PAGE_SIZE)))
 
     def now(self) -> float:
         """The store's clock: local time plus the offset seen in ``Date`` headers.
@@ -360,6 +381,10 @@ class S3Store:
                 return BucketNotFound(f"{where} does not exist ({action})")
             if code == "AccessDenied" or status == 403:
                 return AccessDenied(f"access denied to {self.url} ({action}): {detail}")
+            if _unsupported(code, status, message):
+                return NotSupported(
+                    f"{where} does not support this request ({action}): {detail} "
+                    f"(HTTP {status})")
             if code in _UNAVAILABLE_CODES or status >= 500:
                 return StoreUnavailable(f"{where} unavailable ({action}): {detail}")
             return StoreError(f"{where}: {action} failed with {detail} (HTTP {status})")

@@ -45,9 +45,41 @@ def _absolute_dir(url: str, path: str) -> Path:
     return where
 
 
+def _delete_mode(url: str, query: str) -> str:
+    """The ``?delete=auto|conditional|unconditional`` option (see qo/store/modes.py)."""
+    mode = "auto"
+    for item in query.split("&") if query else []:
+        name, _, value = item.partition("=")
+        if name != "delete" or value not in ("auto", "conditional", "unconditional"):
+            raise ConfigError(
+                f"invalid option {item!r} in queue URL {url!r}: the only option is "
+                "delete=auto, delete=conditional or delete=unconditional")
+        mode = value
+    return mode
+
+
 def open_store(url: str | None = None) -> Store:
-    """Open the store a queue URL names; a bad URL is a one-line ConfigError."""
+    """Open the store a queue URL names; a bad URL is a one-line ConfigError.
+
+    ``?delete=unconditional`` wraps the store in ``UnconditionalDeletes`` (for
+    stores without conditional DELETE); ``?delete=conditional`` refuses such a
+    store at the capability check instead of switching to that mode; the
+    default, ``auto``, lets the check decide.
+    """
     url = resolve_url(url)
+    base, _, query = url.partition("?")
+    mode = _delete_mode(url, query)
+    store = _open(base)
+    if mode == "unconditional":
+        from qo.store.modes import UnconditionalDeletes
+
+        return UnconditionalDeletes(store)
+    if mode == "conditional":
+        store.delete_mode = "conditional"  # type: ignore[attr-defined]
+    return store
+
+
+def _open(url: str) -> Store:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigError(
