@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qo import index, keys, leases, records
-from qo.cas import delete_quietly
+from qo.cas import delete_outcome
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.keys import Marker, parse_ready_key
 from qo.leases import HeldLease
@@ -69,6 +69,8 @@ class Refusal:
 Admission = Callable[[Marker, HeldLease, float], "Refusal | None"]
 
 
+#: How long a marker that the store would not delete is skipped.
+STUCK_SKIP = 600.0
 #: How many pages of a queue one pick may list while every key it sees is skipped.
 MAX_PAGES = 5
 #: How long a pick starts listing after keys it found unusable, before the head again.
@@ -268,6 +270,13 @@ class Claimer:
                     self.paused.discard(queue)
         return listing
 
+    def _drop(self, info: ObjectInfo) -> None:
+        """Delete a marker this claim consumed or found stale; one the store will not
+        delete is skipped for ``STUCK_SKIP`` seconds, so that it never stalls the queue
+        (``qo stats`` and ``qo doctor`` report such deletes)."""
+        if delete_outcome(self.store, info.key, if_match=info.etag or None) == "failed":
+            self._skip_for(info.key, STUCK_SKIP)
+
     def _backoff(self, key: str) -> float:
         """Skip a key that keeps being unusable for longer each time (1 s doubling to 60 s)."""
         with self._lock:
@@ -276,8 +285,9 @@ class Claimer:
         return min(60.0, 2.0**misses)
 
     def _skip_for(self, key: str, seconds: float) -> None:
+        """Skip ``key`` for at least ``seconds`` (a longer skip already set stays)."""
         with self._lock:
-            self._skip[key] = time.monotonic() + seconds
+            self._skip[key] = max(self._skip.get(key, 0.0), time.monotonic() + seconds)
 
     def _listing_is_stale(self, queue: str) -> None:
         """Someone else is claiming from this listing: list again before the next pick."""
@@ -319,7 +329,7 @@ class Claimer:
             raise
         if current is None:
             if now - info.last_modified > self.settings.orphan_grace:
-                delete_quietly(self.store, info.key, if_match=info.etag or None)  # submitter died
+                self._drop(info)  # submitter died
             else:  # submit in flight (the record comes next), or an orphan: back off
                 self._skip_for(info.key, self._backoff(info.key))
             held.release(self.store)
@@ -329,7 +339,7 @@ class Claimer:
         if record.queue != marker.queue or record.type != marker.task_type:
             log.error("marker %s names task %s of another queue or type; dropping it",
                       info.key, record.id)
-            delete_quietly(self.store, info.key, if_match=info.etag or None)
+            self._drop(info)
             held.release(self.store)
             self._skip_for(info.key, self._backoff(info.key))
             return None
@@ -346,7 +356,7 @@ class Claimer:
             held.release(self.store)
             self._count_stale(marker.queue)
             return None
-        delete_quietly(self.store, info.key, if_match=info.etag or None)
+        self._drop(info)
         try:
             claim = Claim(record, current.etag, held, records.load_input(self.store, record),
                           marker)
@@ -375,7 +385,7 @@ class Claimer:
         """
         index.quarantine(self.store, marker.queue, marker.task_id, why, marker=info.key)
         self.hooks.emit(Kind.QUARANTINED, marker.task_id, queue=marker.queue, reason=why)
-        delete_quietly(self.store, info.key, if_match=info.etag or None)
+        self._drop(info)
         self._count_stale(marker.queue)
 
     def _tidy(self, info: ObjectInfo, record: TaskRecord, now: float) -> None:
@@ -383,7 +393,7 @@ class Claimer:
         if not record.terminal:
             index.ensure_indexed(self.store, record, now)  # e.g. the delayed marker
         if index.index_key(record, now) != info.key:
-            delete_quietly(self.store, info.key, if_match=info.etag or None)
+            self._drop(info)
 
     def _count_stale(self, queue: str) -> None:
         """A marker someone else already consumed: others work this head too."""

@@ -264,3 +264,26 @@ def test_every_record_write_has_unique_bytes() -> None:
     record = prepare(req, Settings(), 1_800_000_000.0).record
     assert records.body(record) != records.body(record)
     assert index.marker_body() != index.marker_body()
+
+
+def test_a_marker_the_store_will_not_delete_is_skipped_not_reread() -> None:
+    from qo.store.faulty import FaultyStore
+
+    store = FaultyStore(MemoryStore())
+    queue, app, _runs = make(store)
+    done = queue.submit("add", {"x": 1, "y": 1})
+    drain(queue, app, [done.id])
+    queue.submit("add", {"x": 9, "y": 9})  # keeps the queue non-empty behind the stuck one
+    stale = keys.Marker("default", 255, 1.0, done.id, "add").ready_key  # sorts first
+    store.put(stale, index.marker_body())
+    store.inject("delete", "before", times=100, when=lambda key: key == stale)
+    claimer = Claimer(store, queue.settings, queues=["default"], task_types={"add"}, owner="w")
+    got = [claimer.claim() for _ in range(3)]
+    assert [g is not None for g in got] == [True, False, False]
+    tries = [k for op, _, k in store.injected if k == stale]
+    assert len(tries) == 4  # one delete, retried as an outage, then the key is left alone
+    import time
+
+    from qo.claim import STUCK_SKIP
+
+    assert claimer._skip[stale] - time.monotonic() > STUCK_SKIP - 60  # for minutes, not 1 s
