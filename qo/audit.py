@@ -137,6 +137,28 @@ def scan(
     return report, last, listed
 
 
+@dataclass
+class LeaseReport:
+    examined: int = 0
+    outliers: list[str] = field(default_factory=list)  # keys whose duration is over the cap
+    unreadable: list[str] = field(default_factory=list)
+
+
+def scan_leases(store: Store, limit: int = 10_000) -> LeaseReport:
+    """Read every lease (1 LIST per 1,000 + 1 GET each) and report the suspicious ones."""
+    report = LeaseReport()
+    for info in store.list(keys.LEASES, limit=limit):
+        report.examined += 1
+        try:
+            held = leases.read(store, info.key)
+        except CorruptRecord:
+            report.unreadable.append(info.key)
+            continue
+        if held is not None and leases.outlier(held.lease):
+            report.outliers.append(info.key)
+    return report
+
+
 def remove_gone_workers(store: Store, now: float) -> int:
     """Delete heartbeat records of workers not seen for WORKER_GONE seconds."""
     removed = 0

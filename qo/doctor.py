@@ -18,16 +18,17 @@ from typing import Any
 
 import orjson
 
-from qo import fleet, keys
+from qo import audit, fleet, keys, leases
 from qo.errors import PreconditionFailed, QoError
 from qo.ids import new_token
+from qo.settings import Settings
 from qo.store import capabilities, failures
 from qo.store.base import Store
 from qo.store.capabilities import Capabilities
 from qo.store.modes import delete_mode
 from qo.store.url import open_store, resolve_url
 
-PREFIX = "doctor/"
+PREFIX = keys.DOCTOR
 SKEW_WARN = 2.0  # seconds: leases and schedules absorb this much
 SKEW_FAIL = 30.0  # seconds: half a default lease; workers would misjudge expiry
 NOT_ENFORCED = "conditional writes are NOT enforced: qo cannot run safely on this store"
@@ -95,7 +96,7 @@ class _Probe:
 
 CHECKS = ("queue URL", "reachable", "writable", "conditional writes", "clock", "quarantine",
           capabilities.CONDITIONAL_DELETE, capabilities.LISTING, capabilities.COLON_LISTING,
-          "stuck deletes", "workers", "cleanup")
+          "stuck deletes", "workers", "stranded tasks", "leases", "cleanup")
 
 
 def diagnose(
@@ -128,6 +129,8 @@ def diagnose(
         (capabilities.COLON_LISTING, _colon_listing, False),
         ("stuck deletes", _delete_failures, False),
         ("workers", _workers, False),
+        ("stranded tasks", _stranded, False),
+        ("leases", _leases, False),
     ]
     try:
         for name, step, essential in steps:
@@ -185,6 +188,34 @@ def _workers(p: _Probe) -> tuple[Level, str]:
     if not found.workers:
         return Level.OK, "no ready task is waiting for a worker"
     return Level.OK, f"{len(found.workers)} running worker(s); every ready task type is served"
+
+
+#: How many task records and leases ``qo doctor`` reads at most.
+AUDIT_LIMIT = 10_000
+
+
+def _stranded(p: _Probe) -> tuple[Level, str]:
+    """Waiting records with no marker and no lease (``qo.audit``): nothing would run them."""
+    found, _, listed = audit.scan(p.store, Settings(), limit=AUDIT_LIMIT)
+    scope = f"the first {AUDIT_LIMIT:,} records" if listed >= AUDIT_LIMIT else "every record"
+    if found.stranded:
+        shown = ", ".join(found.stranded[:5])
+        return Level.WARN, (f"{len(found.stranded)} waiting task(s) with no marker and no "
+                            f"lease: {shown}; the next sweep's audit indexes them again "
+                            "(or run `qo sweep`)")
+    return Level.OK, f"no stranded task among {scope} ({found.examined:,} older than 5 min)"
+
+
+def _leases(p: _Probe) -> tuple[Level, str]:
+    """Leases whose body claims more than the cap, or cannot be read (both are reaped)."""
+    found = audit.scan_leases(p.store, limit=AUDIT_LIMIT)
+    odd = [*found.outliers, *found.unreadable]
+    if odd:
+        return Level.WARN, (f"{len(found.outliers)} lease(s) claim more than "
+                            f"{leases.MAX_LEASE_SECONDS:.0f} s and {len(found.unreadable)} "
+                            f"cannot be read: {', '.join(odd[:5])}; they are capped, and "
+                            "reaped once expired")
+    return Level.OK, f"{found.examined:,} lease(s), none over the cap"
 
 
 def _reachable(p: _Probe) -> tuple[Level, str]:

@@ -401,7 +401,7 @@ def test_parse_duration_rejects(text: str) -> None:
 def test_doctor_passes_on_local_directory(url: str) -> None:
     report = as_json(qo("-q", url, "doctor", "--json"))
     assert report["ok"] is True
-    assert [c["status"] for c in report["checks"]] == ["ok"] * 12
+    assert [c["status"] for c in report["checks"]] == ["ok"] * 14
     human = ok(qo("-q", url, "doctor")).stdout
     assert "conditional writes" in human and "fail" not in human
     assert not (Path(url.removeprefix("file://")) / "doctor~").exists() or not any(

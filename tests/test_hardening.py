@@ -287,3 +287,28 @@ def test_a_marker_the_store_will_not_delete_is_skipped_not_reread() -> None:
     from qo.claim import STUCK_SKIP
 
     assert claimer._skip[stale] - time.monotonic() > STUCK_SKIP - 60  # for minutes, not 1 s
+
+
+def test_doctor_counts_stranded_tasks_and_outlier_leases() -> None:
+    from qo import doctor
+
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    queue, _, _ = make(store)
+    task = queue.submit("add", {"x": 1, "y": 1})
+    held = queue.submit("add", {"x": 2, "y": 2})
+    for info in list(store.list(keys.READY)):
+        if task.id in info.key:
+            store.delete(info.key)
+    forever = Lease(task_id=held.id, owner="x", token="t" * 16, seconds=1e12, claimed_at=clock())
+    store.put(keys.lease_key("default", held.id), dumps(forever))
+    clock.advance(audit.GRACE + 1)
+    checks = {c.name: c for c in doctor.diagnose(store=store, clock=clock).checks}
+    assert checks["stranded tasks"].level == doctor.Level.WARN
+    assert task.id in checks["stranded tasks"].detail and held.id not in checks[
+        "stranded tasks"].detail
+    assert checks["leases"].level == doctor.Level.WARN
+    assert keys.lease_key("default", held.id) in checks["leases"].detail
+    queue.sweep()
+    checks = {c.name: c for c in doctor.diagnose(store=store, clock=clock).checks}
+    assert checks["stranded tasks"].level == doctor.Level.OK
