@@ -276,6 +276,20 @@ def test_task_longer_than_the_function_timeout_fails_without_retries(
     assert env.ready_keys() == []  # no bouncing between invocations
 
 
+def test_the_handlers_declared_timeout_counts_when_the_submitter_set_none(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QO_FUNCTION_TIMEOUT", "60")
+    serverless.reset()
+    queue = Queue.from_url(f"s3://{env.bucket}/{PREFIX}")  # without the app: no timeout stored
+    task_id = queue.submit("marathon", None).id
+    assert env.record(task_id).timeout is None
+    [key] = env.ready_keys()
+    report = env.work(env.s3_event([key]), seconds=60)
+    assert report["rejected"] == 1 and lambda_app.RUNS[task_id] == 0
+    assert env.record(task_id).error.type == "TaskTooLong"
+    queue.store.close()
+
+
 def test_handler_without_timeout_is_stopped_at_the_invocation_deadline(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QO_TASK_BUDGET", "0.5")

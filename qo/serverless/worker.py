@@ -187,7 +187,11 @@ def _run(worker: Worker, claim: Claim, config: Config, report: InvocationReport)
     """Run a claimed task if it fits; False when this invocation should stop claiming."""
     report.claimed += 1
     record = claim.record
-    budget = record.timeout if record.timeout is not None else config.task_budget
+    timeout = record.timeout
+    if timeout is None:  # the handler's declared timeout applies whoever submitted the task
+        definition = worker.app.tasks.get(record.type)
+        timeout = definition.timeout if definition is not None else None
+    budget = timeout if timeout is not None else config.task_budget
     extra = {"task_id": record.id, "type": record.type, "budget": budget}
     try:
         if budget + config.safety_margin > config.function_timeout:
