@@ -278,13 +278,13 @@ def test_task_longer_than_the_function_timeout_fails_without_retries(
 
 def test_the_handlers_declared_timeout_counts_when_the_submitter_set_none(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QO_FUNCTION_TIMEOUT", "60")
+    monkeypatch.setenv("QO_FUNCTION_TIMEOUT", "600")  # the 60 s default budget would fit
     serverless.reset()
     queue = Queue.from_url(f"s3://{env.bucket}/{PREFIX}")  # without the app: no timeout stored
     task_id = queue.submit("marathon", None).id
     assert env.record(task_id).timeout is None
     [key] = env.ready_keys()
-    report = env.work(env.s3_event([key]), seconds=60)
+    report = env.work(env.s3_event([key]), seconds=600)
     assert report["rejected"] == 1 and lambda_app.RUNS[task_id] == 0
     assert env.record(task_id).error.type == "TaskTooLong"
     queue.store.close()
