@@ -17,6 +17,7 @@ from typing import Any
 from qo import index, keys, leases, records
 from qo.cas import delete_quietly, put_if_absent
 from qo.errors import ErrorKind, PreconditionFailed, QoError, StoreError
+from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.keys import parse_delayed_key, parse_ready_key
 from qo.models import TERMINAL, CorruptRecord, Lease, Status, TaskRecord
 from qo.names import check_name, check_task_id
@@ -69,8 +70,10 @@ def _view(store: Store, record: TaskRecord) -> TaskView:
     return TaskView(record, record.status)
 
 
-def cancel(store: Store, task_id: str, reason: str = "cancelled by user") -> TaskView:
-    """One CAS to ``cancelled``; a running handler learns it at its next heartbeat."""
+def cancel(store: Store, task_id: str, reason: str = "cancelled by user",
+           *, hooks: Hooks = NO_HOOKS) -> TaskView:
+    """One CAS to ``cancelled`` (emits CANCELLED); a running handler learns it at its next
+    heartbeat."""
     check_task_id(task_id)
     for _ in range(10):
         current = records.read(store, task_id)
@@ -87,6 +90,8 @@ def cancel(store: Store, task_id: str, reason: str = "cancelled by user") -> Tas
         except PreconditionFailed:
             continue
         index.drop_markers(store, record)
+        hooks.emit(Kind.CANCELLED, task_id, queue=record.queue, task_type=record.type,
+                   reason=reason)
         return TaskView(new, Status.CANCELLED)
     raise StoreError(f"task {task_id} kept changing; try again")
 

@@ -27,6 +27,7 @@ from qo.context import Context
 from qo.errors import PreconditionFailed, QoError, StoreError
 from qo.health import StoreHealth
 from qo.heartbeat import MAX_BACKOFF, LeaseKeeper, Renewal
+from qo.hooks import Hooks
 from qo.models import ErrorInfo, Status, TaskRecord
 from qo.settings import Settings
 from qo.store.base import Store
@@ -71,6 +72,7 @@ class Attempts:
     app: App
     store: Store
     settings: Settings
+    hooks: Hooks
     health: StoreHealth
     summary: WorkerSummary
     options: WorkerOptions
@@ -98,7 +100,7 @@ class Attempts:
         record = claim.record
         definition = self.app.tasks.get(record.type)
         if definition is None:
-            outcome.release(self.store, claim)
+            outcome.release(self.store, claim, hooks=self.hooks)
             return
         declared = _declared(record, definition)
         keeper = LeaseKeeper.for_claim(self.store, claim.lease)
@@ -118,7 +120,7 @@ class Attempts:
                               attempt=claim.attempt, retryable=False)
             self._settle(running, lambda: outcome.fail(
                 self.store, claim, error, retryable=False, settings=self.settings,
-                declared=declared))
+                declared=declared, hooks=self.hooks))
             self._count("failed")
             return
         with self._lock:
@@ -209,7 +211,8 @@ class Attempts:
         retryable: bool | None = None
         if not running.done.is_set():
             if ctx.cancel_reason == SHUTTING_DOWN:
-                self._settle(running, lambda: outcome.release(self.store, claim))
+                self._settle(running,
+                             lambda: outcome.release(self.store, claim, hooks=self.hooks))
                 self._count("released")
                 log.info("task %s released", claim.task_id, extra={"event": "task_released", **extra})
                 return
@@ -233,7 +236,7 @@ class Attempts:
             else:
                 result = self._settle(running, lambda: outcome.succeed(
                     self.store, claim, running.result, self.settings, encoded=encoded,
-                    declared=running.declared))
+                    declared=running.declared, hooks=self.hooks))
                 self._report(running, result, "succeeded", extra)
                 return
         error = running.error
@@ -243,7 +246,7 @@ class Attempts:
         info = outcome.error_info(error, claim.attempt, retryable)
         result = self._settle(running, lambda: outcome.fail(
             self.store, claim, info, retryable=bool(retryable), settings=self.settings,
-            declared=running.declared))
+            declared=running.declared, hooks=self.hooks))
         if result is outcome.Outcome.RECORDED:
             self._count("failed")
             log.warning("task %s failed: %s: %s", claim.task_id, type(error).__name__, error,

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import traceback as tb
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
 from qo import index, keys, records
 from qo.claim import Claim
 from qo.errors import PreconditionFailed
+from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import ErrorInfo, Status, TaskRecord
 from qo.settings import Settings
 from qo.store.base import Store
@@ -32,6 +33,17 @@ from qo.store.base import Store
 log = logging.getLogger("qo.outcome")
 MAX_RETRIES_ON_CONFLICT = 5
 DROPPED = "OutcomeDropped"
+
+
+#: The follow-up seam: called under the lease right after an outcome was recorded,
+#: beside writing the marker the new state needs, with the store, the record as
+#: written and the store time. A crash in it is repaired like any other step before
+#: the lease is released: the reaper takes the lease over. It must be idempotent.
+#: Dependencies (ready the dependents) and bulk expansion plug in here.
+FollowUp = Callable[[Store, TaskRecord, float], None]
+
+_EVENT_OF = {Status.SUCCEEDED: Kind.SUCCEEDED, Status.FAILED: Kind.RETRYING,
+             Status.DEAD: Kind.DEAD}
 
 
 class Outcome(StrEnum):
@@ -62,6 +74,7 @@ def encode_result(claim: Claim, result: Any, settings: Settings) -> bytes:
 def succeed(
     store: Store, claim: Claim, result: Any, settings: Settings,
     *, encoded: bytes | None = None, declared: dict[str, Any] | None = None,
+    hooks: Hooks = NO_HOOKS, follow_ups: Sequence[FollowUp] = (),
 ) -> Outcome:
     """Record a success. ``declared``: handler options the record left unset
     (``max_attempts``, ``timeout``), written with the outcome."""
@@ -81,12 +94,13 @@ def succeed(
             "last_lease": claim.lease.lease.token,
         })
 
-    return _record(store, claim, update, now, "succeeded", declared)
+    return _record(store, claim, update, now, "succeeded", declared, hooks, follow_ups)
 
 
 def fail(
     store: Store, claim: Claim, error: ErrorInfo, *, retryable: bool, settings: Settings,
     declared: dict[str, Any] | None = None,
+    hooks: Hooks = NO_HOOKS, follow_ups: Sequence[FollowUp] = (),
 ) -> Outcome:
     """Record a failed attempt: ``failed`` with a retry due later, or ``dead``."""
     now = store.now()
@@ -107,13 +121,15 @@ def fail(
             changes["finished_at"] = now
         return rec.model_copy(update=changes)
 
-    return _record(store, claim, update, now, f"failed ({error.type})", declared)
+    return _record(store, claim, update, now, f"failed ({error.type})", declared, hooks,
+                   follow_ups)
 
 
-def release(store: Store, claim: Claim) -> None:
+def release(store: Store, claim: Claim, *, hooks: Hooks = NO_HOOKS) -> None:
     """Give a task back untouched (graceful shutdown): index it, then drop the lease."""
     index.ensure_indexed(store, claim.record, store.now())
     claim.lease.release(store)
+    _emit(hooks, Kind.RELEASED, claim)
 
 
 def cancelled(
@@ -155,9 +171,39 @@ def _is_own(current: TaskRecord, ours: TaskRecord, claim: Claim) -> bool:
             and current.error == ours.error)
 
 
+def _emit(hooks: Hooks, kind: Kind, claim: Claim, **detail: Any) -> None:
+    rec = claim.record
+    hooks.emit(kind, rec.id, queue=rec.queue, task_type=rec.type, attempt=claim.attempt,
+               **detail)
+
+
+def _settled(store: Store, claim: Claim, record: TaskRecord, now: float,
+             follow_ups: Sequence[FollowUp]) -> None:
+    """Under the lease: the marker the new state needs, the follow-ups, then the release."""
+    index.ensure_indexed(store, record, now)
+    for follow_up in follow_ups:
+        follow_up(store, record, now)
+    claim.lease.release(store)
+
+
 def _record(
     store: Store, claim: Claim, update: Callable[[TaskRecord], TaskRecord], now: float,
-    what: str, declared: dict[str, Any] | None,
+    what: str, declared: dict[str, Any] | None, hooks: Hooks = NO_HOOKS,
+    follow_ups: Sequence[FollowUp] = (),
+) -> Outcome:
+    """The outcome CAS and what follows it; emits one event for what it decided."""
+    result = _write(store, claim, update, now, what, declared, follow_ups)
+    if result is Outcome.RECORDED:
+        _emit(hooks, _EVENT_OF[claim.record.status], claim, status=claim.record.status)
+    else:
+        _emit(hooks, Kind.FENCED, claim, dropped=what,
+              cancelled=result is Outcome.SUPERSEDED)
+    return result
+
+
+def _write(
+    store: Store, claim: Claim, update: Callable[[TaskRecord], TaskRecord], now: float,
+    what: str, declared: dict[str, Any] | None, follow_ups: Sequence[FollowUp],
 ) -> Outcome:
     record, etag = claim.record, claim.etag
     for _ in range(MAX_RETRIES_ON_CONFLICT):
@@ -170,8 +216,7 @@ def _record(
                 if _is_own(current.record, new, claim):  # our earlier write had landed
                     record = current.record
                     claim.record, claim.etag = record, current.etag
-                    index.ensure_indexed(store, record, now)
-                    claim.lease.release(store)
+                    _settled(store, claim, record, now, follow_ups)
                     return Outcome.RECORDED
                 claim.record, claim.etag = current.record, current.etag
                 if current.record.status == Status.CANCELLED:
@@ -187,7 +232,6 @@ def _record(
             record, etag = current.record, current.etag
             continue
         claim.record = new
-        index.ensure_indexed(store, new, now)
-        claim.lease.release(store)
+        _settled(store, claim, new, now, follow_ups)
         return Outcome.RECORDED
     return Outcome.FENCED

@@ -165,7 +165,7 @@ class Queue:
         return admin.show(self.store, task_id)
 
     def cancel(self, task_id: str, reason: str = "cancelled by user") -> TaskView:
-        return admin.cancel(self.store, task_id, reason)
+        return admin.cancel(self.store, task_id, reason, hooks=self.hooks)
 
     def retry(self, task_id: str) -> TaskView:
         return admin.retry(self.store, self.settings, task_id)

@@ -85,13 +85,14 @@ class Worker(Attempts):
         self.app = app
         self.queue = queue or app.queue
         self.store = self.queue.store
+        self.hooks = self.queue.hooks
         self.settings = self.queue.settings
         self.options = options or WorkerOptions()
         self.id = self.options.worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
         self.queues = self.options.queues or app.queues()
         self.claimer = Claimer(
             self.store, self.settings, queues=self.queues, task_types=set(app.tasks),
-            owner=self.id, spread=1, hooks=self.queue.hooks,
+            owner=self.id, spread=1, hooks=self.hooks,
         )
         self.summary = WorkerSummary()
         self.health = StoreHealth()

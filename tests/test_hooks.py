@@ -135,3 +135,102 @@ def test_an_admission_refusal_releases_the_lease_and_skips_the_task_until_then()
     # The refusal cost one lease PUT and its free DELETE; the record was never read.
     assert counts["GET"] == 1 and counts["PUT"] == 2
     assert c.claim() is None and asked == [slow.id, fast.id]  # skipped until retry_at
+
+
+# -- the outcome path ------------------------------------------------------------------
+
+
+def run_one(queue: Queue, how: str = "ok", **options):
+    from qo.app import App
+    from qo.worker import Worker, WorkerOptions
+
+    app = App(queue)
+
+    @app.task(**options)
+    def t(ctx, how: str = "ok") -> str:
+        if how == "boom":
+            raise RuntimeError("boom")
+        return how
+
+    return app, Worker(app, queue, WorkerOptions(concurrency=1))
+
+
+def test_each_recorded_outcome_emits_one_event() -> None:
+    clock = FakeClock()
+    queue = Queue(MemoryStore(clock=clock))
+    seen = recorder(queue.hooks)
+    _, worker = run_one(queue)
+    ok = queue.submit("t", {"how": "ok"})
+    bad = queue.submit("t", {"how": "boom"}, max_attempts=2, retry={"base": 0, "cap": 0})
+    for _ in range(4):
+        worker.run_once()
+        clock.advance(1)
+        queue.sweep()
+    kinds = [(e.kind, e.task_id) for e in seen if e.kind not in (Kind.SUBMITTED, Kind.CLAIMED)]
+    assert kinds == [(Kind.SUCCEEDED, ok.id), (Kind.RETRYING, bad.id), (Kind.DEAD, bad.id)]
+    assert [e.kind for e in seen].count(Kind.CLAIMED) == 3
+
+
+def test_a_cancel_while_running_emits_cancelled_then_one_fenced() -> None:
+    queue = Queue(MemoryStore())
+    seen = recorder(queue.hooks, Kind.CANCELLED, Kind.FENCED, Kind.SUCCEEDED)
+    task = queue.submit("t", None)
+    claim = claimer(queue).claim()
+    assert claim is not None
+    queue.cancel(task.id)
+    assert outcome.succeed(queue.store, claim, 1, queue.settings,
+                           hooks=queue.hooks) == outcome.Outcome.SUPERSEDED
+    assert [e.kind for e in seen] == [Kind.CANCELLED, Kind.FENCED]
+    assert seen[1].detail["cancelled"] is True
+
+
+def test_a_reaped_then_late_outcome_emits_reaped_and_fenced_once_each() -> None:
+    clock = FakeClock()
+    queue = Queue(MemoryStore(clock=clock), Settings(lease_seconds=10))
+    seen = recorder(queue.hooks, Kind.REAPED, Kind.FENCED, Kind.SUCCEEDED)
+    queue.submit("t", None)
+    stale = claimer(queue).claim()
+    assert stale is not None
+    clock.advance(11)
+    queue.sweep()
+    fresh = claimer(queue).claim()
+    assert fresh is not None
+    assert outcome.succeed(queue.store, stale, 1, queue.settings,
+                           hooks=queue.hooks) == outcome.Outcome.FENCED
+    assert outcome.succeed(queue.store, fresh, 2, queue.settings,
+                           hooks=queue.hooks) == outcome.Outcome.RECORDED
+    assert [e.kind for e in seen] == [Kind.REAPED, Kind.FENCED, Kind.SUCCEEDED]
+
+
+def test_a_release_emits_released() -> None:
+    queue = Queue(MemoryStore())
+    seen = recorder(queue.hooks, Kind.RELEASED)
+    task = queue.submit("t", None)
+    claim = claimer(queue).claim()
+    assert claim is not None
+    outcome.release(queue.store, claim, hooks=queue.hooks)
+    assert [e.task_id for e in seen] == [task.id]
+
+
+def test_follow_ups_run_under_the_lease_and_a_crash_in_one_is_repaired_by_the_reaper() -> None:
+    from qo import keys as k
+
+    clock = FakeClock()
+    queue = Queue(MemoryStore(clock=clock), Settings(lease_seconds=10))
+    task = queue.submit("t", None)
+    claim = claimer(queue).claim()
+    assert claim is not None
+    held: list[bool] = []
+
+    def follow_up(store, record, now) -> None:
+        held.append(store.head(k.lease_key(record.queue, record.id)) is not None)
+        raise RuntimeError("crashed in a follow-up")
+
+    with pytest.raises(RuntimeError):
+        outcome.succeed(queue.store, claim, 1, queue.settings, follow_ups=[follow_up])
+    assert held == [True]  # it ran while the lease was still held
+    assert queue.store.head(k.lease_key("default", task.id)) is not None  # left for the reaper
+    assert queue.get(task.id).record.status.value == "succeeded"
+    clock.advance(11)
+    assert queue.sweep().reaped == 1
+    assert queue.store.head(k.lease_key("default", task.id)) is None

@@ -200,14 +200,15 @@ def _run(worker: Worker, claim: Claim, config: Config, report: InvocationReport)
                 f"({config.function_timeout:g} s, less a {config.safety_margin:g} s margin); "
                 "run it on a long-lived worker (qo worker) or shorten it")
             info = outcome.error_info(exc, claim.attempt, retryable=False)
-            outcome.fail(worker.store, claim, info, retryable=False, settings=worker.settings)
+            outcome.fail(worker.store, claim, info, retryable=False, settings=worker.settings,
+                         hooks=worker.hooks)
             report.rejected += 1
             log.warning("task %s rejected: %s", record.id, exc,
                         extra={"event": "task_rejected", **extra})
             return True
         left = _time_left(worker)
         if budget > left:
-            outcome.release(worker.store, claim)
+            outcome.release(worker.store, claim, hooks=worker.hooks)
             report.released += 1
             log.info("task %s released: needs %g s, %.1f s left", record.id, budget, left,
                      extra={"event": "task_released", **extra})
