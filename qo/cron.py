@@ -63,6 +63,17 @@ def zone(name: str) -> ZoneInfo:
         raise InvalidSchedule(f"unknown time zone {name!r} (use an IANA name like Europe/Paris)") from None
 
 
+def iso_in_zone(ts: float | None, tz: str) -> str:
+    """Epoch seconds as ISO 8601 in zone ``tz`` (UTC if the name is unknown), or '-'."""
+    if ts is None:
+        return "-"
+    try:
+        where = zone(tz)
+    except InvalidSchedule:  # stored before time zones were checked: show UTC
+        where = ZoneInfo("UTC")
+    return datetime.fromtimestamp(ts, where).isoformat(timespec="seconds")
+
+
 @dataclass(frozen=True)
 class CronSpec:
     expr: str

@@ -26,6 +26,7 @@ PAYLOADS = "payloads/"
 WORKERS = "workers/"
 QUARANTINE = "quarantine/"
 PAUSED_MARK = "!paused"
+SCHEDULE_INPUTS = "schedule-inputs/"  # {name}/{sha256 of the input}: large schedule inputs
 
 
 def micros(ts: float) -> int:
