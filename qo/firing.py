@@ -48,7 +48,7 @@ from qo.submit import IdempotencyConflict, Prepared, prepare, submit_prepared
 log = logging.getLogger("qo.scheduler")
 
 #: Due slots of a cron schedule counted one by one, at most (for ``skipped``).
-COUNT_CAP = 100_000
+COUNT_CAP = 10_000
 
 
 class SlotNotFired(QoError):
@@ -152,6 +152,12 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
+def _note(report: FireReport, name: str, exc: Exception) -> None:
+    message = f"schedule {name}: {_one_line(exc)}"
+    log.warning("%s", message)
+    report.errors.append(message)
+
+
 class Firer:
     """Fires due schedules; one per scheduler process.
 
@@ -203,11 +209,13 @@ class Firer:
         report = FireReport(errors=list(self._unreadable))
         for name in sorted(self._docs):
             try:
+                self._repair(name, report)
+            except (QoError, ValidationError) as exc:  # a failed repair never blocks new slots
+                _note(report, name, exc)
+            try:
                 self._fire_one(name, report)
             except (QoError, ValidationError) as exc:  # one bad schedule never blocks others
-                message = f"schedule {name}: {_one_line(exc)}"
-                log.warning("%s", message)
-                report.errors.append(message)
+                _note(report, name, exc)
         report.next_slot = self.soonest()
         return report
 
@@ -217,7 +225,6 @@ class Firer:
         return prepare(slot_request(sched, slot, kind, value), self.queue.settings, now)
 
     def _fire_one(self, name: str, report: FireReport) -> None:
-        self._repair(name, report)
         for _ in range(5):
             doc = self._docs.get(name)
             if doc is None:
@@ -250,16 +257,18 @@ class Firer:
 
     def _submit_and_confirm(self, name: str, entries: list[HistoryEntry], prepared: list[Prepared],
                             now: float, report: FireReport, *, kind: str) -> None:
+        """Submit in slot order; the first failure stops the round (the store is
+        likely down): the rest stay unconfirmed, repaired SETTLE seconds later."""
         done: set[str] = set()
-        failures: list[str] = []
+        failure: str | None = None
         for entry, p in zip(entries, prepared, strict=True):
             try:
                 submit_prepared(self.store, p, self.queue.settings, now)
             except IdempotencyConflict:
                 pass  # the slot's task exists, submitted under an earlier definition
-            except QoError as exc:  # left unconfirmed: repaired SETTLE seconds later
-                failures.append(_one_line(exc))
-                continue
+            except QoError as exc:
+                failure = _one_line(exc)
+                break
             done.add(entry.task_id)
             if kind == "fired":
                 report.fired.append((name, entry.slot, entry.task_id))
@@ -267,9 +276,9 @@ class Firer:
                 report.repaired.append(entry.task_id)
                 log.info("schedule %s: repaired slot %s", name, entry.slot)
         self._confirm(name, done)
-        if failures:
-            raise SlotNotFired(f"{len(failures)} slot(s) decided but not submitted "
-                               f"(retried in {SETTLE:g} s): {failures[0]}")
+        if failure is not None:
+            raise SlotNotFired(f"{len(entries) - len(done)} slot(s) decided but not submitted "
+                               f"(retried in {SETTLE:g} s): {failure}")
 
     def _repair(self, name: str, report: FireReport) -> None:
         """Submit slots that were decided but never confirmed (their firer died).
