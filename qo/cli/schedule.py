@@ -110,7 +110,7 @@ def schedule_add(
     cron: Annotated[str | None, typer.Option(
         metavar="EXPR", help='Cron expression, e.g. "*/5 * * * *" or @daily.')] = None,
     tz: Annotated[str | None, typer.Option(
-        metavar="ZONE", help="Time zone of the cron expression (default: UTC).")] = None,
+        metavar="ZONE", help="IANA time zone of the cron expression, e.g. Europe/Paris (default: UTC).")] = None,
     every: Annotated[float | None, typer.Option(
         parser=_Duration, metavar="DURATION",
         help="Fixed interval instead of cron: 30s, 5m, 1h, 2d.")] = None,
@@ -136,12 +136,14 @@ def schedule_add(
         parser=_Time, metavar="ISO8601",
         help="No slot before this time, with a time zone (2030-01-31T09:00:00Z).")] = None,
     end: Annotated[datetime | None, typer.Option(
-        parser=_Time, metavar="ISO8601", help="No slot after this time, with a time zone.")] = None,
+        parser=_Time, metavar="ISO8601",
+        help="No slot after this time, with a time zone; it must leave a slot ahead.")] = None,
     jitter: Annotated[float | None, typer.Option(
         parser=_Duration, metavar="SECONDS",
         help="Delay each task by a fixed pseudo-random 0..S after its slot.")] = None,
     replace: Annotated[bool, typer.Option(
-        "--replace", help="Change an existing schedule (its history and pause are kept).")] = False,
+        "--replace",
+        help="Change the schedule if it exists (its history and pause are kept), else add it.")] = False,
     queue: QueueOption = None,
     json: JsonOption = False,
 ) -> None:
