@@ -28,6 +28,8 @@ from qo.errors import ErrorKind, QoError
 
 #: Wall-clock window searched around an instant: wider than any DST shift.
 _DST_WINDOW = timedelta(hours=3)
+#: A next slot at most this far ahead may skip the DST-aware search (see CronSpec).
+_FAST_SPAN = timedelta(hours=12)
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 _DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d|w)\s*")
 _DURATION = re.compile(rf"(?:{_NUMBER}|(?:{_NUMBER}\s*(?:ms|s|m|h|d|w)\s*)+)")
@@ -63,6 +65,17 @@ def zone(name: str) -> ZoneInfo:
         raise InvalidSchedule(f"unknown time zone {name!r} (use an IANA name like Europe/Paris)") from None
 
 
+def iso_in_zone(ts: float | None, tz: str) -> str:
+    """Epoch seconds as ISO 8601 in zone ``tz`` (UTC if the name is unknown), or '-'."""
+    if ts is None:
+        return "-"
+    try:
+        where = zone(tz)
+    except InvalidSchedule:  # stored before time zones were checked: show UTC
+        where = ZoneInfo("UTC")
+    return datetime.fromtimestamp(ts, where).isoformat(timespec="seconds")
+
+
 @dataclass(frozen=True)
 class CronSpec:
     expr: str
@@ -90,6 +103,11 @@ class CronSpec:
         """The first firing instant strictly after ``t`` (epoch seconds), or None."""
         tz = zone(self.tz)
         local = datetime.fromtimestamp(t, tz).replace(tzinfo=None)
+        fast = self._next_without_transition(tz, t, local)
+        return fast if fast is not None else self._search(tz, t, local)
+
+    def _search(self, tz: ZoneInfo, t: float, local: datetime) -> float | None:
+        """The DST-aware search: every wall time from 3 h before ``t`` on."""
         start = local - _DST_WINDOW
         try:
             it = croniter(self.expr, start)
@@ -106,6 +124,32 @@ class CronSpec:
                     return best
         except (CroniterBadDateError, CroniterBadCronError):
             return None
+
+    def _next_without_transition(self, tz: ZoneInfo, t: float, local: datetime) -> float | None:
+        """The next instant when no UTC-offset change lies near it, else None.
+
+        Without a transition from ``t - 3 h`` to the candidate ``+ 3 h``, wall
+        times map to instants by one fixed offset, so croniter's next wall
+        time is the answer. Only a candidate within ``_FAST_SPAN`` is trusted
+        (equal offsets at both ends then mean no transition in between);
+        anything else takes the DST-aware search.
+        """
+        try:  # from a second early: ``local`` is rounded to the microsecond
+            it = croniter(self.expr, local - timedelta(seconds=1))
+            instant = t
+            for _ in range(3):
+                wall: datetime = it.get_next(datetime)
+                instant = wall.replace(tzinfo=tz, fold=0).timestamp()
+                if instant > t:
+                    break
+        except (CroniterBadDateError, CroniterBadCronError):
+            return None
+        if not t < instant <= t + _FAST_SPAN.total_seconds():
+            return None
+        window = _DST_WINDOW.total_seconds()
+        offsets = {datetime.fromtimestamp(ts, tz).utcoffset()
+                   for ts in (t - window, t, instant, instant + window)}
+        return instant if len(offsets) == 1 else None
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ RETENTION_CURSOR = "sweep/retention-cursor"
 AUDIT_CURSOR = "sweep/audit-cursor"
 META = "meta/"  # store capabilities cache, probe keys, delete-failure reports
 PAUSED_MARK = "!paused"
+SCHEDULE_INPUTS = "schedule-inputs/"  # {name}/{sha256 of the input}: large schedule inputs
 
 
 def micros(ts: float) -> int:

@@ -197,6 +197,7 @@ class Queue:
             fired = fire_due(self)
             report.fired = len(fired.fired) + len(fired.repaired)
             report.next_due = fired.next_slot
+            report.errors += fired.errors  # a due slot that could not fire is an error
         now = self.store.now()
         promoted = sweep.promote(self.store, now, hooks=self.hooks)
         reaped = sweep.reap(self.store, self.settings, owner, now, hooks=self.hooks)

@@ -140,7 +140,7 @@ def test_add_list_show_pause_resume_trigger_remove(url: str, monkeypatch: pytest
     assert ok(sq(url, "remove", "paris", "--yes")).stdout.strip() == "removed schedule paris"
     assert stored_schedules(url) == []
     assert_one_line_error(sq(url, "show", "tick"), code=4, contains="no schedule named 'tick'")
-    assert as_json(sq(url, "list", "--json")) == {"schedules": []}
+    assert as_json(sq(url, "list", "--json")) == {"schedules": [], "invalid": []}
     assert "no schedules" in ok(sq(url, "list")).stderr
     assert as_json(qo("-q", url, "show", task_id, "--json"))["id"] == task_id  # tasks stay
 
@@ -256,12 +256,19 @@ def test_bad_replace_keeps_the_schedule(url: str) -> None:
     assert after is not None and after.etag == before.etag
 
 
-def test_a_schedule_past_its_end_never_fires(url: str) -> None:
-    out = ok(sq(url, "add", "old", "--task", "add", "--every", "1h",
-                "--end", "2001-01-01T00:00:00Z")).stdout
-    assert "never" in out
-    assert as_json(sq(url, "show", "old", "--json"))["upcoming"] == []
-    assert "never" in ok(sq(url, "show", "old")).stdout
+def test_an_end_in_the_past_is_refused_like_a_cron_that_never_fires(url: str) -> None:
+    result = sq(url, "add", "old", "--task", "add", "--every", "1h", "--end", "2001-01-01T00:00:00Z")
+    assert_one_line_error(result, code=2, contains="would never fire: its end time is past")
+    assert stored_schedules(url) == []
+
+
+def test_an_empty_time_zone_is_refused_not_read_as_utc(url: str) -> None:
+    result = sq(url, "add", "x", "--task", "add", "--cron", "* * * * *", "--tz", "")
+    assert_one_line_error(result, code=2, contains="--tz is empty")
+    assert stored_schedules(url) == []
+    with pytest.raises(scheduler.InvalidSchedule, match="unknown time zone"):
+        scheduler.add(Queue.from_url(url), "x", "add", cron="* * * * *", tz="")
+    assert stored_schedules(url) == []
 
 
 # -- the daemon ---------------------------------------------------------------------

@@ -6,6 +6,8 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qo.cron import CronSpec, IntervalSpec, InvalidSchedule, parse_duration, upcoming
 
@@ -87,3 +89,22 @@ def test_durations() -> None:
     for bad in ["0s", "-5m", "soon", "5y", ""]:
         with pytest.raises(InvalidSchedule):
             parse_duration(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    expr=st.sampled_from(["* * * * *", "*/7 * * * *", "30 2 * * *", "0 * * * *", "15 1,2,3 * * *",
+                          "0 0 * * 0", "@daily", "45 23 31 12 *"]),
+    tz=st.sampled_from(["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe",
+                        "Asia/Kolkata"]),
+    # instants near the 2026 and 2027 DST changes of those zones, and anywhere
+    t=st.one_of(st.sampled_from([1775350800.0, 1774746000.0, 1772953200.0, 1792400000.0,
+                                 1793498400.0, 1806000000.0]).flatmap(
+                                     lambda c: st.floats(c - 86_400, c + 86_400)),
+                st.floats(1.7e9, 1.9e9)),
+)
+def test_the_fast_path_agrees_with_the_dst_aware_search(expr: str, tz: str, t: float) -> None:
+    spec = CronSpec(expr, tz)
+    where = ZoneInfo(tz)
+    local_t = datetime.fromtimestamp(t, where).replace(tzinfo=None)
+    assert spec.next_after(t) == spec._search(where, t, local_t)

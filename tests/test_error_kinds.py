@@ -73,6 +73,7 @@ EXPECTED = {
     "qo.cli.common.CliError": ErrorKind.INVALID,
     "qo.cli.doctor.DoctorFailed": ErrorKind.UNSUPPORTED_STORE,
     "qo.cron.InvalidSchedule": ErrorKind.INVALID,
+    "qo.firing.SlotNotFired": ErrorKind.UNAVAILABLE,
     "qo.errors.AccessDenied": ErrorKind.MISCONFIGURED,
     "qo.errors.BucketNotFound": ErrorKind.MISCONFIGURED,
     "qo.errors.ConfigError": ErrorKind.MISCONFIGURED,

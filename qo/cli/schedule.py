@@ -34,7 +34,7 @@ from qo.cli.common import (
 )
 from qo.cli.tasks import read_json_arg
 from qo.cli.worker import LogFormat, LogLevel, _restored_process_state
-from qo.cron import InvalidSchedule, format_duration, zone
+from qo.cron import format_duration, iso_in_zone
 from qo.errors import InvalidName
 from qo.queue import Queue
 from qo.scheduler import Schedule
@@ -75,13 +75,7 @@ _Time = as_param(common.parse_datetime)
 
 def in_zone(ts: float | None, tz: str) -> str:
     """Epoch seconds as ISO 8601 in the schedule's time zone, or '-'."""
-    if ts is None:
-        return "-"
-    try:
-        where = zone(tz)
-    except InvalidSchedule:  # stored before time zones were checked: show UTC
-        where = zone("UTC")
-    return datetime.fromtimestamp(ts, where).isoformat(timespec="seconds")
+    return iso_in_zone(ts, tz)
 
 
 def _task_status(queue: Queue, task_id: str) -> str | None:
@@ -116,7 +110,7 @@ def schedule_add(
     cron: Annotated[str | None, typer.Option(
         metavar="EXPR", help='Cron expression, e.g. "*/5 * * * *" or @daily.')] = None,
     tz: Annotated[str | None, typer.Option(
-        metavar="ZONE", help="Time zone of the cron expression (default: UTC).")] = None,
+        metavar="ZONE", help="IANA time zone of the cron expression, e.g. Europe/Paris (default: UTC).")] = None,
     every: Annotated[float | None, typer.Option(
         parser=_Duration, metavar="DURATION",
         help="Fixed interval instead of cron: 30s, 5m, 1h, 2d.")] = None,
@@ -142,12 +136,14 @@ def schedule_add(
         parser=_Time, metavar="ISO8601",
         help="No slot before this time, with a time zone (2030-01-31T09:00:00Z).")] = None,
     end: Annotated[datetime | None, typer.Option(
-        parser=_Time, metavar="ISO8601", help="No slot after this time, with a time zone.")] = None,
+        parser=_Time, metavar="ISO8601",
+        help="No slot after this time, with a time zone; it must leave a slot ahead.")] = None,
     jitter: Annotated[float | None, typer.Option(
         parser=_Duration, metavar="SECONDS",
         help="Delay each task by a fixed pseudo-random 0..S after its slot.")] = None,
     replace: Annotated[bool, typer.Option(
-        "--replace", help="Change an existing schedule (its history and pause are kept).")] = False,
+        "--replace",
+        help="Change the schedule if it exists (its history and pause are kept), else add it.")] = False,
     queue: QueueOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -156,6 +152,8 @@ def schedule_add(
         raise CliError("give exactly one of --cron or --every")
     if tz is not None and cron is None:
         raise CliError("--tz only applies to --cron (an interval ignores time zones)")
+    if tz is not None and not tz.strip():
+        raise CliError("--tz is empty: give an IANA zone like Europe/Paris, or leave it out for UTC")
     if every is not None and every < 1:
         raise CliError(f"invalid value for '--every': {every:g} s is under the 1 s minimum")
     if start is not None and end is not None and end <= start:
@@ -170,16 +168,15 @@ def schedule_add(
     }
     options = {k: v for k, v in options.items() if v is not None}
     q = common.open_queue(ctx, queue)
-    sched = scheduler.add(q, name, task_type, cron=cron, every=every, tz=tz or "UTC",
-                          input=payload, replace=replace, **options)
+    saved = scheduler.save(q, name, task_type, cron=cron, every=every,
+                           tz="UTC" if tz is None else tz, input=payload, replace=replace,
+                           **options)
+    sched = saved.schedule
     if json:
-        emit_json(_as_dict(sched))
+        emit_json({**_as_dict(sched), "replaced": saved.replaced})
         return
-    if sched.next_slot is None:
-        nxt = "never (past its end)"
-    else:
-        nxt = fmt_time(sched.next_slot)
-    say(f"{'replaced' if replace else 'added'} schedule {sched.name}: {sched.describe()}, "
+    nxt = fmt_time(sched.next_slot) if sched.next_slot is not None else "never (past its end)"
+    say(f"{'replaced' if saved.replaced else 'added'} schedule {sched.name}: {sched.describe()}, "
         f"next run {nxt}{' (paused)' if sched.paused else ''}")
 
 
@@ -191,19 +188,28 @@ def schedule_list(
     queue: QueueOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Every schedule: its timetable, next run, last run and that task's status."""
+    """Every schedule: its timetable, next run, last run and that task's status.
+
+    A schedule object that cannot be read is listed as "invalid" with the
+    reason (and a warning on stderr); the others are listed as usual, and
+    the exit code is 0: the listing itself succeeded.
+    """
     q = common.open_queue(ctx, queue)
-    scheds = sorted(scheduler.list_schedules(q), key=lambda s: s.name)
+    good, bad = scheduler.scan(q)
+    scheds = sorted(good, key=lambda s: s.name)
+    for item in bad:
+        note(f"warning: schedule {item.name}: {item.error}")
     rows = []
     for s in scheds:
         last = s.history[-1] if s.history else None
         data = _as_dict(s)
         data["last_status"] = _task_status(q, last.task_id) if last else None
         rows.append(data)
+    invalid = [{"name": b.name, "key": b.key, "error": b.error} for b in bad]
     if json:
-        emit_json({"schedules": rows})
+        emit_json({"schedules": rows, "invalid": invalid})
         return
-    if not rows:
+    if not rows and not invalid:
         note(f"no schedules in {q.url}")
         return
     table = Table()
@@ -215,6 +221,8 @@ def schedule_list(
             s.name, s.describe(), in_zone(s.next_slot, s.tz), fmt_time(s.next_slot),
             in_zone(last.slot, s.tz) if last else "-",
             (data["last_status"] or "-") if last else "-", "yes" if s.paused else "")))
+    for b in sorted(bad, key=lambda b: b.name):
+        table.add_row(*map(cell, (b.name, f"invalid: {b.error}", "-", "-", "-", "-", "")))
     common.console().print(table)
 
 
@@ -241,7 +249,7 @@ def schedule_show(
         ("name", s.name), ("spec", s.describe()), ("task", s.task_type),
         ("queue", s.queue or "default"), ("priority", s.priority),
         ("max attempts", s.max_attempts), ("timeout", _seconds(s.timeout)),
-        ("input", _brief_input(s.input)),
+        ("input", _brief_input(s)),
         ("catch-up", catchup), ("misfire grace", _seconds(s.misfire_grace)),
         ("jitter", _seconds(s.jitter)),
         ("start", in_zone(s.start_at, s.tz)), ("end", in_zone(s.end_at, s.tz)),
@@ -272,8 +280,10 @@ def schedule_show(
     con.print(runs)
 
 
-def _brief_input(value: Any) -> str:
-    text = orjson.dumps(value).decode()
+def _brief_input(s: Schedule) -> str:
+    if s.input_ref is not None:
+        return f"stored in {s.input_ref} (over the inline limit)"
+    text = orjson.dumps(s.input).decode()
     return text if len(text) <= 200 else text[:199] + "…"
 
 
@@ -331,7 +341,8 @@ def schedule_remove(
 ) -> None:
     """Delete a schedule (tasks it already submitted are kept)."""
     q = common.open_queue(ctx, queue)
-    scheduler.load(q, name)  # a missing or invalid name fails before the question
+    if not scheduler.exists(q, name):  # a missing or invalid name fails before the question
+        raise scheduler.ScheduleNotFound(f"no schedule named {name!r}")
     if not yes:
         if not common.is_interactive():
             raise CliError("refusing to remove a schedule without confirmation: pass --yes")
@@ -363,13 +374,14 @@ def schedule_run(
         logs.setup(log_level.value, json=log_format == LogFormat.json)
         if threading.current_thread() is threading.main_thread():
             def on_signal(signum: int, _frame: object) -> None:
-                log.info("signal %d: stopping", signum, extra={"event": "stopping"})
-                daemon.stop()
+                daemon.stop(signum)  # no logging and no lock in a handler: see stop()
 
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
         log.info("scheduler started on %s (refresh %g s)", q.url, refresh,
                  extra={"event": "started"})
         daemon.run(max_rounds=max_rounds)
+        if daemon.stop_signal is not None:
+            log.info("signal %d: stopping", daemon.stop_signal, extra={"event": "stopping"})
         log.info("scheduler stopped", extra={"event": "stopped"})
     say(f"scheduler stopped after {daemon.rounds} round(s)")

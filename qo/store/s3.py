@@ -54,10 +54,11 @@ from qo.store.base import (
 
 DEFAULT_REGION = "us-east-1"
 
+#: The clock estimate keeps the largest Date-header offset sample of the last
+#: one to two windows (seconds, on the monotonic clock); older ones are dropped.
+_OFFSET_WINDOW = 30.0
 #: S3 answers 412 when a precondition fails, and 409 when another conditional
 #: write on the same key is in flight: for the caller, both mean "you lost".
-#: How long the largest Date-header offset sample is trusted before re-estimating.
-_OFFSET_WINDOW = 600.0
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 #: HEAD responses have no body, so botocore reports the bare status as code.
 _MISSING_KEY_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
@@ -168,8 +169,15 @@ class S3Store:
             max_pool_connections=max_pool_connections,
             max_attempts=max_attempts,
         )
-        self._offset: float | None = None  # store clock minus local clock
-        self._offset_since = time.monotonic()
+        # The store clock is estimated as monotonic() + offset, so a step of the
+        # wall clock (either way) does not move it; see now() and _on_response.
+        self._wall = time.time  # the local wall clock: only used while no Date was seen
+        self._mono = time.monotonic
+        self._offset: float | None = None  # store clock minus monotonic clock
+        self._window_max: float | None = None  # largest sample of the current window
+        self._window_start = 0.0
+        self._previous_max: float | None = None  # largest sample of the window before
+        self._probed = False
         self._last_now = 0.0
         self._clock_lock = threading.RLock()  # the probe's response re-enters it
         self._client.meta.events.register("after-call.s3", self._on_response)
@@ -297,18 +305,24 @@ class S3Store:
                         page_size=max(1, min(page_size, LIST_PAGE_SIZE)))
 
     def now(self) -> float:
-        """The store's clock: local time plus the offset seen in ``Date`` headers.
+        """The store's clock: the monotonic clock plus the offset seen in ``Date`` headers.
 
         Every response updates the offset for free; only a store that has not
-        talked to S3 yet pays one HeadBucket to learn it. A response without a
-        ``Date`` (moto in-process) leaves the local clock in charge.
+        talked to S3 yet pays one HeadBucket to learn it. The offset is the
+        largest sample of the last 30-60 s (``_OFFSET_WINDOW``), measured
+        against ``time.monotonic``: a step of this machine's wall clock, either
+        way, does not move the estimate, and a change of the store's clock is
+        followed within a minute. A store that never sent a ``Date`` (moto
+        in-process) leaves the local wall clock in charge.
         """
-        if self._offset is None:
+        if self._offset is None and not self._probed:
             with self._clock_lock:
-                if self._offset is None:
+                if self._offset is None and not self._probed:
                     self._probe_clock()
         with self._clock_lock:  # never step backwards: FIFO order relies on it
-            self._last_now = max(self._last_now, time.time() + (self._offset or 0.0))
+            offset = self._offset
+            estimate = self._wall() if offset is None else self._mono() + offset
+            self._last_now = max(self._last_now, estimate)
             return self._last_now
 
     def close(self) -> None:
@@ -346,8 +360,7 @@ class S3Store:
                 if isinstance(exc, ClientError) and _status(exc) == 404:
                     raise BucketNotFound(f"S3 bucket {self.bucket!r} does not exist") from exc
                 raise self._error(exc, "read the clock (HeadBucket)") from exc
-        if self._offset is None:
-            self._offset = 0.0
+        self._probed = True  # with no Date seen, the wall clock stays in charge
 
     def _on_response(self, http_response: Any = None, **_: Any) -> None:
         """botocore ``after-call`` hook: sample the server clock from ``Date``."""
@@ -362,13 +375,18 @@ class S3Store:
             server = server.replace(tzinfo=UTC)
         # Date is truncated to the second and stamped before we receive it, so a
         # sample is a lower bound of the true offset: keep the largest recent one.
-        sample = server.timestamp() - time.time()
+        # Two rotating windows bound "recent" to the last 30-60 s.
         with self._clock_lock:
-            now = time.monotonic()
-            if self._offset is None or now - self._offset_since > _OFFSET_WINDOW:
-                self._offset, self._offset_since = sample, now  # drift: start afresh
-            elif sample > self._offset:
-                self._offset = sample
+            mono = self._mono()
+            sample = server.timestamp() - mono
+            age = mono - self._window_start
+            if self._window_max is None or age >= _OFFSET_WINDOW:
+                self._previous_max = self._window_max if age < 2 * _OFFSET_WINDOW else None
+                self._window_max, self._window_start = sample, mono
+            else:
+                self._window_max = max(self._window_max, sample)
+            previous = self._previous_max
+            self._offset = self._window_max if previous is None else max(previous, self._window_max)
 
     def _error(self, exc: Exception, action: str) -> QoError:
         """One botocore failure as one qo exception, naming the bucket."""
