@@ -100,6 +100,8 @@ class Worker(Attempts):
         self.started_at = time.time()
         self._stop = threading.Event()  # stop claiming
         self._abort = threading.Event()  # grace is over: give back what runs
+        self._signals: list[int] = []  # noted by the signal handler, acted on by run()
+        self._signals_handled = 0
         self._lock = threading.Lock()
         self._running: dict[str, Running] = {}
         self._handlers: dict[threading.Thread, str] = {}  # live handler threads -> task id
@@ -136,12 +138,15 @@ class Worker(Attempts):
             t.start()
         try:
             while any(t.is_alive() for t in slots) and not self._stop.is_set():
+                self._handle_signals()
                 self._stop.wait(0.2)
         finally:
             self.stop()
             deadline = time.monotonic() + self.options.grace
             for t in slots:
-                t.join(max(0.0, deadline - time.monotonic()))
+                while t.is_alive() and time.monotonic() < deadline and not self._abort.is_set():
+                    self._handle_signals()  # a second signal ends the grace period
+                    t.join(min(0.2, max(0.0, deadline - time.monotonic())))
             self._abort.set()
             # Slots now hand back what runs and record outcomes; each store write
             # is bounded by the lease it holds, so this ends.
@@ -177,13 +182,22 @@ class Worker(Attempts):
             return
 
         def on_signal(signum: int, _frame: object) -> None:
-            if self._stop.is_set():
-                self._abort.set()  # second signal: give tasks back now
-            log.info("signal %d: stopping", signum, extra={"event": "stopping"})
-            self._stop.set()
+            # Only note it: a handler that took a lock (Event.set, logging) could wait
+            # forever for one the interrupted main thread holds. The main loop acts on it.
+            self._signals.append(signum)
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+
+    def _handle_signals(self) -> None:
+        """In the main thread: act on the signals ``on_signal`` noted (first stops, second aborts)."""
+        while self._signals_handled < len(self._signals):
+            signum = self._signals[self._signals_handled]
+            self._signals_handled += 1
+            if self._stop.is_set():
+                self._abort.set()  # second signal: give tasks back now
+            log.info("signal %d: stopping", signum, extra={"event": "stopping"})
+            self.stop()
 
     # -- slots ----------------------------------------------------------------
 

@@ -121,3 +121,40 @@ def test_a_program_embedding_the_worker_exits_normally_under_a_lingering_handler
     done = run([sys.executable, str(script), f"file://{tmp_path / 'store'}"])
     assert done.returncode == 0, done.stderr
     assert "abandoned 1" in done.stdout
+
+
+def test_a_signal_that_lands_while_the_main_thread_holds_the_stop_lock_cannot_deadlock() -> None:
+    """A signal handler runs in the main thread, between any two bytecodes: if it took a
+    lock (``Event.set``, logging) that the interrupted code held, it would wait forever."""
+    import threading
+
+    from qo.app import App
+    from qo.store.memory import MemoryStore
+    from qo.worker import Worker
+
+    worker = Worker(App(Queue(MemoryStore())))
+    previous = signal.getsignal(signal.SIGTERM)
+    worker._install_signals()
+    done, stuck = threading.Event(), []
+    lock = worker._stop._cond  # what the main thread holds inside Event.wait/is_set
+
+    def unjam() -> None:  # a hang detector, not a timing bound: an append takes microseconds
+        if not done.wait(30):
+            stuck.append(True)
+            lock.release()
+
+    guard = threading.Thread(target=unjam)
+    try:
+        with lock:
+            guard.start()
+            signal.raise_signal(signal.SIGTERM)  # the handler runs here, lock held
+            done.set()
+    except RuntimeError:  # released by the guard: the handler had blocked
+        pass
+    finally:
+        done.set()
+        guard.join()
+        signal.signal(signal.SIGTERM, previous)
+    assert not stuck, "the signal handler waited for a lock the main thread held"
+    worker._handle_signals()
+    assert worker._stop.is_set()
