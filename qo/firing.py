@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from qo.errors import ErrorKind, PreconditionFailed, QoError
+from qo.hooks import Kind
 from qo.models import CorruptRecord, dumps, loads
 from qo.queue import Queue
 from qo.schedule_model import (
@@ -265,13 +266,16 @@ class Firer:
         failure: str | None = None
         for entry, p in zip(entries, prepared, strict=True):
             try:
-                submit_prepared(self.store, p, self.queue.settings, now)
+                submit_prepared(self.store, p, self.queue.settings, now, hooks=self.queue.hooks)
             except IdempotencyConflict:
                 pass  # the slot's task exists, submitted under an earlier definition
             except QoError as exc:
                 failure = _one_line(exc)
                 break
             done.add(entry.task_id)
+            self.queue.hooks.emit(Kind.SLOT_FIRED, entry.task_id, queue=p.record.queue,
+                                  task_type=p.record.type, schedule=name, slot=entry.slot,
+                                  repaired=kind != "fired")
             if kind == "fired":
                 report.fired.append((name, entry.slot, entry.task_id))
             else:

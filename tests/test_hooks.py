@@ -161,8 +161,9 @@ def test_each_recorded_outcome_emits_one_event() -> None:
     seen = recorder(queue.hooks)
     _, worker = run_one(queue)
     ok = queue.submit("t", {"how": "ok"})
+    clock.advance(1)  # FIFO: ok first
     bad = queue.submit("t", {"how": "boom"}, max_attempts=2, retry={"base": 0, "cap": 0})
-    for _ in range(4):
+    for _ in range(6):
         worker.run_once()
         clock.advance(1)
         queue.sweep()
@@ -234,3 +235,17 @@ def test_follow_ups_run_under_the_lease_and_a_crash_in_one_is_repaired_by_the_re
     clock.advance(11)
     assert queue.sweep().reaped == 1
     assert queue.store.head(k.lease_key("default", task.id)) is None
+
+
+def test_a_fired_slot_emits_slot_fired_and_submitted_once() -> None:
+    from qo import scheduler
+
+    clock = FakeClock()
+    queue = Queue(MemoryStore(clock=clock))
+    seen = recorder(queue.hooks, Kind.SLOT_FIRED, Kind.SUBMITTED)
+    scheduler.add(queue, "tick", "t", every="1m")
+    clock.advance(61)
+    scheduler.fire_due(queue)
+    scheduler.fire_due(queue)  # nothing more is due
+    assert [e.kind for e in seen] == [Kind.SUBMITTED, Kind.SLOT_FIRED]
+    assert seen[1].detail["schedule"] == "tick" and seen[1].detail["repaired"] is False
