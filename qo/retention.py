@@ -117,13 +117,6 @@ def run_retention(
     return report
 
 
-def apply_retention(queue: Any, older_than_seconds: float, *, budget: int = DEFAULT_BUDGET,
-                    interval: float = DEFAULT_INTERVAL) -> int:
-    """Delete up to ``budget`` examined tasks' worth of old finished tasks; returns how many."""
-    return run_retention(queue.store, older_than_seconds, budget=budget,
-                         interval=interval).deleted
-
-
 def _delete_if_expired(store: Store, task_id: str, cutoff: float, now: float) -> bool:
     current = records.read(store, task_id)
     if current is None:
@@ -143,4 +136,4 @@ def _delete_if_expired(store: Store, task_id: str, cutoff: float, now: float) ->
     return True
 
 
-__all__ = ["CURSOR_KEY", "RetentionReport", "apply_retention", "cutoff_key", "run_retention"]
+__all__ = ["CURSOR_KEY", "RetentionReport", "cutoff_key", "run_retention"]

@@ -194,7 +194,7 @@ def test_a_missing_schedule_is_4_and_404(memory_url: str,
     def missing(queue: Queue) -> list[Any]:
         raise ScheduleNotFound("no schedule named 'nightly'")
 
-    monkeypatch.setattr(api, "scheduler_function", lambda name: missing)
+    monkeypatch.setattr(api, "list_schedules", missing)
     status, body = call("GET", "/schedules")  # was 400: every other QoError was "bad input"
     assert (status, body["error"]) == (404, "not_found") and "nightly" in body["message"]
 

@@ -436,7 +436,7 @@ def test_lease_seconds_from_the_environment(env: Env, monkeypatch: pytest.Monkey
 
 def test_sweeper_applies_retention(env: Env, skew, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QO_RETENTION_DAYS", "0.001")  # 86.4 s
-    monkeypatch.setattr(sweeper, "scheduler_function", lambda name: None)
+    monkeypatch.setattr(sweeper, "fire_schedules", lambda queue: {})
     serverless.reset()
     done = env.submit({"type": "add", "input": {"x": 1, "y": 1}})
     dead = env.submit({"type": "boom", "input": {"message": "no"}})
@@ -543,8 +543,7 @@ def test_sweeper_fires_schedules_and_survives_a_failing_step(
         fired.append(queue)
         return {"fired": 2}
 
-    monkeypatch.setattr(sweeper, "scheduler_function",
-                        lambda name: fire_due if name == "fire_due" else None)
+    monkeypatch.setattr(sweeper, "fire_schedules", fire_due)
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise StoreUnavailable("retention store down")
@@ -554,12 +553,6 @@ def test_sweeper_fires_schedules_and_survives_a_failing_step(
     assert report["schedules"] == {"fired": 2} and len(fired) == 1
     assert report["errors"] == ["retention: StoreUnavailable: retention store down"]
     assert report["promoted"] == 0 and report["reaped"] == 0
-
-
-def test_scheduler_function_is_optional() -> None:
-    found = sweeper.scheduler_function("fire_due")
-    assert found is None or callable(found)
-    assert sweeper.scheduler_function("no_such_function") is None
 
 
 # -- API --------------------------------------------------------------------------------
@@ -733,11 +726,10 @@ def test_api_schedules_come_from_the_scheduler(env: Env, monkeypatch: pytest.Mon
         name: str
         cron: str
 
-    monkeypatch.setattr(api, "scheduler_function", lambda name: (
-        (lambda queue: [Schedule("nightly", "0 3 * * *")]) if name == "list_schedules" else None))
+    monkeypatch.setattr(api, "list_schedules", lambda queue: [Schedule("nightly", "0 3 * * *")])
     status, data, _ = env.api("GET", "/schedules")
     assert status == 200 and data == {"schedules": [{"name": "nightly", "cron": "0 3 * * *"}]}
-    monkeypatch.setattr(api, "scheduler_function", lambda name: None)
+    monkeypatch.setattr(api, "list_schedules", lambda queue: [])
     assert env.api("GET", "/schedules")[1] == {"schedules": []}
 
 
@@ -858,7 +850,7 @@ def test_an_idle_sweeper_costs_a_few_requests_a_minute(
     before = env.server.counts.snapshot()
     report = sweeper.handler(fixture("eventbridge_scheduled.json"), Ctx())
     assert report["errors"] == [] and not report["kicked"]
-    lists = 3 + (1 if sweeper.scheduler_function("fire_due") else 0)
+    lists = 4
     # delayed/, leases/, ready/ (the kick check) and schedules/; the retention and audit cursors.
     assert env.requests(before) == {"LIST": lists, "GET": 2}
 

@@ -55,8 +55,9 @@ from qo.app import App
 from qo.errors import ErrorKind, QoError, shorten, shorten_values
 from qo.models import Status
 from qo.names import check_free_text, check_task_id
+from qo.scheduler import list_schedules
 from qo.serverless import Runtime, runtime
-from qo.serverless.sweeper import plain, scheduler_function
+from qo.serverless.sweeper import plain
 from qo.submit import (
     InvalidBatchItem,
     SubmitRequest,
@@ -307,9 +308,7 @@ def get_stats(rt: Runtime, req: Request) -> tuple[int, Any]:
 
 @route("/schedules", "GET")
 def get_schedules(rt: Runtime, req: Request) -> tuple[int, Any]:
-    list_schedules = scheduler_function("list_schedules")
-    found = list_schedules(rt.queue) if list_schedules is not None else []
-    return 200, {"schedules": plain(list(found))}
+    return 200, {"schedules": plain(list(list_schedules(rt.queue)))}
 
 
 def _view(rt: Runtime, view: TaskView, *, payloads: bool, traceback: bool) -> dict[str, Any]:

@@ -23,8 +23,6 @@ the kick is on. See README "Deploy on AWS" for the monthly numbers.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -32,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from qo import keys
+from qo import firing, keys
 from qo.keys import parse_ready_key
 from qo.queue import Queue
 from qo.retention import run_retention
@@ -42,19 +40,8 @@ from qo.serverless.events import KICK_EVENT
 log = logging.getLogger("qo.serverless.sweeper")
 
 _lambda_client: Any = None
-#: Newer ``Queue.sweep`` also fires schedules unless told not to.
-_SWEEP_FIRES_SCHEDULES = "schedules" in inspect.signature(Queue.sweep).parameters
-
-
-def scheduler_function(name: str) -> Callable[..., Any] | None:
-    """``qo.scheduler.<name>`` if this version of qo has a scheduler, else None."""
-    try:
-        module = importlib.import_module("qo.scheduler")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("qo.scheduler", "qo"):
-            return None
-        raise
-    return getattr(module, name, None)
+#: Fires due schedules in the sweeper's own step (a module attribute, so tests replace it).
+fire_schedules: Callable[[Queue], Any] = firing.fire_due
 
 
 def plain(value: Any) -> Any:
@@ -133,17 +120,14 @@ def handler(event: Any = None, context: Any = None) -> dict[str, Any]:
 
     def sweep() -> None:
         owner = f"sweeper-{request_id}"
-        if _SWEEP_FIRES_SCHEDULES:  # fired in their own step: reported, and isolated
-            swept = rt.queue.sweep(owner=owner, schedules=False)
-        else:
-            swept = rt.queue.sweep(owner=owner)
+        swept = rt.queue.sweep(owner=owner, schedules=False)  # schedules: their own step
         report["promoted"], report["reaped"] = swept.promoted, swept.reaped
         report["errors"] += [f"sweep: {e}" for e in swept.errors]
 
     def schedules() -> None:
-        fire_due = scheduler_function("fire_due")
-        if fire_due is not None:
-            report["schedules"] = plain(fire_due(rt.queue))
+        fired = plain(fire_schedules(rt.queue))
+        report["schedules"] = fired
+        report["errors"] += [f"schedules: {e}" for e in fired.get("errors", [])]
 
     def retention() -> None:
         days = rt.config.retention_days
@@ -182,4 +166,4 @@ def _stuck(rt: Runtime) -> bool:
                                 task_types=types)
 
 
-__all__ = ["handler", "invoke_worker", "plain", "scheduler_function", "unclaimed_ready_work"]
+__all__ = ["fire_schedules", "handler", "invoke_worker", "plain", "unclaimed_ready_work"]
