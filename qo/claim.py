@@ -13,11 +13,12 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from qo import index, keys, leases, records
+from qo.admission import Admission, Refusal
 from qo.cas import delete_outcome
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.keys import Marker, parse_ready_key
@@ -52,21 +53,6 @@ class Claim:
     @property
     def task_id(self) -> str:
         return self.record.id
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """An admission check's "not now": the task is skipped until ``retry_at`` (store time)."""
-
-    retry_at: float
-    reason: str
-
-
-#: The admission seam: called once per claim after the lease is taken and before the
-#: record is read, with the marker (queue, priority, type, id), the held lease and the
-#: store time. Returning a Refusal releases the lease and skips the key until then.
-#: Rate limits, concurrency limits and capability routing plug in here.
-Admission = Callable[[Marker, HeldLease, float], "Refusal | None"]
 
 
 #: How long a marker that the store would not delete is skipped.

@@ -110,7 +110,7 @@ def test_disconnect_and_the_shared_default() -> None:
 
 def test_an_admission_refusal_releases_the_lease_and_skips_the_task_until_then() -> None:
     from qo import keys
-    from qo.claim import Refusal
+    from qo.admission import Refusal
 
     store = MemoryStore()
     queue = Queue(store)

@@ -32,7 +32,7 @@ from qo.cli.common import (
     note,
     say,
 )
-from qo.cli.tasks import read_json_arg
+from qo.cli.submit import read_json_arg
 from qo.cli.worker import LogFormat, LogLevel, _restored_process_state
 from qo.cron import format_duration, iso_in_zone
 from qo.errors import InvalidName
