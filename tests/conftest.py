@@ -33,6 +33,9 @@ if not HAVE_LOCALSTACK and os.environ.get("QO_LOCALSTACK") == "required":
                        "run infra/localstack/setup")
 BACKENDS = ["memory", "local", "moto", "moto_server"] + (["localstack"] if HAVE_LOCALSTACK
                                                          else [])
+#: Backends the fast development loop (``pytest -m "not slow"``) leaves to CI: the moto
+#: server stands for S3 there, memory and the local directory for the rest.
+SLOW_BACKENDS = {"localstack", "moto"}
 _bucket_ids = itertools.count()
 _moto_capabilities: dict[str, capabilities.Capabilities] = {}
 
@@ -145,6 +148,7 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path) -> Store:
     raise ValueError(kind)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[pytest.param(b, marks=pytest.mark.slow) if b in SLOW_BACKENDS else b
+                        for b in BACKENDS])
 def store(request: pytest.FixtureRequest, tmp_path) -> Store:
     return make_store(request.param, request, tmp_path)

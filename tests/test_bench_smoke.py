@@ -13,6 +13,7 @@ import pytest
 
 import bench
 
+pytestmark = pytest.mark.slow  # real processes, real time or many examples
 
 def test_tiny_profile_on_the_memory_store(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"

@@ -16,6 +16,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from qo.app import App
 from qo.errors import StoreUnavailable
 from qo.models import Status
@@ -26,6 +28,8 @@ from qo.store.memory import MemoryStore
 from qo.worker import Worker, WorkerOptions
 
 from .helpers import wait_for
+
+pytestmark = pytest.mark.slow  # real processes, real time or many examples
 
 LONG = os.environ.get("QO_LONG_TESTS") == "1"
 ROOT = Path(__file__).resolve().parent.parent

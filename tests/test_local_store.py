@@ -270,6 +270,7 @@ def run_all(procs: list[multiprocessing.process.BaseProcess]) -> None:
                 p.kill()
 
 
+@pytest.mark.slow
 def test_processes_increment_exactly(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     LocalStore(tmp_path).put("counter", b"0")
@@ -281,6 +282,7 @@ def test_processes_increment_exactly(tmp_path: Path) -> None:
     assert obj is not None and obj.body == str(nprocs * n).encode()
 
 
+@pytest.mark.slow
 def test_processes_race_create_only_one_wins(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     nprocs = 16

@@ -33,7 +33,8 @@ from .conftest import HAVE_LOCALSTACK, new_bucket_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(not HAVE_LOCALSTACK, reason="no .venv-localstack (CI builds it)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not HAVE_LOCALSTACK, reason="no .venv-localstack (CI builds it)")]
 
 
 @pytest.fixture

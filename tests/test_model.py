@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
@@ -28,6 +29,8 @@ from qo.store.faulty import FaultyStore
 from qo.store.memory import MemoryStore
 
 from .helpers import FakeClock
+
+pytestmark = pytest.mark.slow  # real processes, real time or many examples
 
 LEASE = 10.0
 EXAMPLES = 400 if os.environ.get("QO_LONG_TESTS") == "1" else 60

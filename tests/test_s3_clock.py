@@ -30,6 +30,8 @@ from .conftest import new_bucket_name
 TOLERANCE = 2.0
 
 
+pytestmark = pytest.mark.slow  # real processes, real time or many examples
+
 class SteppingWallClock:
     """``time`` as seen by qo.store.s3, with a wall clock the test can step."""
 

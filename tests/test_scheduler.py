@@ -176,6 +176,7 @@ def test_a_skewed_local_clock_does_not_matter(monkeypatch: pytest.MonkeyPatch) -
     assert len(scheduler.Firer(queue).fire_due().fired) == 1
 
 
+@pytest.mark.slow
 def test_four_schedulers_on_a_moto_server_fire_every_slot_once(s3_server) -> None:
     from qo.store.s3 import S3Store
 

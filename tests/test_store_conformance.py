@@ -91,6 +91,7 @@ def test_listing_is_in_byte_order_with_prefix_isolation(store: Store) -> None:
     assert infos[0].etag == store.head("b/1").etag  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_start_after_limit_and_pagination_over_1000_keys(store: Store) -> None:
     all_keys = [f"p/{i:05d}" for i in range(1105)]
     with ThreadPoolExecutor(16) as pool:
@@ -113,6 +114,7 @@ def test_invalid_keys_are_refused_everywhere(store: Store) -> None:
     assert keys(store, "") == []
 
 
+@pytest.mark.slow
 def test_16_threads_read_modify_write_end_with_the_exact_count(store: Store) -> None:
     store.put("counter", b"0")
     per_thread = 5

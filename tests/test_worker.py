@@ -160,6 +160,7 @@ def test_a_handler_exception_or_bad_input_never_kills_the_worker() -> None:
     assert queue.get(wrong_shape.id).status == Status.DEAD
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["local", "moto_server"])
 def test_eight_workers_run_each_of_1000_tasks_exactly_once(backend, request, tmp_path) -> None:
     from .conftest import make_store

@@ -23,7 +23,7 @@ from qo.worker import Worker, WorkerOptions
 
 from .helpers import Runs, wait_for
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 

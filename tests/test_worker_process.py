@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qo.models import Status
 from qo.queue import Queue
 
 from .helpers import wait_for
+
+pytestmark = pytest.mark.slow  # real processes, real time or many examples
 
 ROOT = Path(__file__).resolve().parent.parent
 

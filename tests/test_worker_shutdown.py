@@ -24,7 +24,7 @@ from qo.shutdown import EXIT_ABANDONED
 
 from .helpers import wait_for
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.apps.stubborn_app:app"
