@@ -17,11 +17,11 @@ other request pass through unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Literal
 
 from qo.errors import PreconditionFailed
-from qo.store.base import LIST_PAGE_SIZE, ObjectInfo, Store, StoredObject
+from qo.store.base import Store
+from qo.store.wrapper import Delegating
 
 DeleteMode = Literal["auto", "conditional", "unconditional"]
 DELETE_MODES: tuple[DeleteMode, ...] = ("auto", "conditional", "unconditional")
@@ -39,7 +39,7 @@ def releases_by_tombstone(store: Store) -> bool:
     return delete_mode(store) == "unconditional"
 
 
-class UnconditionalDeletes:
+class UnconditionalDeletes(Delegating):
     """Wraps a store whose DELETE cannot carry ``If-Match``; see the module docstring."""
 
     delete_mode: DeleteMode = "unconditional"
@@ -52,11 +52,6 @@ class UnconditionalDeletes:
 
     def __repr__(self) -> str:
         return f"UnconditionalDeletes({self.inner!r})"
-
-    def __getattr__(self, name: str) -> Any:  # bucket, client, create_bucket, counts...
-        if name == "inner":  # not set yet (copy, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def capability_source(self) -> Store:
         """What the capability check probes: the wrapped store itself."""
@@ -73,24 +68,3 @@ class UnconditionalDeletes:
         if info.etag != if_match:
             raise PreconditionFailed(f"conditional delete of {key!r} lost")
         self.inner.delete(key)
-
-    def get(self, key: str) -> StoredObject | None:
-        return self.inner.get(key)
-
-    def head(self, key: str) -> ObjectInfo | None:
-        return self.inner.head(key)
-
-    def put(self, key: str, body: bytes, *, if_match: str | None = None,
-            if_none_match: bool = False) -> str:
-        return self.inner.put(key, body, if_match=if_match, if_none_match=if_none_match)
-
-    def list(self, prefix: str, *, start_after: str | None = None, limit: int | None = None,
-             page_size: int = LIST_PAGE_SIZE) -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix, start_after=start_after, limit=limit,
-                               page_size=page_size)
-
-    def now(self) -> float:
-        return self.inner.now()
-
-    def close(self) -> None:
-        self.inner.close()

@@ -18,45 +18,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 from qo.errors import AccessDenied, NotSupported
-from qo.store.base import LIST_PAGE_SIZE, ObjectInfo, Page, Store, StoredObject, paginate
+from qo.store.base import LIST_PAGE_SIZE, ObjectInfo, Page, Store, paginate
+from qo.store.wrapper import Delegating
 
-
-class _Wrapper:
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.url = inner.url
-
-    def __getattr__(self, name: str) -> Any:  # counts, clock...
-        if name == "inner":  # not set yet (copy, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    def get(self, key: str) -> StoredObject | None:
-        return self.inner.get(key)
-
-    def head(self, key: str) -> ObjectInfo | None:
-        return self.inner.head(key)
-
-    def put(self, key: str, body: bytes, *, if_match: str | None = None,
-            if_none_match: bool = False) -> str:
-        return self.inner.put(key, body, if_match=if_match, if_none_match=if_none_match)
-
-    def delete(self, key: str, *, if_match: str | None = None) -> None:
-        self.inner.delete(key, if_match=if_match)
-
-    def list(self, prefix: str, *, start_after: str | None = None, limit: int | None = None,
-             page_size: int = LIST_PAGE_SIZE) -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix, start_after=start_after, limit=limit,
-                               page_size=page_size)
-
-    def now(self) -> float:
-        return self.inner.now()
-
-    def close(self) -> None:
-        self.inner.close()
+_Wrapper = Delegating
 
 
 class RefusesConditionalDelete(_Wrapper):
