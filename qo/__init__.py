@@ -1,7 +1,7 @@
 """qo: a serverless task queue whose only infrastructure is an object store."""
 
 from qo.app import App, Fatal, TaskFunction
-from qo.context import Context
+from qo.context import Context, StopReason
 from qo.errors import QoError
 from qo.models import RetryPolicy, Status
 from qo.queue import Queue, TaskCancelled, TaskFailed, TaskHandle
@@ -18,6 +18,7 @@ __all__ = [
     "RetryPolicy",
     "Settings",
     "Status",
+    "StopReason",
     "SubmitRequest",
     "TaskCancelled",
     "TaskFailed",

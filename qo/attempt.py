@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from qo import outcome, records
 from qo.app import App, TaskDef
 from qo.claim import Claim
-from qo.context import Context
+from qo.context import Context, StopReason
 from qo.errors import PreconditionFailed, QoError, StoreError
 from qo.health import StoreHealth
 from qo.heartbeat import MAX_BACKOFF, LeaseKeeper, Renewal
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qo.worker")
 T = TypeVar("T")
-SHUTTING_DOWN = "worker shutting down"
+SHUTTING_DOWN = StopReason.SHUTTING_DOWN
 
 
 class TaskTimeout(Exception):
@@ -134,7 +134,7 @@ class Attempts:
             with self._lock:
                 self._running.pop(record.id, None)
             if not running.done.is_set():  # handed back, timed out, lost: tell it to stop
-                ctx.cancel("the worker stopped waiting for it")
+                ctx.cancel(StopReason.ABANDONED)
         try:
             self._finish(running, definition, extra | {"seconds": round(time.monotonic() - started, 3)})
         finally:
@@ -165,13 +165,13 @@ class Attempts:
             if ctx.deadline is not None:
                 waits.append(ctx.deadline - now)
             running.done.wait(max(0.0, min(waits)))
-            if running.done.is_set() or ctx.cancel_reason in ("cancelled", "lease lost"):
+            if running.done.is_set() or ctx.cancel_reason in (StopReason.CANCELLED, StopReason.LEASE_LOST):
                 return  # (a heartbeat the handler made itself can find these)
             if self._abort.is_set():
                 ctx.cancel(SHUTTING_DOWN)
                 return
             if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
-                ctx.cancel("timeout")
+                ctx.cancel(StopReason.TIMEOUT)
                 return
             if keeper.due() and not self._heartbeat(running):
                 return
@@ -187,7 +187,7 @@ class Attempts:
         claim = running.claim
         renewal = running.keeper.renew()
         if renewal is Renewal.LOST:
-            running.ctx.cancel("lease lost")
+            running.ctx.cancel(StopReason.LEASE_LOST)
             return False
         if renewal is Renewal.FAILED:
             assert running.keeper.last_error is not None
@@ -200,7 +200,7 @@ class Attempts:
             return True
         if current is None or current.record.status == Status.CANCELLED:
             running.seen_cancelled = current
-            running.ctx.cancel("cancelled")
+            running.ctx.cancel(StopReason.CANCELLED)
             return False
         return True
 
@@ -216,13 +216,13 @@ class Attempts:
                 self._count("released")
                 log.info("task %s released", claim.task_id, extra={"event": "task_released", **extra})
                 return
-            if ctx.cancel_reason == "timeout" and running.capped:
+            if ctx.cancel_reason == StopReason.TIMEOUT and running.capped:
                 running.error = self.options.deadline_error(
                     "the handler ran into the worker's deadline; give the task a timeout "
                     "that fits, or give the worker more time")
-            elif ctx.cancel_reason == "timeout":
+            elif ctx.cancel_reason == StopReason.TIMEOUT:
                 running.error = TaskTimeout(f"timed out after {running.timeout:g} s")
-            elif ctx.cancel_reason == "cancelled":
+            elif ctx.cancel_reason == StopReason.CANCELLED:
                 self._cancelled(running, "the handler was told to stop", extra)
                 return
             else:  # the lease was lost (or the attempt was abandoned)

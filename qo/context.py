@@ -6,6 +6,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class StopReason(StrEnum):
+    """Why the worker stopped waiting for a handler (``ctx.cancel_reason``).
+
+    A ``StrEnum``: it compares equal to its string, so ``ctx.cancel_reason ==
+    "timeout"`` keeps working.
+    """
+
+    CANCELLED = "cancelled"  # the task was cancelled
+    TIMEOUT = "timeout"  # its deadline passed
+    LEASE_LOST = "lease lost"  # taken over, or expired during a store outage
+    SHUTTING_DOWN = "worker shutting down"  # handed back after the grace period
+    ABANDONED = "the worker stopped waiting for it"  # the worker is exiting
 
 
 @dataclass
@@ -13,10 +28,7 @@ class Context:
     """Per-attempt facts and controls for a handler.
 
     ``cancelled`` is set whenever the worker stops waiting for the handler,
-    with ``cancel_reason`` saying why: ``"cancelled"`` (the task was
-    cancelled), ``"timeout"`` (its deadline passed), ``"lease lost"`` (taken
-    over, or expired during a store outage), ``"worker shutting down"`` (handed
-    back after the grace period). Whatever the handler returns after that is
+    with ``cancel_reason`` (a ``StopReason``) saying why. Whatever the handler returns after that is
     dropped, so long handlers should check ``ctx.is_cancelled()`` (or wait on
     ``ctx.cancelled``) and stop early; one that is still running when the
     worker process ends is abandoned (``qo worker`` exits with code 3).
@@ -32,7 +44,7 @@ class Context:
     max_attempts: int
     deadline: float | None  # time.monotonic() value, or None for no timeout
     cancelled: threading.Event = field(default_factory=threading.Event)
-    cancel_reason: str | None = None
+    cancel_reason: StopReason | None = None
     _heartbeat: Callable[[], bool] | None = field(default=None, repr=False)
 
     def is_cancelled(self) -> bool:
@@ -49,7 +61,7 @@ class Context:
             return True
         return self._heartbeat()
 
-    def cancel(self, reason: str) -> None:
+    def cancel(self, reason: StopReason) -> None:
         if not self.cancelled.is_set():
             self.cancel_reason = reason
             self.cancelled.set()

@@ -190,3 +190,23 @@ def test_eight_workers_run_each_of_1000_tasks_exactly_once(backend, request, tmp
     assert [v.status for v in queue.ls(limit=5)] == [Status.SUCCEEDED] * 5
     assert queue.stats() == {}
     assert sum(w.claimer.stats.claims for w in workers) == n  # the conflict share: bench/
+
+
+def test_a_timed_out_handler_sees_a_stop_reason_that_is_also_its_string() -> None:
+    from qo.context import StopReason
+
+    queue = Queue(MemoryStore())
+    app = App(queue)
+    seen: list[object] = []
+
+    @app.task(timeout=0.2, max_attempts=1)
+    def slow(ctx) -> None:
+        ctx.cancelled.wait(30)  # set by the worker when the timeout passes
+        seen.append(ctx.cancel_reason)
+
+    task = queue.submit("slow", None)
+    worker = Worker(app, queue, WorkerOptions(concurrency=1, cancel_wait=30))
+    assert worker.run_once()
+    wait_for(lambda: bool(seen))
+    assert seen == [StopReason.TIMEOUT] and seen[0] == "timeout"
+    assert queue.get(task.id).record.error.type == "TaskTimeout"
