@@ -26,9 +26,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from qo.errors import ErrorKind, PreconditionFailed, QoError
-from qo.hooks import Kind
+from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import CorruptRecord, dumps, loads
-from qo.queue import Queue
 from qo.schedule_model import (
     MAX_DECIDE,
     MAX_UNCONFIRMED,
@@ -44,6 +43,8 @@ from qo.schedule_model import (
     slot_task_id,
     trim_history,
 )
+from qo.settings import Settings
+from qo.store.base import Store
 from qo.submit import IdempotencyConflict, Prepared, prepare, submit_prepared
 
 log = logging.getLogger("qo.scheduler")
@@ -168,9 +169,10 @@ class Firer:
     unchanged schedule is not read again), and large inputs by their key.
     """
 
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-        self.store = queue.store
+    def __init__(self, store: Store, settings: Settings, hooks: Hooks = NO_HOOKS) -> None:
+        self.store = store
+        self.settings = settings
+        self.hooks = hooks
         self._docs: dict[str, Loaded] = {}
         self._inputs: dict[str, Any] = {}
         self._unreadable: list[str] = []
@@ -225,7 +227,7 @@ class Firer:
     def _prepare(self, sched: Schedule, slot: float, kind: str, now: float) -> Prepared:
         """The slot's task, validated and built (everything that can refuse it)."""
         value = load_input(self.store, sched, self._inputs)
-        return prepare(slot_request(sched, slot, kind, value), self.queue.settings, now)
+        return prepare(slot_request(sched, slot, kind, value), self.settings, now)
 
     def _fire_one(self, name: str, report: FireReport) -> None:
         for _ in range(5):
@@ -266,14 +268,14 @@ class Firer:
         failure: str | None = None
         for entry, p in zip(entries, prepared, strict=True):
             try:
-                submit_prepared(self.store, p, self.queue.settings, now, hooks=self.queue.hooks)
+                submit_prepared(self.store, p, self.settings, now, hooks=self.hooks)
             except IdempotencyConflict:
                 pass  # the slot's task exists, submitted under an earlier definition
             except QoError as exc:
                 failure = _one_line(exc)
                 break
             done.add(entry.task_id)
-            self.queue.hooks.emit(Kind.SLOT_FIRED, entry.task_id, queue=p.record.queue,
+            self.hooks.emit(Kind.SLOT_FIRED, entry.task_id, queue=p.record.queue,
                                   task_type=p.record.type, schedule=name, slot=entry.slot,
                                   repaired=kind != "fired")
             if kind == "fired":
@@ -332,17 +334,5 @@ class Firer:
             self._docs[name] = Loaded(loads(Schedule, obj.body, name), obj.etag)
 
 
-def fire_due(queue: Queue) -> FireReport:
-    """Fire every due schedule once (sweeps, workers and the Lambda sweeper call this).
-
-    The Firer lives on the Queue object, so a warm process keeps its etag cache.
-    """
-    firer = getattr(queue, "_firer", None)
-    if firer is None:
-        firer = Firer(queue)
-        queue._firer = firer  # type: ignore[attr-defined]
-    return firer.fire_due()
-
-
-__all__ = ["FireReport", "Firer", "SlotNotFired", "count_slots", "fire_due", "newest_slots",
+__all__ = ["FireReport", "Firer", "SlotNotFired", "count_slots", "newest_slots",
            "slot_task_id", "slots_to_fire"]

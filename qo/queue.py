@@ -10,6 +10,7 @@ from typing import Any
 from qo import admin, audit, records, sweep
 from qo.admin import TaskView
 from qo.errors import ErrorKind, QoError
+from qo.firing import Firer, FireReport
 from qo.hooks import Hooks
 from qo.models import Status, TaskRecord
 from qo.settings import Settings
@@ -113,6 +114,7 @@ class Queue:
         #: Lifecycle events of what this Queue (and workers built on it) decides.
         self.hooks = Hooks()
         self._store_checked = False
+        self._firer: Firer | None = None
 
     def check_store(self) -> Queue:
         """Refuse a store that cannot keep qo's guarantees; once per Queue.
@@ -188,13 +190,20 @@ class Queue:
     def resume(self, queue: str) -> None:
         admin.resume(self.store, queue)
 
+    def fire_schedules(self) -> FireReport:
+        """Fire every due schedule once (sweeps, workers and the Lambda sweeper call this).
+
+        The Firer lives on this Queue, so a warm process keeps its etag cache.
+        """
+        if self._firer is None:
+            self._firer = Firer(self.store, self.settings, self.hooks)
+        return self._firer.fire_due()
+
     def sweep(self, owner: str = "sweeper", schedules: bool = True) -> sweep.SweepReport:
         """Fire due schedules, promote due tasks, reap expired leases and audit, once."""
         report = sweep.SweepReport()
         if schedules:
-            from qo.scheduler import fire_due  # the scheduler builds on Queue
-
-            fired = fire_due(self)
+            fired = self.fire_schedules()
             report.fired = len(fired.fired) + len(fired.repaired)
             report.next_due = fired.next_slot
             report.errors += fired.errors  # a due slot that could not fire is an error

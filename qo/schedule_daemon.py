@@ -24,7 +24,8 @@ class SchedulerDaemon:
     """
 
     def __init__(self, queue: Queue, refresh: float = 60.0) -> None:
-        self.firer = Firer(queue)
+        queue.check_store()  # refuse a store that cannot keep qo's guarantees
+        self.firer = Firer(queue.store, queue.settings, queue.hooks)
         self.queue = queue
         self.refresh = refresh
         self.rounds = 0

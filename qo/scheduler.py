@@ -20,7 +20,7 @@ from typing import Any
 
 from qo.cron import InvalidSchedule, parse_duration, zone
 from qo.errors import ErrorKind, PreconditionFailed, QoError, StoreError
-from qo.firing import Firer, FireReport, SlotNotFired, fire_due, slots_to_fire
+from qo.firing import Firer, FireReport, SlotNotFired, slots_to_fire
 from qo.models import CorruptRecord, dumps, loads
 from qo.names import check_name
 from qo.queue import Queue
@@ -283,10 +283,20 @@ def trigger(queue: Queue, name: str) -> str:
     return task_id
 
 
+def firer(queue: Queue) -> Firer:
+    """A new Firer for this queue's store, settings and hooks (its own etag cache)."""
+    return Firer(queue.store, queue.settings, queue.hooks)
+
+
+def fire_due(queue: Queue) -> FireReport:
+    """Fire every due schedule once, with the Firer the queue keeps (``Queue.fire_schedules``)."""
+    return queue.fire_schedules()
+
+
 __all__ = [
     "HISTORY", "KEY_SCOPE", "MAX_UNCONFIRMED", "SETTLE", "SLOT_KEY_RETENTION", "CatchUp",
     "FireReport", "Firer", "HistoryEntry", "InvalidSchedule", "Loaded", "Saved", "Schedule",
     "ScheduleExists", "ScheduleNotFound", "SchedulerDaemon", "SlotNotFired", "Unreadable", "add",
-    "check", "exists", "fire_due", "list_schedules", "load", "pause", "remove", "resume", "save",
+    "check", "exists", "fire_due", "firer", "list_schedules", "load", "pause", "remove", "resume", "save",
     "scan", "schedule_key", "slot_task_id", "slot_task_key", "slots_to_fire", "trigger",
 ]

@@ -50,13 +50,13 @@ def test_a_slot_decided_by_a_dying_firer_of_a_1s_schedule_is_repaired() -> None:
     queue, clock, store = setup()
     scheduler.add(queue, "fast", "t", every="1s")
     faulty = FaultyStore(store)
-    dying = scheduler.Firer(Queue(faulty))
+    dying = scheduler.firer(Queue(faulty))
     faulty.inject("put", "before", key_prefix="ready/", times=100)  # dies right after the CAS
     clock.advance(1)
     assert dying.fire_due().fired == []
     lost = scheduler.load(queue, "fast").schedule.history[0]
     assert lost.submitted is False
-    survivor = scheduler.Firer(queue)
+    survivor = scheduler.firer(queue)
     for _ in range(int(SETTLE) + 5):  # 35 more slots: far more than the 20 confirmed kept
         clock.advance(1)
         survivor.fire_due()
@@ -70,8 +70,8 @@ def test_an_ambiguous_decide_write_on_a_1s_schedule_loses_no_slot() -> None:
     queue, clock, store = setup()
     scheduler.add(queue, "fast", "t", every="1s")
     faulty = FaultyStore(store)
-    firer = scheduler.Firer(Queue(faulty))
-    other = scheduler.Firer(queue)
+    firer = scheduler.firer(Queue(faulty))
+    other = scheduler.firer(queue)
     for second in range(90):
         clock.advance(1)
         if second % 15 == 3:  # the decide CAS lands, its response is lost
@@ -92,7 +92,7 @@ def test_unconfirmed_entries_are_bounded_and_reported_when_submits_keep_failing(
     queue, clock, store = setup()
     scheduler.add(queue, "fast", "t", every="1s")
     faulty = FaultyStore(store)
-    firer = scheduler.Firer(Queue(faulty))
+    firer = scheduler.firer(Queue(faulty))
     faulty.inject("put", "before", key_prefix="ready/", times=10**6)  # no submit ever lands
     for _ in range(MAX_UNCONFIRMED // MAX_DECIDE + 3):
         clock.advance(MAX_DECIDE)  # each round decides 20 on-time slots
@@ -126,7 +126,7 @@ def test_catch_up_three_days_late_on_a_1s_schedule(policy: str, limit: int,
                   misfire_grace=0)
     clock.advance(THREE_DAYS + 0.5)  # every slot is missed, the newest half a second ago
     now = clock()
-    firer = scheduler.Firer(queue)
+    firer = scheduler.firer(queue)
     report = firer.fire_due()
     newest = START + THREE_DAYS
     assert sorted(s for _, s, _ in report.fired) == sorted(newest - k for k in expected)
@@ -140,7 +140,7 @@ def test_catch_up_within_the_misfire_grace_fires_only_recent_slots() -> None:
     queue, clock, _ = setup()
     scheduler.add(queue, "fast", "t", every="1s", catchup="latest")  # 120 s of grace
     clock.advance(THREE_DAYS)
-    report = scheduler.Firer(queue).fire_due()
+    report = scheduler.firer(queue).fire_due()
     slots = sorted(s for _, s, _ in report.fired)
     assert len(slots) == MAX_DECIDE and slots[-1] == clock()
     assert all(clock() - s <= 120 for s in slots)  # on time; nothing hours old
@@ -227,7 +227,7 @@ def crash_and_check(seed: int) -> None:
     scheduler.add(queue, "fast", "t", every="1s")
     scheduler.add(queue, "seven", "t", every="7s")
     faulty = [FaultyStore(store, seed=rng.randrange(2**32)) for _ in range(3)]
-    firers = [scheduler.Firer(Queue(f)) for f in faulty]
+    firers = [scheduler.firer(Queue(f)) for f in faulty]
     for _ in range(60):
         clock.advance(1)
         for i in rng.sample(range(3), 3):
@@ -238,7 +238,7 @@ def crash_and_check(seed: int) -> None:
             firers[i].fire_due()
             faulty[i].clear()
             if rng.random() < 0.1:  # a crash: the process and its cache are gone
-                firers[i] = scheduler.Firer(Queue(faulty[i]))
+                firers[i] = scheduler.firer(Queue(faulty[i]))
     end = 60 + int(SETTLE) + 1
     for _ in range(end - 60):  # fault-free rounds until every unconfirmed slot settled
         clock.advance(1)

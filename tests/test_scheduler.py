@@ -33,7 +33,7 @@ def fired_slots(store, name: str) -> list[str]:
 def test_a_new_schedule_fires_at_its_next_slot_not_now() -> None:
     queue, clock, _ = setup()
     scheduler.add(queue, "tick", "t", every="5m")
-    firer = scheduler.Firer(queue)
+    firer = scheduler.firer(queue)
     assert firer.fire_due().fired == []
     clock.advance(299)
     assert firer.fire_due().fired == []
@@ -49,7 +49,7 @@ def test_each_slot_fires_once_across_many_firers() -> None:
     queue, clock, store = setup()
     scheduler.add(queue, "every-minute", "t", cron="* * * * *", input={"a": 1})
     scheduler.add(queue, "five", "t", every="5m")
-    firers = [scheduler.Firer(Queue(store)) for _ in range(6)]
+    firers = [scheduler.firer(Queue(store)) for _ in range(6)]
     fired = []
     for _ in range(60):
         clock.advance(60)
@@ -82,7 +82,7 @@ def test_catch_up_after_an_outage(policy: str, expected: list[int]) -> None:
     queue, clock, _ = setup()
     scheduler.add(queue, "hourly", "t", every="1h", catchup=policy, catchup_limit=5)
     clock.advance(10 * 3600 + 600)  # ten slots missed, the last one 10 minutes ago
-    report = scheduler.Firer(queue).fire_due()
+    report = scheduler.firer(queue).fire_due()
     assert sorted(s for _, s, _ in report.fired) == [START + 3600 * i for i in expected]
     sched = scheduler.load(queue, "hourly").schedule
     assert sched.next_slot == START + 11 * 3600
@@ -93,14 +93,14 @@ def test_slots_within_the_misfire_grace_still_fire_under_policy_none() -> None:
     queue, clock, _ = setup()
     scheduler.add(queue, "m", "t", every="1h", misfire_grace=120)
     clock.advance(3600 + 90)  # the sweeper is 90 s late
-    assert len(scheduler.Firer(queue).fire_due().fired) == 1
+    assert len(scheduler.firer(queue).fire_due().fired) == 1
 
 
 def test_a_firer_killed_between_deciding_and_submitting_is_repaired_once() -> None:
     queue, clock, store = setup()
     scheduler.add(queue, "job", "t", every="1m")
     faulty = FaultyStore(store)
-    dying = scheduler.Firer(Queue(faulty))
+    dying = scheduler.firer(Queue(faulty))
     faulty.inject("put", "before", key_prefix="ready/", times=100)  # dies right after the CAS
     clock.advance(60)
     assert dying.fire_due().fired == []  # it decided the slot, then its submit failed
@@ -108,7 +108,7 @@ def test_a_firer_killed_between_deciding_and_submitting_is_repaired_once() -> No
     history = scheduler.load(queue, "job").schedule.history
     assert len(history) == 1  # the slot was decided...
     assert history[0].submitted is False  # ...but never confirmed
-    other = scheduler.Firer(queue)
+    other = scheduler.firer(queue)
     assert other.fire_due().repaired == []  # too young: its firer may still be submitting
     clock.advance(scheduler.SETTLE)
     report = other.fire_due()
@@ -117,7 +117,7 @@ def test_a_firer_killed_between_deciding_and_submitting_is_repaired_once() -> No
     assert [o.key for o in store.list("tasks/")] == [f"tasks/{history[0].task_id}.json"]
     # once confirmed, a deleted task (retention, dlq purge) is never submitted again
     store.delete(f"tasks/{history[0].task_id}.json")
-    assert scheduler.Firer(queue).fire_due().repaired == []
+    assert scheduler.firer(queue).fire_due().repaired == []
     assert list(store.list("tasks/")) == []
 
 
@@ -126,7 +126,7 @@ def test_pause_resume_trigger_replace_and_remove() -> None:
     scheduler.add(queue, "s", "t", every="1m")
     scheduler.pause(queue, "s")
     clock.advance(600)
-    firer = scheduler.Firer(queue)
+    firer = scheduler.firer(queue)
     assert firer.fire_due().fired == []
     scheduler.resume(queue, "s")
     assert firer.fire_due().fired == []  # slots missed while paused are skipped
@@ -171,9 +171,9 @@ def test_a_skewed_local_clock_does_not_matter(monkeypatch: pytest.MonkeyPatch) -
     queue, clock, _ = setup()
     scheduler.add(queue, "s", "t", every="1h")
     monkeypatch.setattr("time.time", lambda: START + 10 * 86400)  # this machine is 10 days ahead
-    assert scheduler.Firer(queue).fire_due().fired == []
+    assert scheduler.firer(queue).fire_due().fired == []
     clock.advance(3600)
-    assert len(scheduler.Firer(queue).fire_due().fired) == 1
+    assert len(scheduler.firer(queue).fire_due().fired) == 1
 
 
 @pytest.mark.slow
@@ -190,7 +190,7 @@ def test_four_schedulers_on_a_moto_server_fire_every_slot_once(s3_server) -> Non
     stores = [ClockedStore(S3Store(bucket, "q", endpoint_url=s3_server.endpoint_url), clock)
               for _ in range(4)]
     killer = FaultyStore(stores[0])  # scheduler 0 dies after deciding, now and then
-    firers = [scheduler.Firer(Queue(killer))] + [scheduler.Firer(Queue(s)) for s in stores[1:]]
+    firers = [scheduler.firer(Queue(killer))] + [scheduler.firer(Queue(s)) for s in stores[1:]]
     for minute in range(30):
         clock.advance(60)
         if minute % 7 == 0:

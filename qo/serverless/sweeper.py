@@ -6,7 +6,7 @@ reported, the rest still run):
 1. **Sweep** (``Queue.sweep``): promote due delayed tasks and retries, and reap
    expired leases. Both write ready markers, whose "object created" events
    start the worker: the sweeper triggers that work without invoking anything.
-2. **Schedules**: fire due cron schedules (``qo.scheduler.fire_due``), when
+2. **Schedules**: fire due cron schedules (``Queue.fire_schedules``), when
    this version of qo has them.
 3. **Retention** (``qo.retention``): delete finished tasks older than
    ``QO_RETENTION_DAYS`` (default 7; 0 disables), a bounded number per run.
@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from qo import firing, keys
+from qo import keys
 from qo.keys import parse_ready_key
 from qo.queue import Queue
 from qo.retention import run_retention
@@ -41,7 +41,7 @@ log = logging.getLogger("qo.serverless.sweeper")
 
 _lambda_client: Any = None
 #: Fires due schedules in the sweeper's own step (a module attribute, so tests replace it).
-fire_schedules: Callable[[Queue], Any] = firing.fire_due
+fire_schedules: Callable[[Queue], Any] = Queue.fire_schedules
 
 
 def plain(value: Any) -> Any:
