@@ -37,7 +37,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from qo import cursor, index, keys, leases, records
+from qo import cursor, fleet, index, keys, leases, records
 from qo.errors import PreconditionFailed, StoreError
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import WAITING, CorruptRecord, TaskRecord
@@ -50,8 +50,9 @@ DEFAULT_BUDGET = 500
 DEFAULT_INTERVAL = 86_400.0
 #: Records written more recently than this are not judged (transitions in flight).
 GRACE = 300.0
-#: A worker heartbeat record untouched this long belongs to a worker that is gone.
-WORKER_GONE = 3600.0
+#: A worker heartbeat record untouched this long belongs to a worker that is gone
+#: (an hour: well past the point where ``qo.fleet`` stops counting it as live).
+WORKER_GONE = 4 * fleet.STALE_AFTER
 
 
 @dataclass
@@ -71,17 +72,20 @@ def is_stranded(store: Store, record: TaskRecord) -> bool:
         return False
     if store.head(keys.lease_key(record.queue, record.id)) is not None:
         return False
+    return not _has_marker(store, record)
+
+
+def _has_marker(store: Store, record: TaskRecord) -> bool:
+    """Does the record's ready or delayed marker exist? (1-2 HEAD)"""
     m = index.marker_of(record)
-    return store.head(m.ready_key) is None and store.head(m.delayed_key) is None
+    return store.head(m.ready_key) is not None or store.head(m.delayed_key) is not None
 
 
-def repair(store: Store, settings: Settings, task_id: str, owner: str, now: float,
+def repair(store: Store, settings: Settings, record: TaskRecord, owner: str, now: float,
            *, hooks: Hooks = NO_HOOKS) -> bool:
-    """Index a stranded task again, under an admin lease; True if it was repaired."""
-    current = records.read(store, task_id)
-    if current is None:
-        return False
-    queue = current.record.queue
+    """Index a stranded task (``record`` as last read) again, under an admin lease;
+    True if it was repaired."""
+    task_id, queue = record.id, record.queue
     held = leases.acquire(store, queue, task_id, owner=owner, kind="admin",
                           seconds=settings.repair_lease_seconds, now=now)
     if held is None:
@@ -90,8 +94,7 @@ def repair(store: Store, settings: Settings, task_id: str, owner: str, now: floa
         current = records.read(store, task_id)  # the truth, under the lease
         if current is None or current.record.status not in WAITING:
             return False
-        m = index.marker_of(current.record)
-        if store.head(m.ready_key) is not None or store.head(m.delayed_key) is not None:
+        if _has_marker(store, current.record):
             return False
         key = index.ensure_indexed(store, current.record, now)
         log.error("task %s was waiting with no marker and no lease; indexed it again at %s",
@@ -111,12 +114,11 @@ def scan(
     fix: bool = False,
     owner: str = "audit",
     now: float | None = None,
-    report: AuditReport | None = None,
     hooks: Hooks = NO_HOOKS,
 ) -> tuple[AuditReport, str | None, int]:
     """Check up to ``limit`` records after ``start_after``; (report, last key, keys listed)."""
     now = store.now() if now is None else now
-    report = report or AuditReport()
+    report = AuditReport()
     last, listed = None, 0
     for info in store.list(keys.TASKS, start_after=start_after, limit=limit):
         listed += 1
@@ -130,7 +132,7 @@ def scan(
             if current is None or not is_stranded(store, current.record):
                 continue
             report.stranded.append(task_id)
-            if fix and repair(store, settings, task_id, owner, now, hooks=hooks):
+            if fix and repair(store, settings, current.record, owner, now, hooks=hooks):
                 report.repaired += 1
         except (StoreError, CorruptRecord) as exc:
             report.errors.append(f"{info.key}: {exc}")

@@ -331,7 +331,7 @@ class Claimer:
             return None
         if not record.claimable(now + CLOCK_TOLERANCE):
             self._tidy(info, record, now)
-            self._skip_for(info.key, self._backoff(info.key))  # in case it could not be deleted
+            self._skip_for(info.key, self._backoff(info.key))  # its delete may have lost a race
             held.release(self.store)
             self._count_stale(marker.queue)
             return None

@@ -138,7 +138,7 @@ def take_over_released(store: Store, key: str, lease: Lease, now: float) -> Held
             current = loads(Lease, obj.body, f"lease {key}")
         except CorruptRecord:
             return None  # the reaper parks unreadable leases
-        if current.kind != RELEASED or not expired(current, obj.last_modified, now):
+        if not is_released(current) or not expired(current, obj.last_modified, now):
             return None
         etag = put_checked(store, key, dumps(lease), if_match=obj.etag)
     except PreconditionFailed:

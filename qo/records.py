@@ -55,8 +55,10 @@ def body(record: TaskRecord) -> bytes:
     return dumps(record.model_copy(update={"rev": new_token()}))
 
 
-def create(store: Store, record: TaskRecord) -> str:
-    return put_checked(store, keys.task_key(record.id), body(record), if_none_match=True)
+def create(store: Store, record: TaskRecord, encoded: bytes | None = None) -> str:
+    """Create-only PUT of the record; ``encoded``: its ``body`` if already built."""
+    return put_checked(store, keys.task_key(record.id), encoded or body(record),
+                       if_none_match=True)
 
 
 def replace(store: Store, record: TaskRecord, etag: str) -> str:

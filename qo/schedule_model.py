@@ -34,7 +34,7 @@ from qo.names import check_name
 from qo.store.base import Store
 from qo.submit import SubmitRequest
 
-PREFIX = "schedules/"
+PREFIX = keys.SCHEDULES
 #: Confirmed history entries kept per schedule (the newest ones).
 HISTORY = 20
 #: At most this many slots are decided by one CAS.

@@ -133,11 +133,16 @@ class InvalidBatchItem(QoError):
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated request: its record and canonical input, built once, written later."""
+    """A validated request: its record and canonical input, built once, written later.
+
+    Write it once: ``body`` carries one fresh ``rev``, and a second write of the same
+    bytes would read back as this one's own (see qo/cas.py). Prepare again instead.
+    """
 
     req: SubmitRequest
     record: TaskRecord
     encoded_input: bytes
+    body: bytes  # the record's bytes for its create-only PUT (records.body)
 
 
 def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
@@ -174,10 +179,10 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
         **({"max_attempts": req.max_attempts} if "max_attempts" in req.model_fields_set else {}),
     )
     try:
-        records.body(record)  # anything that cannot be stored fails here, before any write
+        body = records.body(record)  # anything that cannot be stored fails here, before any write
     except (TypeError, ValueError) as exc:
         raise records.InvalidPayload(f"task of type {req.type!r} cannot be stored: {exc}") from None
-    return Prepared(req, record, encoded)
+    return Prepared(req, record, encoded, body)
 
 
 def prepare_batch(reqs: list[SubmitRequest], settings: Settings, now: float) -> list[Prepared]:
@@ -215,7 +220,7 @@ def submit_prepared(store: Store, prepared: Prepared, settings: Settings, now: f
     except PreconditionFailed:
         marker_etag = None  # an earlier submit of this id wrote it: it is not ours to delete
     try:
-        records.create(store, record)
+        records.create(store, record, prepared.body)
     except PreconditionFailed:
         done = _existing(store, record, req, settings, marker, marker_etag, now)
     else:
@@ -288,16 +293,6 @@ def _replace_expired(
         return False
     finally:
         held.release(store)
-
-
-def submit_many(
-    store: Store, reqs: list[SubmitRequest], settings: Settings, *, hooks: Hooks = NO_HOOKS
-) -> list[Submitted]:
-    """Validate every request, then submit them concurrently (InvalidBatchItem if one is bad)."""
-    if not reqs:
-        return []
-    now = store.now()
-    return submit_all(store, prepare_batch(reqs, settings, now), settings, now, hooks=hooks)
 
 
 def submit_all(

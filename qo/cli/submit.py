@@ -190,7 +190,7 @@ def _submit_batch(queue: Queue, app: App | None, items: list[dict[str, Any]]) ->
     with common.progress(len(prepared), "submitting") as advance:
         for start in range(0, len(prepared), BATCH_CHUNK):
             chunk = prepared[start : start + BATCH_CHUNK]
-            done = submit_all(queue.store, chunk, queue.settings, now)
+            done = submit_all(queue.store, chunk, queue.settings, now, hooks=queue.hooks)
             handles += [TaskHandle(queue, d.id, d.created) for d in done]
             advance(len(chunk))
     return handles

@@ -225,7 +225,8 @@ def post_task(rt: Runtime, req: Request) -> tuple[int, Any]:
     now = rt.queue.store.now()
     prepared = prepare(submit, rt.queue.settings, now)  # refuse before any write
     rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
-    done = submit_prepared(rt.queue.store, prepared, rt.queue.settings, now)
+    done = submit_prepared(rt.queue.store, prepared, rt.queue.settings, now,
+                           hooks=rt.queue.hooks)
     body = {"id": done.id, "created": done.created, "status": done.status.value}
     return (201 if done.created else 200), body
 
@@ -250,7 +251,7 @@ def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
     except InvalidBatchItem as exc:  # of the kind of the item's error
         raise HttpError.of(exc.kind, f"tasks[{exc.index}]: {exc.error}") from None
     rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
-    done = submit_all(rt.queue.store, prepared, settings, now)
+    done = submit_all(rt.queue.store, prepared, settings, now, hooks=rt.queue.hooks)
     rows = [{"id": d.id, "created": d.created, "status": d.status.value} for d in done]
     return (201 if any(d.created for d in done) else 200), {"tasks": rows}
 
