@@ -10,12 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 from qo.testing.clock import ClockedStore, FakeClock
 from qo.testing.drain import all_terminal, drain
 
-__all__ = ["ClockedStore", "FakeClock", "Runs", "all_terminal", "drain", "sigterm_when_ready",
-           "wait_for"]
+__all__ = ["ClockedStore", "FakeClock", "Runs", "all_terminal", "api_call", "drain",
+           "sigterm_when_ready", "wait_for"]
 
 
 class Runs:
@@ -58,3 +59,18 @@ def sigterm_when_ready(cmd: list[str], env: dict[str, str], ready: str, cwd) -> 
             proc.kill()
             proc.wait(10)
     return proc.returncode, out, err
+
+
+def api_call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    """Call the HTTP API handler with a Function URL event; (status, JSON body), never a traceback."""
+    import json
+
+    from qo.serverless import api
+
+    event: dict[str, Any] = {"requestContext": {"http": {"method": method, "path": path}},
+                             "rawPath": path}
+    if body is not None:
+        event["body"] = json.dumps(body)
+    response = api.handler(event)
+    assert "Traceback" not in response["body"]
+    return response["statusCode"], json.loads(response["body"])

@@ -7,7 +7,6 @@ reason, since retrying cannot help. An unreachable endpoint is 503
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -16,21 +15,12 @@ import pytest
 
 from qo import serverless
 from qo.queue import Queue
-from qo.serverless import api
 from qo.store.memory import MemoryStore
 from qo.store.s3 import S3Store
 
+from .helpers import api_call as call
+
 pytestmark = pytest.mark.timeout(120)
-
-
-def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    event: dict[str, Any] = {"requestContext": {"http": {"method": method, "path": path}},
-                             "rawPath": path}
-    if body is not None:
-        event["body"] = json.dumps(body)
-    response = api.handler(event)
-    assert "Traceback" not in response["body"]
-    return response["statusCode"], json.loads(response["body"])
 
 
 @pytest.fixture(autouse=True)

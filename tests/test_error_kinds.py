@@ -43,6 +43,7 @@ from qo.settings import Settings
 from qo.store.s3 import S3Store
 from qo.submit import IdempotencyConflict, InvalidBatchItem
 
+from .helpers import api_call as call
 from .test_cli import qo as run_qo
 
 pytestmark = pytest.mark.timeout(120)
@@ -144,16 +145,6 @@ def _fresh_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     serverless.reset()
     yield
     serverless.reset()
-
-
-def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    event: dict[str, Any] = {"requestContext": {"http": {"method": method, "path": path}},
-                             "rawPath": path}
-    if body is not None:
-        event["body"] = json.dumps(body)
-    response = api.handler(event)
-    assert "Traceback" not in response["body"]
-    return response["statusCode"], json.loads(response["body"])
 
 
 @pytest.mark.parametrize("kind", list(ErrorKind), ids=lambda k: k.name)
