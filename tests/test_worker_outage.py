@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,53 +106,66 @@ def _lease_put_failures(store: FaultyStore) -> int:
     return sum(1 for op, _, key in list(store.injected) if op == "put" and key.startswith("leases/"))
 
 
-def test_an_outage_shorter_than_the_lease_loses_nothing() -> None:
+@dataclass
+class _Gated:
+    """A worker running one gated task on a FaultyStore; ``stop()`` opens the gate."""
+
+    store: FaultyStore
+    queue: Queue
+    gate: threading.Event
+    runs: Runs
+    seen: dict[str, Any]
+    handle: Any
+    worker: Worker
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.store.clear()
+        self.gate.set()
+        self.worker.stop()
+        self.thread.join(60)
+
+
+def _start_gated(lease_seconds: float) -> _Gated:
     store = FaultyStore(MemoryStore())
-    queue = Queue(store, Settings(lease_seconds=20))  # renewal due every 6.7 s
+    queue = Queue(store, Settings(lease_seconds=lease_seconds))
     gate, runs, seen = threading.Event(), Runs(), {}
     app = _gated_app(queue, gate, runs, seen)
     handle = queue.submit("gated")
     worker = Worker(app, queue, WorkerOptions(concurrency=1, poll_max=0.2))
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
+    return _Gated(store, queue, gate, runs, seen, handle, worker, thread)
+
+
+def test_an_outage_shorter_than_the_lease_loses_nothing() -> None:
+    g = _start_gated(20)  # renewal due every 6.7 s
     try:
-        wait_for(lambda: handle.status() == Status.RUNNING, timeout=60)
-        store.rates = {"before": 1.0}
+        wait_for(lambda: g.handle.status() == Status.RUNNING, timeout=60)
+        g.store.rates = {"before": 1.0}
         # two renewals fail (each is put_checked's 4 tries): the old worker gave up at one
-        wait_for(lambda: _lease_put_failures(store) >= 8, timeout=60)
-        store.clear()
-        gate.set()
-        assert handle.result(timeout=60) == "done"
+        wait_for(lambda: _lease_put_failures(g.store) >= 8, timeout=60)
+        g.store.clear()
+        g.gate.set()
+        assert g.handle.result(timeout=60) == "done"
     finally:
-        gate.set()
-        worker.stop()
-        thread.join(60)
-    record = queue.get(handle.id).record
-    assert runs.counts[handle.id] == 1 and record.attempt == 1 and not seen
-    assert worker.summary.succeeded == 1 and worker.summary.fenced == 0
+        g.stop()
+    record = g.queue.get(g.handle.id).record
+    assert g.runs.counts[g.handle.id] == 1 and record.attempt == 1 and not g.seen
+    assert g.worker.summary.succeeded == 1 and g.worker.summary.fenced == 0
 
 
 def test_an_outage_longer_than_the_lease_tells_the_handler_to_stop() -> None:
-    store = FaultyStore(MemoryStore())
-    queue = Queue(store, Settings(lease_seconds=4))
-    gate, runs, seen = threading.Event(), Runs(), {}
-    app = _gated_app(queue, gate, runs, seen)
-    handle = queue.submit("gated")
-    worker = Worker(app, queue, WorkerOptions(concurrency=1, poll_max=0.2))
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
+    g = _start_gated(4)
     try:
-        wait_for(lambda: handle.status() == Status.RUNNING, timeout=60)
-        store.rates = {"before": 1.0}
-        wait_for(lambda: handle.id in seen, timeout=60)  # not after the gate opens
-        wait_for(lambda: worker.summary.fenced == 1, timeout=60)
+        wait_for(lambda: g.handle.status() == Status.RUNNING, timeout=60)
+        g.store.rates = {"before": 1.0}
+        wait_for(lambda: g.handle.id in g.seen, timeout=60)  # not after the gate opens
+        wait_for(lambda: g.worker.summary.fenced == 1, timeout=60)
     finally:
-        store.clear()
-        gate.set()
-        worker.stop()
-        thread.join(60)
-    assert seen[handle.id] == "lease lost"
-    assert runs.counts[handle.id] == 1 and worker.summary.succeeded == 0
+        g.stop()
+    assert g.seen[g.handle.id] == "lease lost"
+    assert g.runs.counts[g.handle.id] == 1 and g.worker.summary.succeeded == 0
 
 
 def test_no_credentials_fail_fast_with_one_error_line(tmp_path: Path) -> None:
@@ -169,30 +183,20 @@ def test_no_credentials_fail_fast_with_one_error_line(tmp_path: Path) -> None:
 
 
 def test_an_outcome_write_that_fails_is_retried_while_the_lease_lives() -> None:
-    store = FaultyStore(MemoryStore())
-    queue = Queue(store, Settings(lease_seconds=20))
-    gate, runs, seen = threading.Event(), Runs(), {}
-    app = _gated_app(queue, gate, runs, seen)
-    handle = queue.submit("gated")
-    worker = Worker(app, queue, WorkerOptions(concurrency=1, poll_max=0.2))
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
+    g = _start_gated(20)
     record_puts = lambda: sum(
-        1 for op, _, key in list(store.injected) if op == "put" and key.startswith("tasks/"))
+        1 for op, _, key in list(g.store.injected) if op == "put" and key.startswith("tasks/"))
     try:
-        wait_for(lambda: handle.status() == Status.RUNNING, timeout=60)
-        store.rates = {"before": 1.0}
-        gate.set()  # the handler returns during the outage
+        wait_for(lambda: g.handle.status() == Status.RUNNING, timeout=60)
+        g.store.rates = {"before": 1.0}
+        g.gate.set()  # the handler returns during the outage
         wait_for(lambda: record_puts() >= 8, timeout=60)  # two rounds of put_checked's tries
-        store.clear()
-        assert handle.result(timeout=60) == "done"
+        g.store.clear()
+        assert g.handle.result(timeout=60) == "done"
     finally:
-        store.clear()
-        gate.set()
-        worker.stop()
-        thread.join(60)
-    assert runs.counts[handle.id] == 1 and queue.get(handle.id).record.attempt == 1
-    assert worker.summary.succeeded == 1
+        g.stop()
+    assert g.runs.counts[g.handle.id] == 1 and g.queue.get(g.handle.id).record.attempt == 1
+    assert g.worker.summary.succeeded == 1
 
 
 def test_an_outcome_that_landed_although_reported_failed_counts_as_recorded() -> None:
