@@ -14,7 +14,7 @@ from typing import Any
 from bench.backends import CountingStore
 from bench.scenarios import log
 from bench.workers import app
-from qo import keys
+from qo.protocol import keys
 from qo.queue import Queue
 from qo.store.memory import MemoryStore
 from qo.store.metrics import BILLABLE, PRICE_PER_REQUEST, RequestCounter

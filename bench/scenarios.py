@@ -25,15 +25,15 @@ from typing import Any
 from bench import report
 from bench.backends import Backend, Counts
 from bench.workers import TASK_TYPE, WorkerFleet, layout_groups
-from qo import keys
-from qo.claim import Claimer
 from qo.ids import new_task_id
 from qo.models import Status, TaskRecord, dumps
+from qo.protocol import keys
+from qo.protocol.claim import Claimer
+from qo.protocol.submit import SubmitRequest
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.memory import MemoryStore
 from qo.store.metrics import BILLABLE, PRICE_PER_REQUEST
-from qo.submit import SubmitRequest
 
 KINDS = ("PUT", "GET", "HEAD", "LIST", "DELETE")
 TASK_FAMILIES = ("tasks", "ready", "leases", "delayed", "dead", "payloads")

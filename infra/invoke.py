@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson
 
-from qo import keys
-from qo.keys import parse_ready_key
+from qo.protocol import keys
+from qo.protocol.keys import parse_ready_key
 from qo.serverless import runtime
 from qo.serverless.events import (
     KICK_EVENT,

@@ -4,9 +4,9 @@ from qo.app import App, Fatal, TaskFunction
 from qo.context import Context, StopReason
 from qo.errors import QoError
 from qo.models import RetryPolicy, Status
+from qo.protocol.submit import IdempotencyConflict, SubmitRequest
 from qo.queue import Queue, TaskCancelled, TaskFailed, TaskHandle
 from qo.settings import Settings
-from qo.submit import IdempotencyConflict, SubmitRequest
 
 __all__ = [
     "App",

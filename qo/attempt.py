@@ -20,15 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from qo import outcome, records
 from qo.app import App, TaskDef
-from qo.claim import Claim
 from qo.context import Context, StopReason
 from qo.errors import PreconditionFailed, QoError, StoreError
 from qo.health import StoreHealth
 from qo.heartbeat import MAX_BACKOFF, LeaseKeeper, Renewal
 from qo.hooks import Hooks
 from qo.models import ErrorInfo, Status, TaskRecord
+from qo.protocol import outcome, records
+from qo.protocol.claim import Claim
 from qo.settings import Settings
 from qo.store.base import Store
 

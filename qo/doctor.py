@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from qo import audit, fleet, keys, leases
 from qo.errors import PreconditionFailed, QoError
 from qo.ids import new_token
+from qo.protocol import audit, fleet, keys, leases
 from qo.settings import Settings
 from qo.store import capabilities, failures
 from qo.store.base import Store
@@ -180,7 +180,7 @@ def _quarantine(p: _Probe) -> tuple[Level, str]:
 
 
 def _workers(p: _Probe) -> tuple[Level, str]:
-    """Ready task types that no running worker serves (``qo.fleet``)."""
+    """Ready task types that no running worker serves (``qo.protocol.fleet``)."""
     found = fleet.coverage(p.store, limit=10_000)
     problem = found.describe()
     if problem is not None:
@@ -195,7 +195,7 @@ AUDIT_LIMIT = 10_000
 
 
 def _stranded(p: _Probe) -> tuple[Level, str]:
-    """Waiting records with no marker and no lease (``qo.audit``): nothing would run them."""
+    """Waiting records with no marker and no lease (``qo.protocol.audit``): nothing would run them."""
     found, _, listed = audit.scan(p.store, Settings(), limit=AUDIT_LIMIT)
     scope = f"the first {AUDIT_LIMIT:,} records" if listed >= AUDIT_LIMIT else "every record"
     if found.stranded:

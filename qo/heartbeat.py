@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
-from qo.claim import CLOCK_TOLERANCE
 from qo.errors import StoreError
-from qo.leases import HeldLease
+from qo.protocol.claim import CLOCK_TOLERANCE
+from qo.protocol.leases import HeldLease
 from qo.store.base import Store
 
 MAX_BACKOFF = 5.0

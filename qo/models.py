@@ -98,7 +98,7 @@ class TaskRecord(BaseModel):
     cancel_reason: str | None = None
     last_lease: str | None = None  # token of the last run lease whose outcome is recorded
     #: A fresh token on every write (records.create/replace), so that no two
-    #: writes of a record have the same bytes; see qo/cas.py.
+    #: writes of a record have the same bytes; see qo/protocol/cas.py.
     rev: str | None = None
 
     @property

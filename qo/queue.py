@@ -7,16 +7,13 @@ import time
 from dataclasses import replace as dc_replace
 from typing import Any
 
-from qo import admin, audit, records, sweep
-from qo.admin import TaskView
 from qo.errors import ErrorKind, QoError
-from qo.firing import Firer, FireReport
 from qo.hooks import Hooks
 from qo.models import Status, TaskRecord
-from qo.settings import Settings
-from qo.store.base import Store
-from qo.store.url import open_store
-from qo.submit import (
+from qo.protocol import admin, audit, records, sweep
+from qo.protocol.admin import TaskView
+from qo.protocol.firing import Firer, FireReport
+from qo.protocol.submit import (
     SubmitRequest,
     Submitted,
     prepare,
@@ -24,6 +21,9 @@ from qo.submit import (
     submit_all,
     submit_prepared,
 )
+from qo.settings import Settings
+from qo.store.base import Store
+from qo.store.url import open_store
 
 
 class TaskFailed(QoError):

@@ -8,7 +8,7 @@ import time
 
 from qo.cron import iso_in_zone
 from qo.errors import QoError
-from qo.firing import Firer, FireReport, log
+from qo.protocol.firing import Firer, FireReport, log
 from qo.queue import Queue
 
 

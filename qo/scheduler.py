@@ -1,13 +1,13 @@
 """Cron and interval schedules, fired exactly once per slot without a leader.
 
 A schedule is one object, ``schedules/{name}.json``: its definition and its
-state (``next_slot``, recent history); see ``qo.schedule_model``. This module
+state (``next_slot``, recent history); see ``qo.protocol.schedule_model``. This module
 manages schedules (add or replace, list, pause, resume, trigger, remove);
-``qo.firing`` fires them and ``qo.schedule_daemon`` is ``qo schedule run``.
+``qo.protocol.firing`` fires them and ``qo.schedule_daemon`` is ``qo schedule run``.
 Everything public is re-exported here. Time is always the store's clock.
 
 A definition is checked exactly as a submit of its slot task would be
-(``qo.submit.prepare``), so a schedule that is stored can also fire. An input
+(``qo.protocol.submit.prepare``), so a schedule that is stored can also fire. An input
 over ``Settings.inline_limit`` is stored in its own object
 (``keys.SCHEDULE_INPUTS``), like a task's input.
 """
@@ -20,12 +20,10 @@ from typing import Any
 
 from qo.cron import InvalidSchedule, parse_duration, zone
 from qo.errors import ErrorKind, PreconditionFailed, QoError, StoreError
-from qo.firing import Firer, FireReport, SlotNotFired, slots_to_fire
 from qo.models import CorruptRecord, dumps, loads
 from qo.names import check_name
-from qo.queue import Queue
-from qo.schedule_daemon import SchedulerDaemon
-from qo.schedule_model import (
+from qo.protocol.firing import Firer, FireReport, SlotNotFired, slots_to_fire
+from qo.protocol.schedule_model import (
     HISTORY,
     KEY_SCOPE,
     MAX_UNCONFIRMED,
@@ -44,7 +42,9 @@ from qo.schedule_model import (
     slot_task_key,
     trim_history,
 )
-from qo.submit import prepare, submit_prepared
+from qo.protocol.submit import prepare, submit_prepared
+from qo.queue import Queue
+from qo.schedule_daemon import SchedulerDaemon
 
 log = logging.getLogger("qo.scheduler")
 
@@ -270,7 +270,7 @@ def remove(queue: Queue, name: str) -> None:
 
 def trigger(queue: Queue, name: str) -> str:
     """Submit one run now; the schedule's slots are left as they are."""
-    from qo.schedule_model import load_input
+    from qo.protocol.schedule_model import load_input
 
     now = queue.store.now()
     sched = load(queue, name).schedule

@@ -25,15 +25,15 @@ import threading
 import time
 from dataclasses import dataclass
 
-from qo import keys, sweep
 from qo.app import App
 from qo.attempt import Attempts, Running, TaskTimeout, WorkerDeadline
-from qo.cas import delete_quietly
-from qo.claim import Claim, Claimer
 from qo.errors import ErrorKind, QoError
 from qo.health import Notices, StoreHealth
 from qo.ids import new_token
 from qo.models import WorkerInfo, dumps
+from qo.protocol import keys, sweep
+from qo.protocol.cas import delete_quietly
+from qo.protocol.claim import Claim, Claimer
 from qo.queue import Queue
 from qo.shutdown import EXIT_ABANDONED
 
@@ -293,7 +293,7 @@ class Worker(Attempts):
 
     def _write_heartbeat(self, state: str, *, strict: bool = False) -> None:
         """PUT ``workers/{id}.json``: what this worker serves and does (for inspection
-        and ``qo.fleet``). ``strict``: let a store error through."""
+        and ``qo.protocol.fleet``). ``strict``: let a store error through."""
         with self._lock:
             running = sorted(self._running)
             summary = self.summary

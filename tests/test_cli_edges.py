@@ -89,7 +89,7 @@ LONG = "k" * 5000
 
 
 @pytest.mark.parametrize("args", [
-    ("submit", "add", "--key", LONG),  # checked by qo.submit
+    ("submit", "add", "--key", LONG),  # checked by qo.protocol.submit
     ("submit", "add", "--tag", LONG),  # checked by the CLI
     ("submit", "add", "--tag", f"{LONG}=x"),
     ("submit", LONG),  # a task type: qo.names

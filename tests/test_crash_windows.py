@@ -1,7 +1,7 @@
 """Crash windows: fail each write of each transition, before or after it lands.
 
 The driver plays a worker process that dies whenever a store call fails for
-good (every retry of ``qo.cas`` failed): its in-flight work is abandoned, a
+good (every retry of ``qo.protocol.cas`` failed): its in-flight work is abandoned, a
 new worker starts, sweeps run and the store clock moves past lease expiry.
 Every task must still end ``succeeded``, and never run more often than the
 attempts its record counts (a second run only follows a lost lease).
@@ -14,9 +14,9 @@ import itertools
 import pytest
 
 from qo.app import App
-from qo.cas import ATTEMPTS
 from qo.errors import StoreUnavailable
 from qo.models import Status
+from qo.protocol.cas import ATTEMPTS
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.faulty import FaultyStore

@@ -22,7 +22,6 @@ import pytest
 
 import qo
 from qo import serverless
-from qo.admin import InvalidTransition, TaskNotFound
 from qo.cli import common
 from qo.errors import (
     AccessDenied,
@@ -35,13 +34,14 @@ from qo.errors import (
     StoreError,
     StoreUnavailable,
 )
+from qo.protocol.admin import InvalidTransition, TaskNotFound
+from qo.protocol.records import PayloadTooLarge
+from qo.protocol.submit import IdempotencyConflict, InvalidBatchItem
 from qo.queue import Queue
-from qo.records import PayloadTooLarge
 from qo.scheduler import ScheduleNotFound
 from qo.serverless import api
 from qo.settings import Settings
 from qo.store.s3 import S3Store
-from qo.submit import IdempotencyConflict, InvalidBatchItem
 
 from .helpers import api_call as call
 from .test_cli import qo as run_qo
@@ -67,14 +67,14 @@ def all_error_classes() -> list[type[QoError]]:
 
 #: The kind chosen for each error (a new class must be added here, on purpose).
 EXPECTED = {
-    "qo.admin.InvalidTransition": ErrorKind.CONFLICT,
-    "qo.admin.TaskNotFound": ErrorKind.NOT_FOUND,
+    "qo.protocol.admin.InvalidTransition": ErrorKind.CONFLICT,
+    "qo.protocol.admin.TaskNotFound": ErrorKind.NOT_FOUND,
     "qo.app.AppLoadError": ErrorKind.MISCONFIGURED,
     "qo.app.UnknownTaskType": ErrorKind.INVALID,
     "qo.cli.common.CliError": ErrorKind.INVALID,
     "qo.cli.doctor.DoctorFailed": ErrorKind.UNSUPPORTED_STORE,
     "qo.cron.InvalidSchedule": ErrorKind.INVALID,
-    "qo.firing.SlotNotFired": ErrorKind.UNAVAILABLE,
+    "qo.protocol.firing.SlotNotFired": ErrorKind.UNAVAILABLE,
     "qo.errors.AccessDenied": ErrorKind.MISCONFIGURED,
     "qo.errors.BucketNotFound": ErrorKind.MISCONFIGURED,
     "qo.errors.ConfigError": ErrorKind.MISCONFIGURED,
@@ -89,15 +89,15 @@ EXPECTED = {
     "qo.queue.ResultTimeout": ErrorKind.UNAVAILABLE,
     "qo.queue.TaskCancelled": ErrorKind.CONFLICT,
     "qo.queue.TaskFailed": ErrorKind.CONFLICT,
-    "qo.records.InvalidPayload": ErrorKind.INVALID,
-    "qo.records.PayloadTooLarge": ErrorKind.TOO_LARGE,
+    "qo.protocol.records.InvalidPayload": ErrorKind.INVALID,
+    "qo.protocol.records.PayloadTooLarge": ErrorKind.TOO_LARGE,
     "qo.scheduler.ScheduleExists": ErrorKind.CONFLICT,
     "qo.scheduler.ScheduleNotFound": ErrorKind.NOT_FOUND,
     "qo.serverless.worker.InvocationFailed": ErrorKind.UNAVAILABLE,
     "qo.serverless.worker.TaskTooLong": ErrorKind.MISCONFIGURED,
     "qo.store.faulty.InjectedFault": ErrorKind.UNAVAILABLE,
-    "qo.submit.IdempotencyConflict": ErrorKind.CONFLICT,
-    "qo.submit.InvalidBatchItem": ErrorKind.INVALID,  # an instance takes its item's kind
+    "qo.protocol.submit.IdempotencyConflict": ErrorKind.CONFLICT,
+    "qo.protocol.submit.InvalidBatchItem": ErrorKind.INVALID,  # an instance takes its item's kind
     "qo.worker.StoreCheckFailed": ErrorKind.MISCONFIGURED,  # an instance takes its cause's
 }
 

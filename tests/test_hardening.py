@@ -9,17 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from qo import audit, index, keys, leases, records
 from qo.app import App
-from qo.claim import Claimer
 from qo.errors import InvalidName
 from qo.ids import new_task_id
 from qo.models import Lease, Status, dumps
+from qo.protocol import audit, index, keys, leases, records
+from qo.protocol.claim import Claimer
+from qo.protocol.submit import SubmitRequest
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.base import Store
 from qo.store.memory import MemoryStore
-from qo.submit import SubmitRequest
 from qo.worker import Worker, WorkerOptions
 
 from .helpers import FakeClock, Runs, drain
@@ -259,7 +259,7 @@ def test_long_values_are_cut_in_error_messages() -> None:
 def test_every_record_write_has_unique_bytes() -> None:
     """The premise of cas.put_checked: two writes of a key never carry the same body."""
     req = SubmitRequest(type="add", input={"x": 1})
-    from qo.submit import prepare
+    from qo.protocol.submit import prepare
 
     record = prepare(req, Settings(), 1_800_000_000.0).record
     assert records.body(record) != records.body(record)
@@ -284,7 +284,7 @@ def test_a_marker_the_store_will_not_delete_is_skipped_not_reread() -> None:
     assert len(tries) == 4  # one delete, retried as an outage, then the key is left alone
     import time
 
-    from qo.claim import STUCK_SKIP
+    from qo.protocol.claim import STUCK_SKIP
 
     assert claimer._skip[stale] - time.monotonic() > STUCK_SKIP - 60  # for minutes, not 1 s
 

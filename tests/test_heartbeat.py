@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from qo import leases
 from qo.heartbeat import LeaseKeeper, Renewal
+from qo.protocol import leases
 from qo.store.faulty import FaultyStore
 from qo.store.memory import MemoryStore
 

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from qo import index, keys, outcome, sweep
-from qo.claim import Claimer
 from qo.hooks import NO_HOOKS, Event, Hooks, Kind
+from qo.protocol import index, keys, outcome, sweep
+from qo.protocol.claim import Claimer
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.memory import MemoryStore
@@ -109,8 +109,8 @@ def test_disconnect_and_the_shared_default() -> None:
 
 
 def test_an_admission_refusal_releases_the_lease_and_skips_the_task_until_then() -> None:
-    from qo import keys
-    from qo.admission import Refusal
+    from qo.protocol import keys
+    from qo.protocol.admission import Refusal
 
     store = MemoryStore()
     queue = Queue(store)
@@ -214,7 +214,7 @@ def test_a_release_emits_released() -> None:
 
 
 def test_follow_ups_run_under_the_lease_and_a_crash_in_one_is_repaired_by_the_reaper() -> None:
-    from qo import keys as k
+    from qo.protocol import keys as k
 
     clock = FakeClock()
     queue = Queue(MemoryStore(clock=clock), Settings(lease_seconds=10))

@@ -13,14 +13,14 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from qo import keys
-from qo.admin import show
 from qo.app import App
 from qo.doctor import diagnose
 from qo.errors import InvalidName, QoError
 from qo.models import CorruptRecord, Status
+from qo.protocol import keys
+from qo.protocol.admin import show
+from qo.protocol.records import InvalidPayload, PayloadTooLarge
 from qo.queue import Queue
-from qo.records import InvalidPayload, PayloadTooLarge
 from qo.settings import Settings
 from qo.store.base import Store
 from qo.store.memory import MemoryStore

@@ -20,10 +20,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from qo.cas import delete_outcome
 from qo.cli import app as cli_app
 from qo.errors import NotSupported
 from qo.models import Status
+from qo.protocol.cas import delete_outcome
 from qo.queue import Queue
 from qo.store import capabilities
 from qo.store.modes import UnconditionalDeletes

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from qo import admin
+from qo.protocol import admin
+from qo.protocol.submit import SubmitRequest
 from qo.queue import Queue
 from qo.store.memory import MemoryStore
-from qo.submit import SubmitRequest
 
 
 class RendezvousStore:

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
-from qo import audit, index, keys, outcome
-from qo.claim import Claim, Claimer
 from qo.models import TERMINAL, Status
+from qo.protocol import audit, index, keys, outcome
+from qo.protocol.claim import Claim, Claimer
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.faulty import FaultyStore

@@ -7,16 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from qo.admin import InvalidTransition, TaskNotFound
 from qo.app import App, Fatal
-from qo.claim import Claimer
 from qo.errors import InvalidName
 from qo.models import Status
+from qo.protocol.admin import InvalidTransition, TaskNotFound
+from qo.protocol.claim import Claimer
+from qo.protocol.records import InvalidPayload, PayloadTooLarge
+from qo.protocol.submit import IdempotencyConflict
 from qo.queue import Queue, TaskCancelled, TaskFailed
-from qo.records import InvalidPayload, PayloadTooLarge
 from qo.settings import Settings
 from qo.store.base import Store
-from qo.submit import IdempotencyConflict
 from qo.worker import Worker, WorkerOptions
 
 from .helpers import Runs, drain

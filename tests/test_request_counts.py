@@ -6,9 +6,9 @@ Targets (see docs/protocol.md): submit + claim + complete costs 4 PUT and
 
 from __future__ import annotations
 
-from qo import keys, outcome, sweep
-from qo.claim import Claimer
 from qo.models import Status, TaskRecord, dumps
+from qo.protocol import keys, outcome, sweep
+from qo.protocol.claim import Claimer
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.memory import MemoryStore

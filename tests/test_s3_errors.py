@@ -8,8 +8,8 @@ import itertools
 import pytest
 from botocore.stub import Stubber
 
-from qo.cas import delete_quietly
 from qo.errors import ListingStalled, NotSupported, StoreUnavailable
+from qo.protocol.cas import delete_quietly
 from qo.store.failures import delete_failures
 from qo.store.s3 import S3Store, make_client
 

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qo import scheduler
-from qo.firing import slots_to_fire
+from qo.protocol.firing import slots_to_fire
+from qo.protocol.schedule_model import HISTORY, MAX_DECIDE, MAX_UNCONFIRMED, SETTLE, Schedule
 from qo.queue import Queue
-from qo.schedule_model import HISTORY, MAX_DECIDE, MAX_UNCONFIRMED, SETTLE, Schedule
 from qo.store.faulty import FaultyStore
 from qo.store.memory import MemoryStore
 
@@ -203,7 +203,7 @@ def test_cron_slot_selection_matches_brute_force() -> None:
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_every_slot_fires_exactly_once_through_crashes_and_ambiguous_writes(seed: int) -> None:
-    with mock.patch("qo.cas._pause", lambda attempt: None):  # backoff sleeps change nothing here
+    with mock.patch("qo.protocol.cas._pause", lambda attempt: None):  # backoff sleeps change nothing here
         crash_and_check(seed)
 
 

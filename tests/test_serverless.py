@@ -27,13 +27,14 @@ from urllib.parse import quote_plus, urlencode
 
 import pytest
 
-from qo import admin, keys, serverless
-from qo.claim import Claimer
+from qo import serverless
 from qo.errors import ConfigError, StoreUnavailable
-from qo.keys import parse_ready_key
 from qo.models import Status
+from qo.protocol import admin, keys
+from qo.protocol.claim import Claimer
+from qo.protocol.keys import parse_ready_key
+from qo.protocol.retention import CURSOR_KEY, run_retention
 from qo.queue import Queue
-from qo.retention import CURSOR_KEY, run_retention
 from qo.serverless import Config, api, sweeper
 from qo.serverless import worker as lambda_worker
 from qo.serverless.events import iso_time, parse_worker_event

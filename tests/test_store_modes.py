@@ -13,10 +13,10 @@ from collections import Counter
 
 import pytest
 
-from qo import leases
 from qo.app import App
 from qo.errors import ListingStalled, NotSupported, PreconditionFailed, StoreRefused
 from qo.models import Status
+from qo.protocol import leases
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store import capabilities, failures
@@ -279,7 +279,7 @@ def test_stats_and_doctor_show_failed_deletes() -> None:
 
 
 def test_a_task_given_back_while_deletes_fail_is_claimed_again_once() -> None:
-    from qo.claim import Claimer
+    from qo.protocol.claim import Claimer
 
     now = [2_000_000.0]
     inner = MemoryStore(clock=lambda: now[0])
@@ -290,7 +290,7 @@ def test_a_task_given_back_while_deletes_fail_is_claimed_again_once() -> None:
     first = Claimer(store, queue.settings, queues=["default"], task_types=None, owner="a")
     claim = first.claim()
     assert claim is not None and claim.task_id == task.id
-    from qo import outcome
+    from qo.protocol import outcome
 
     outcome.release(store, claim)  # graceful shutdown: marker again, then the lease goes
     tomb = leases.read(store, f"leases/default/{task.id}")

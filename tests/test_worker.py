@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from qo import outcome, sweep
 from qo.app import App
-from qo.claim import Claimer
 from qo.models import Status
+from qo.protocol import outcome, sweep
+from qo.protocol.claim import Claimer
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.memory import MemoryStore

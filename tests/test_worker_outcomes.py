@@ -11,12 +11,12 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from qo import fleet, keys
 from qo.app import App
 from qo.cli import app as cli
 from qo.context import Context
 from qo.doctor import Level, diagnose
 from qo.models import Status
+from qo.protocol import fleet, keys
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.memory import MemoryStore

@@ -12,8 +12,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from qo import admin
-from qo.admin import TaskView
 from qo.cli import common
 from qo.cli.common import (
     CliError,
@@ -27,6 +25,8 @@ from qo.cli.common import (
 )
 from qo.errors import QoError
 from qo.models import ErrorInfo, Status
+from qo.protocol import admin
+from qo.protocol.admin import TaskView
 from qo.queue import Queue
 
 

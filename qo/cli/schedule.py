@@ -19,7 +19,7 @@ import orjson
 import typer
 from rich.table import Table
 
-from qo import admin, logs, scheduler
+from qo import logs, scheduler
 from qo.cli import common
 from qo.cli.common import (
     CliError,
@@ -36,6 +36,7 @@ from qo.cli.submit import read_json_arg
 from qo.cli.worker import LogFormat, LogLevel, _restored_process_state
 from qo.cron import format_duration, iso_in_zone
 from qo.errors import InvalidName
+from qo.protocol import admin
 from qo.queue import Queue
 from qo.scheduler import Schedule
 

@@ -23,8 +23,8 @@ from qo.cli.common import (
     say,
 )
 from qo.errors import QoError, shorten
+from qo.protocol.submit import InvalidBatchItem, SubmitRequest, prepare_batch, submit_all
 from qo.queue import Queue, TaskHandle
-from qo.submit import InvalidBatchItem, SubmitRequest, prepare_batch, submit_all
 
 #: Batches are written in chunks of this many tasks, for progress and memory.
 BATCH_CHUNK = 256

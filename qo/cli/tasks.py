@@ -12,8 +12,6 @@ import orjson
 import typer
 from rich.table import Table
 
-from qo import admin, fleet, records
-from qo.admin import TaskView
 from qo.cli import common, dlq, submit
 from qo.cli.common import (
     CliError,
@@ -27,6 +25,8 @@ from qo.cli.common import (
     say,
 )
 from qo.models import Status, TaskRecord
+from qo.protocol import admin, fleet, records
+from qo.protocol.admin import TaskView
 from qo.queue import Queue
 from qo.store.failures import summary as delete_failures_summary
 

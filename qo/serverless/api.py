@@ -49,16 +49,13 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from qo import admin, records
-from qo.admin import TaskView
 from qo.app import App
 from qo.errors import ErrorKind, QoError, shorten, shorten_values
 from qo.models import Status
 from qo.names import check_free_text, check_task_id
-from qo.scheduler import list_schedules
-from qo.serverless import Runtime, runtime
-from qo.serverless.sweeper import plain
-from qo.submit import (
+from qo.protocol import admin, records
+from qo.protocol.admin import TaskView
+from qo.protocol.submit import (
     InvalidBatchItem,
     SubmitRequest,
     prepare,
@@ -66,6 +63,9 @@ from qo.submit import (
     submit_all,
     submit_prepared,
 )
+from qo.scheduler import list_schedules
+from qo.serverless import Runtime, runtime
+from qo.serverless.sweeper import plain
 
 log = logging.getLogger("qo.serverless.api")
 

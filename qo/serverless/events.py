@@ -28,8 +28,8 @@ from urllib.parse import quote_plus, unquote_plus
 import orjson
 
 from qo.errors import InvalidName
-from qo.keys import Marker, parse_ready_key
 from qo.names import check_name, check_task_id
+from qo.protocol.keys import Marker, parse_ready_key
 from qo.store.base import check_key
 
 log = logging.getLogger("qo.serverless.events")

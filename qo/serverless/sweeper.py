@@ -8,7 +8,7 @@ reported, the rest still run):
    start the worker: the sweeper triggers that work without invoking anything.
 2. **Schedules**: fire due cron schedules (``Queue.fire_schedules``), when
    this version of qo has them.
-3. **Retention** (``qo.retention``): delete finished tasks older than
+3. **Retention** (``qo.protocol.retention``): delete finished tasks older than
    ``QO_RETENTION_DAYS`` (default 7; 0 disables), a bounded number per run.
 4. **Kick** (only with ``QO_WORKER_FUNCTION``): if a ready marker of a queue
    the worker serves has sat unclaimed for ``QO_KICK_AFTER`` seconds (its
@@ -30,10 +30,10 @@ from typing import Any
 
 import orjson
 
-from qo import keys
-from qo.keys import parse_ready_key
+from qo.protocol import keys
+from qo.protocol.keys import parse_ready_key
+from qo.protocol.retention import run_retention
 from qo.queue import Queue
-from qo.retention import run_retention
 from qo.serverless import Runtime, runtime
 from qo.serverless.events import KICK_EVENT
 

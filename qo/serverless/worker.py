@@ -35,9 +35,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qo import keys, outcome
-from qo.claim import Claim
 from qo.errors import ErrorKind, QoError
+from qo.protocol import keys, outcome
+from qo.protocol.claim import Claim
 from qo.serverless import Config, runtime
 from qo.serverless.events import WorkerEvent, parse_worker_event
 from qo.worker import TaskTimeout, Worker, WorkerOptions

@@ -44,7 +44,6 @@ from typing import Any
 
 import orjson
 
-from qo import keys
 from qo.errors import (
     AccessDenied,
     ListingStalled,
@@ -54,6 +53,7 @@ from qo.errors import (
     StoreRefused,
 )
 from qo.ids import new_token
+from qo.protocol import keys
 from qo.store.base import Store
 from qo.store.modes import UnconditionalDeletes, delete_mode
 

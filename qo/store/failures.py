@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from qo import keys
 from qo.errors import QoError
+from qo.protocol import keys
 from qo.store.base import Store
 
 log = logging.getLogger("qo.store")

@@ -9,7 +9,7 @@ the DELETE is deleted too. docs/protocol.md ("Stores without conditional
 DELETE") says, for each key qo deletes conditionally, why that is harmless or
 what it can cost. Leases never take this path: ``HeldLease.release`` first
 overwrites a lease with an ``If-Match`` PUT that marks it released, then
-deletes it unconditionally (see qo/leases.py).
+deletes it unconditionally (see qo/protocol/leases.py).
 
 Cost: one extra HEAD per conditional delete; unconditional deletes and every
 other request pass through unchanged.

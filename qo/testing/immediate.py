@@ -31,10 +31,10 @@ from typing import Any
 
 from qo.app import App
 from qo.models import Status, TaskRecord
+from qo.protocol.submit import SubmitRequest
 from qo.queue import Queue, TaskHandle
 from qo.settings import Settings
 from qo.store.memory import MemoryStore
-from qo.submit import SubmitRequest
 from qo.testing.clock import FakeClock
 from qo.testing.drain import PAST_DUE, NotDrained, drain
 from qo.worker import Worker, WorkerOptions

@@ -21,16 +21,16 @@ import logging
 import time
 from dataclasses import dataclass
 
-from qo import keys
-from qo.cas import delete_outcome, delete_quietly, get_retrying, put_checked
 from qo.errors import PreconditionFailed, StoreError
 from qo.ids import new_token
 from qo.models import CorruptRecord, Lease, dumps, loads
+from qo.protocol import keys
+from qo.protocol.cas import delete_outcome, delete_quietly, get_retrying, put_checked
 from qo.store.base import Store
 from qo.store.failures import delete_failures
 from qo.store.modes import releases_by_tombstone
 
-log = logging.getLogger("qo.leases")
+log = logging.getLogger("qo.protocol.leases")
 
 #: The kind of a released lease (a tombstone): every reader treats it as absent.
 RELEASED = "released"

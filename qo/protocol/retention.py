@@ -30,14 +30,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from qo import cursor, keys, records
-from qo.cas import delete_quietly
 from qo.errors import PreconditionFailed, StoreError
 from qo.ids import new_task_id
 from qo.models import CorruptRecord, Status, TaskRecord
+from qo.protocol import cursor, keys, records
+from qo.protocol.cas import delete_quietly
 from qo.store.base import Store
 
-log = logging.getLogger("qo.retention")
+log = logging.getLogger("qo.protocol.retention")
 
 CURSOR_KEY = keys.RETENTION_CURSOR
 DEFAULT_BUDGET = 200

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from qo import index, keys, leases, records
-from qo.cas import delete_quietly, put_if_absent
 from qo.errors import ErrorKind, PreconditionFailed, QoError, StoreError
 from qo.hooks import NO_HOOKS, Hooks, Kind
-from qo.keys import parse_delayed_key, parse_ready_key
 from qo.models import TERMINAL, CorruptRecord, Lease, Status, TaskRecord
 from qo.names import check_name, check_task_id
+from qo.protocol import index, keys, leases, records
+from qo.protocol.cas import delete_quietly, put_if_absent
+from qo.protocol.keys import parse_delayed_key, parse_ready_key
 from qo.settings import Settings
 from qo.store.base import Store
 

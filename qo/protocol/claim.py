@@ -17,17 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qo import index, keys, leases, records
-from qo.admission import Admission, Refusal
-from qo.cas import delete_outcome
 from qo.hooks import NO_HOOKS, Hooks, Kind
-from qo.keys import Marker, parse_ready_key
-from qo.leases import HeldLease
 from qo.models import CorruptRecord, TaskRecord
+from qo.protocol import index, keys, leases, records
+from qo.protocol.admission import Admission, Refusal
+from qo.protocol.cas import delete_outcome
+from qo.protocol.keys import Marker, parse_ready_key
+from qo.protocol.leases import HeldLease
 from qo.settings import Settings
 from qo.store.base import ObjectInfo, Store
 
-log = logging.getLogger("qo.claim")
+log = logging.getLogger("qo.protocol.claim")
 
 #: The S3 Date header has a resolution of one second, so two readers of the
 #: store clock may disagree by that much; a marker someone judged due is not

@@ -2,7 +2,7 @@
 
 One object per schedule, ``schedules/{name}.json``. This module knows what a
 schedule *is* (fields, keys, the task a slot submits, which history entries
-must be kept); ``qo.scheduler`` manages schedules and ``qo.firing`` fires
+must be kept); ``qo.scheduler`` manages schedules and ``qo.protocol.firing`` fires
 them.
 
 History rule: an entry is *unconfirmed* (``submitted: false``) from the CAS
@@ -25,14 +25,14 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from qo import keys
-from qo.cas import get_retrying
 from qo.cron import CronSpec, IntervalSpec, Spec, upcoming
 from qo.ids import idempotent_task_id
 from qo.models import CorruptRecord, RetryPolicy
 from qo.names import check_name
+from qo.protocol import keys
+from qo.protocol.cas import get_retrying
+from qo.protocol.submit import SubmitRequest
 from qo.store.base import Store
-from qo.submit import SubmitRequest
 
 PREFIX = keys.SCHEDULES
 #: Confirmed history entries kept per schedule (the newest ones).

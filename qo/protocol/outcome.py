@@ -22,15 +22,15 @@ from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
-from qo import index, keys, records
-from qo.claim import Claim
 from qo.errors import PreconditionFailed
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import ErrorInfo, Status, TaskRecord
+from qo.protocol import index, keys, records
+from qo.protocol.claim import Claim
 from qo.settings import Settings
 from qo.store.base import Store
 
-log = logging.getLogger("qo.outcome")
+log = logging.getLogger("qo.protocol.outcome")
 MAX_RETRIES_ON_CONFLICT = 5
 DROPPED = "OutcomeDropped"
 

@@ -10,7 +10,7 @@ Firing a slot takes three writes:
 3. CAS the history entries to *submitted* (confirmed).
 
 A firer that dies between 1 and 3 leaves unconfirmed entries; the history
-keeps them (``qo.schedule_model.trim_history``) and whoever reads the
+keeps them (``qo.protocol.schedule_model.trim_history``) and whoever reads the
 schedule ``SETTLE`` seconds later submits them again (idempotent: same id,
 never a duplicate) and confirms them. Every decision is taken on the store's
 clock, read right before the decide CAS.
@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from qo.errors import ErrorKind, PreconditionFailed, QoError
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import CorruptRecord, dumps, loads
-from qo.schedule_model import (
+from qo.protocol.schedule_model import (
     MAX_DECIDE,
     MAX_UNCONFIRMED,
     PREFIX,
@@ -43,9 +43,9 @@ from qo.schedule_model import (
     slot_task_id,
     trim_history,
 )
+from qo.protocol.submit import IdempotencyConflict, Prepared, prepare, submit_prepared
 from qo.settings import Settings
 from qo.store.base import Store
-from qo.submit import IdempotencyConflict, Prepared, prepare, submit_prepared
 
 log = logging.getLogger("qo.scheduler")
 

@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from qo import index, keys, leases, records
-from qo.cas import delete_quietly, put_checked, put_if_absent
 from qo.errors import PreconditionFailed, StoreError
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import new_token
-from qo.keys import parse_delayed_key
 from qo.models import CorruptRecord, ErrorInfo, Lease, Status, TaskRecord, dumps
+from qo.protocol import index, keys, leases, records
+from qo.protocol.cas import delete_quietly, put_checked, put_if_absent
+from qo.protocol.keys import parse_delayed_key
 from qo.settings import Settings
 from qo.store.base import ObjectInfo, Store
 
-log = logging.getLogger("qo.sweep")
+log = logging.getLogger("qo.protocol.sweep")
 
 
 @dataclass
@@ -34,7 +34,7 @@ class SweepReport:
     promoted: int = 0
     reaped: int = 0
     fired: int = 0  # schedule slots submitted (or repaired)
-    repaired: int = 0  # stranded tasks indexed again by the audit (qo/audit.py)
+    repaired: int = 0  # stranded tasks indexed again by the audit (qo/protocol/audit.py)
     next_due: float | None = None
     errors: list[str] = field(default_factory=list)
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import orjson
 
-from qo import keys
-from qo.cas import get_retrying, put_checked
 from qo.errors import ErrorKind, QoError
 from qo.ids import new_token
 from qo.models import CorruptRecord, TaskRecord, dumps, loads
+from qo.protocol import keys
+from qo.protocol.cas import get_retrying, put_checked
 from qo.settings import Settings
 from qo.store.base import Store
 

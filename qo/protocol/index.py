@@ -13,14 +13,14 @@ import logging
 
 import orjson
 
-from qo import keys
-from qo.cas import delete_quietly, put_if_absent
 from qo.ids import new_token
-from qo.keys import Marker
 from qo.models import WAITING, Status, TaskRecord
+from qo.protocol import keys
+from qo.protocol.cas import delete_quietly, put_if_absent
+from qo.protocol.keys import Marker
 from qo.store.base import Store
 
-log = logging.getLogger("qo.index")
+log = logging.getLogger("qo.protocol.index")
 
 
 def marker_body() -> bytes:

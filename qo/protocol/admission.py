@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qo.keys import Marker
-from qo.leases import HeldLease
+from qo.protocol.keys import Marker
+from qo.protocol.leases import HeldLease
 
 
 @dataclass(frozen=True, slots=True)

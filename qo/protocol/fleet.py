@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from qo import keys
-from qo.cas import get_retrying
-from qo.keys import parse_ready_key
 from qo.models import CorruptRecord, WorkerInfo, loads
+from qo.protocol import keys
+from qo.protocol.cas import get_retrying
+from qo.protocol.keys import parse_ready_key
 from qo.store.base import Store
 
 #: Three missed heartbeats (at the default 300 s interval): the worker is gone.

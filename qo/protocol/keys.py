@@ -31,11 +31,11 @@ WORKERS = "workers/"
 QUARANTINE = "quarantine/"
 SCHEDULES = "schedules/"
 DOCTOR = "doctor/"  # qo doctor's scratch objects, deleted after each check
-#: Which worker swept last (qo/sweep.py: take_sweep_turn).
+#: Which worker swept last (qo/protocol/sweep.py: take_sweep_turn).
 SWEEP_TURN = "sweep/turn"
-#: Where retention (qo/retention.py) resumes its pass over tasks/.
+#: Where retention (qo/protocol/retention.py) resumes its pass over tasks/.
 RETENTION_CURSOR = "sweep/retention-cursor"
-#: Where the audit (qo/audit.py) resumes its pass over tasks/.
+#: Where the audit (qo/protocol/audit.py) resumes its pass over tasks/.
 AUDIT_CURSOR = "sweep/audit-cursor"
 META = "meta/"  # store capabilities cache, probe keys, delete-failure reports
 PAUSED_MARK = "!paused"

@@ -37,21 +37,21 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from qo import cursor, fleet, index, keys, leases, records
 from qo.errors import PreconditionFailed, StoreError
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import WAITING, CorruptRecord, TaskRecord
+from qo.protocol import cursor, fleet, index, keys, leases, records
 from qo.settings import Settings
 from qo.store.base import Store
 
-log = logging.getLogger("qo.audit")
+log = logging.getLogger("qo.protocol.audit")
 
 DEFAULT_BUDGET = 500
 DEFAULT_INTERVAL = 86_400.0
 #: Records written more recently than this are not judged (transitions in flight).
 GRACE = 300.0
 #: A worker heartbeat record untouched this long belongs to a worker that is gone
-#: (an hour: well past the point where ``qo.fleet`` stops counting it as live).
+#: (an hour: well past the point where ``qo.protocol.fleet`` stops counting it as live).
 WORKER_GONE = 4 * fleet.STALE_AFTER
 
 

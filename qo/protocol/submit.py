@@ -17,13 +17,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from qo import index, keys, leases, records
-from qo.cas import delete_quietly, put_checked
 from qo.errors import ErrorKind, PreconditionFailed, QoError, shorten
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import idempotent_task_id, new_task_id
 from qo.models import RetryPolicy, Status, TaskRecord
 from qo.names import check_free_text, check_name
+from qo.protocol import index, keys, leases, records
+from qo.protocol.cas import delete_quietly, put_checked
 from qo.settings import Settings
 from qo.store.base import Store
 
@@ -136,7 +136,7 @@ class Prepared:
     """A validated request: its record and canonical input, built once, written later.
 
     Write it once: ``body`` carries one fresh ``rev``, and a second write of the same
-    bytes would read back as this one's own (see qo/cas.py). Prepare again instead.
+    bytes would read back as this one's own (see qo/protocol/cas.py). Prepare again instead.
     """
 
     req: SubmitRequest
