@@ -3,23 +3,32 @@
 from qo.app import App, Fatal, TaskFunction
 from qo.context import Context, StopReason
 from qo.errors import QoError
+from qo.hooks import Event, Kind
+from qo.middleware import Next, TaskCall
 from qo.models import RetryPolicy, Status
 from qo.protocol.submit import IdempotencyConflict, SubmitRequest
 from qo.queue import Queue, TaskCancelled, TaskFailed, TaskHandle
+from qo.retry import Retry, RetryDecision
 from qo.settings import Settings
 
 __all__ = [
     "App",
     "Context",
+    "Event",
     "Fatal",
     "IdempotencyConflict",
+    "Kind",
+    "Next",
     "QoError",
     "Queue",
+    "Retry",
+    "RetryDecision",
     "RetryPolicy",
     "Settings",
     "Status",
     "StopReason",
     "SubmitRequest",
+    "TaskCall",
     "TaskCancelled",
     "TaskFailed",
     "TaskFunction",

@@ -20,6 +20,7 @@ from pydantic import ConfigDict, ValidationError, validate_call
 
 from qo.context import Context
 from qo.errors import ConfigError, ErrorKind, QoError
+from qo.middleware import Middleware, TaskCall
 from qo.models import RetryPolicy
 from qo.names import check_name
 from qo.queue import Queue, TaskHandle
@@ -95,7 +96,13 @@ class TaskDef:
     params: list[str] = field(default_factory=list)
 
     def retryable(self, exc: BaseException) -> bool:
+        """May this error be retried at all? Not ``Fatal``, a validation error or
+        ``no_retry``. The app's part of the retry decision (``qo.retry``)."""
         return not isinstance(exc, (Fatal, ValidationError, *self.no_retry))
+
+    def run(self, call: TaskCall) -> Any:
+        """The innermost step of the middleware chain: the handler itself."""
+        return self.call(call.input, call.ctx)
 
     def call(self, payload: Any, ctx: Context) -> Any:
         """Invoke the handler with a task's input (validated against its hints)."""
@@ -199,11 +206,19 @@ class _BoundOptions(Generic[P, R]):
 class App:
     """A registry of handlers, bound to a queue URL (or ``QO_QUEUE``)."""
 
-    def __init__(self, url: str | Queue | None = None, *, default_queue: str = "default") -> None:
+    def __init__(self, url: str | Queue | None = None, *, default_queue: str = "default",
+                 middleware: list[Middleware] | None = None) -> None:
         self._queue = url if isinstance(url, Queue) else None
         self._url = None if isinstance(url, Queue) else url
         self.default_queue = check_name(default_queue, "queue name")
         self.tasks: dict[str, TaskDef] = {}
+        #: Around every handler call, first outermost (``qo.middleware``).
+        self.middleware_stack: list[Middleware] = list(middleware or [])
+
+    def middleware(self, fn: Middleware) -> Middleware:
+        """Register ``fn`` as the innermost middleware so far; usable as a decorator."""
+        self.middleware_stack.append(fn)
+        return fn
 
     @property
     def queue(self) -> Queue:

@@ -16,6 +16,7 @@ worker`` then exits with ``shutdown.EXIT_ABANDONED`` (see ``qo.shutdown``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -23,10 +24,11 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from qo import eventlog
 from qo.app import App
-from qo.attempt import Attempts, Running, TaskTimeout, WorkerDeadline
 from qo.errors import ErrorKind, QoError
 from qo.health import Notices, StoreHealth
 from qo.ids import new_token
@@ -35,6 +37,7 @@ from qo.protocol import keys, sweep
 from qo.protocol.cas import delete_quietly
 from qo.protocol.claim import Claim, Claimer
 from qo.queue import Queue
+from qo.runner import Runner, TaskTimeout, WorkerDeadline, WorkerSummary
 from qo.shutdown import EXIT_ABANDONED
 
 __all__ = ["EXIT_ABANDONED", "TaskTimeout", "Worker", "WorkerDeadline", "WorkerOptions",
@@ -69,18 +72,7 @@ class WorkerOptions:
     deadline_error: type[TaskTimeout] = WorkerDeadline
 
 
-@dataclass
-class WorkerSummary:
-    processed: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    released: int = 0
-    fenced: int = 0  # the lease was lost: the outcome was dropped
-    cancelled: int = 0  # cancelled while running: the outcome was dropped
-    abandoned: int = 0  # handlers still running when the worker stopped
-
-
-class Worker(Attempts):
+class Worker:
     def __init__(self, app: App, queue: Queue | None = None, options: WorkerOptions | None = None):
         self.app = app
         self.queue = queue or app.queue
@@ -102,9 +94,10 @@ class Worker(Attempts):
         self._abort = threading.Event()  # grace is over: give back what runs
         self._signals: list[int] = []  # noted by the signal handler, acted on by run()
         self._signals_handled = 0
-        self._lock = threading.Lock()
-        self._running: dict[str, Running] = {}
-        self._handlers: dict[threading.Thread, str] = {}  # live handler threads -> task id
+        self.runner = Runner(app, self.store, self.settings, hooks=self.hooks, health=self.health,
+                             summary=self.summary, abort=self._abort,
+                             deadline=self.options.deadline,
+                             deadline_error=self.options.deadline_error)
         self._idle = self.options.poll_min  # the worker's idle backoff, shared by slots
         self._next_poll = 0.0  # monotonic time before which idle slots do not poll
         self._idle_cond = threading.Condition()
@@ -127,6 +120,7 @@ class Worker(Attempts):
             error.kind = exc.kind  # a missing bucket stays a misconfiguration, an outage an outage
             raise error from None
         self._install_signals()
+        stop_logging = eventlog.connect(self.hooks, self.id)
         log.info("worker %s started on %s, queues %s, concurrency %d",
                  self.id, self.store.url, ",".join(self.queues), self.options.concurrency,
                  extra={"event": "worker_started", "worker": self.id})
@@ -152,7 +146,8 @@ class Worker(Attempts):
             # is bounded by the lease it holds, so this ends.
             for t in [*slots, housekeeper]:
                 t.join()
-            self._wait_for_handlers()
+            self.runner.wait_for_handlers(self.options.cancel_wait)
+            stop_logging()
             self._write_heartbeat("stopped")
             delete_quietly(self.store, keys.worker_key(self.id))
             log.info("worker %s stopped: %s", self.id, self.summary,
@@ -165,17 +160,28 @@ class Worker(Attempts):
             self._idle_cond.notify_all()
 
     def execute(self, claim: Claim) -> None:
-        """Run a claimed task to its outcome in the calling thread (Lambda, tests)."""
-        self._execute(claim)
+        """Run a claimed task to its outcome in the calling thread (tests)."""
+        with self._logging():
+            self.runner.run(claim)
 
     def run_once(self) -> bool:
         """Claim and run one task in the calling thread; False if none was ready."""
-        claim = self.claimer.claim()
-        self._report_seen()
-        if claim is None:
-            return False
-        self._execute(claim)
-        return True
+        with self._logging():
+            claim = self.claimer.claim()
+            self._report_seen()
+            if claim is None:
+                return False
+            self.runner.run(claim)
+            return True
+
+    @contextlib.contextmanager
+    def _logging(self) -> Iterator[None]:
+        """Log this worker's task events (``qo.eventlog``) while the block runs."""
+        disconnect = eventlog.connect(self.hooks, self.id)
+        try:
+            yield
+        finally:
+            disconnect()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -225,7 +231,7 @@ class Worker(Attempts):
                 self._idle, self._next_poll = self.options.poll_min, 0.0
                 self._idle_cond.notify_all()
             try:
-                self._execute(claim)
+                self.runner.run(claim)
             except QoError as exc:  # the store failed us; the lease will be reaped
                 log.warning("task %s: %s", claim.task_id, exc, extra={"event": "outcome_error"})
             except Exception:  # never let one task kill the worker
@@ -248,9 +254,7 @@ class Worker(Attempts):
         try:
             sweep.promote(self.store)
             self.claimer.forget()
-            with self._lock:
-                busy = bool(self._running)
-            if busy:
+            if self.runner.running():
                 return False
             claim = self.claimer.claim()
         except QoError as exc:
@@ -259,11 +263,8 @@ class Worker(Attempts):
         if claim is None:
             self._stop.set()
             return True
-        self._execute(claim)
+        self.runner.run(claim)
         return False
-
-    # -- one attempt ----------------------------------------------------------
-
 
     def _housekeep(self) -> None:
         """Sweep at a bounded rate: when something is known to be due, or when it is
@@ -294,9 +295,8 @@ class Worker(Attempts):
     def _write_heartbeat(self, state: str, *, strict: bool = False) -> None:
         """PUT ``workers/{id}.json``: what this worker serves and does (for inspection
         and ``qo.protocol.fleet``). ``strict``: let a store error through."""
-        with self._lock:
-            running = sorted(self._running)
-            summary = self.summary
+        running = self.runner.running()
+        summary = self.summary
         info = WorkerInfo(
             id=self.id, host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
             task_types=sorted(self.app.tasks), concurrency=self.options.concurrency,

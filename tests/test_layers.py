@@ -29,6 +29,7 @@ FOUNDATION = {
     "qo.cron",
     "qo.logs",
     "qo.shutdown",
+    "qo.retry",
     "qo.protocol.keys",
 }
 SURFACES = ("qo.cli", "qo.serverless", "qo.testing", "qo.examples", "qo.web", "qo.__main__")

@@ -137,8 +137,7 @@ class QueueMachine(RuleBasedStateMachine):
             result = outcome.succeed(self.store, claim, "ok", self.queue.settings)
         else:
             err = outcome.error_info(RuntimeError("x"), claim.attempt, how == "retry")
-            result = outcome.fail(self.store, claim, err, retryable=how == "retry",
-                                  settings=self.queue.settings)
+            result = outcome.fail(self.store, claim, err, retryable=how == "retry")
         if model.holder is not claim:
             assert result != outcome.Outcome.RECORDED  # fenced
             return

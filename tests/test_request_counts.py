@@ -78,7 +78,7 @@ def test_retry_lifecycle_costs() -> None:
     claim = claimer.claim()
     before = store.counts.snapshot()
     err = outcome.error_info(RuntimeError("x"), claim.attempt, True)
-    assert outcome.fail(store, claim, err, retryable=True, settings=queue.settings) == "recorded"
+    assert outcome.fail(store, claim, err, retryable=True) == "recorded"
     assert diff(store.counts.snapshot(), before) == {"PUT": 2, "DELETE": 1}  # record + delayed
     clock.advance(2)
     before = store.counts.snapshot()

@@ -350,7 +350,7 @@ class Claimer:
             log.error("task %s: %s", record.id, exc)  # the worker fails it without running it
             claim = Claim(record, current.etag, held, None, marker, input_error=str(exc))
         self.hooks.emit(Kind.CLAIMED, record.id, queue=record.queue, task_type=record.type,
-                        attempt=claim.attempt, owner=self.owner)
+                        attempt=claim.attempt, worker=self.owner)
         return claim
 
     def _admit(self, marker: Marker, held: HeldLease, now: float) -> Refusal | None:

@@ -27,6 +27,7 @@ from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import ErrorInfo, Status, TaskRecord
 from qo.protocol import index, keys, records
 from qo.protocol.claim import Claim
+from qo.retry import RetryDecision
 from qo.settings import Settings
 from qo.store.base import Store
 
@@ -98,24 +99,30 @@ def succeed(
 
 
 def fail(
-    store: Store, claim: Claim, error: ErrorInfo, *, retryable: bool, settings: Settings,
-    declared: dict[str, Any] | None = None,
+    store: Store, claim: Claim, error: ErrorInfo, *, retryable: bool = True,
+    decision: RetryDecision | None = None, declared: dict[str, Any] | None = None,
     hooks: Hooks = NO_HOOKS, follow_ups: Sequence[FollowUp] = (),
 ) -> Outcome:
-    """Record a failed attempt: ``failed`` with a retry due later, or ``dead``."""
+    """Record a failed attempt: ``failed`` with a retry due later, or ``dead``.
+
+    ``decision`` (``qo.retry.RetryDecision``) says which; without one it is
+    decided here from ``retryable`` and the record's ``max_attempts`` and
+    ``retry`` policy, the same way.
+    """
     now = store.now()
 
     def update(rec: TaskRecord) -> TaskRecord:
-        max_attempts = (declared or {}).get("max_attempts", rec.max_attempts)
-        retry = retryable and claim.attempt < max_attempts
+        decided = decision or RetryDecision.decide(
+            retryable=retryable, attempt=claim.attempt, policy=rec.retry,
+            max_attempts=(declared or {}).get("max_attempts", rec.max_attempts))
         changes: dict[str, Any] = {
             **(declared or {}),
             "attempt": claim.attempt, "error": error, "worker": claim.lease.lease.owner,
             "started_at": claim.lease.lease.claimed_at, "last_lease": claim.lease.lease.token,
         }
-        if retry:
+        if decided.retry:
             changes["status"] = Status.FAILED
-            changes["available_at"] = now + rec.retry.delay(claim.attempt)
+            changes["available_at"] = now + decided.delay
         else:
             changes["status"] = Status.DEAD
             changes["finished_at"] = now
@@ -134,13 +141,22 @@ def release(store: Store, claim: Claim, *, hooks: Hooks = NO_HOOKS) -> None:
 
 def cancelled(
     store: Store, claim: Claim, current: TaskRecord, etag: str, what: str,
-    declared: dict[str, Any] | None = None,
+    declared: dict[str, Any] | None = None, *, hooks: Hooks = NO_HOOKS,
 ) -> None:
     """The task was cancelled while this claim ran it: note that on the record, drop the lease.
 
     The note is one CAS that leaves the status, the index and ``cancel_reason``
     alone; it is skipped if the record is no longer cancelled or changed again.
+    Emits ``FENCED`` (``cancelled``: True): this claim's outcome is dropped.
     """
+    _note_cancelled(store, claim, current, etag, what, declared)
+    _emit(hooks, Kind.FENCED, claim, dropped=what, cancelled=True)
+
+
+def _note_cancelled(
+    store: Store, claim: Claim, current: TaskRecord, etag: str, what: str,
+    declared: dict[str, Any] | None,
+) -> None:
     if current.status == Status.CANCELLED and current.last_lease != claim.lease.lease.token:
         note = ErrorInfo(
             type=DROPPED, attempt=claim.attempt, retryable=False,
@@ -172,9 +188,12 @@ def _is_own(current: TaskRecord, ours: TaskRecord, claim: Claim) -> bool:
 
 
 def _emit(hooks: Hooks, kind: Kind, claim: Claim, **detail: Any) -> None:
+    """One event about this claim; ``worker`` names the lease's owner (the runner)."""
+    if not hooks:
+        return
     rec = claim.record
     hooks.emit(kind, rec.id, queue=rec.queue, task_type=rec.type, attempt=claim.attempt,
-               **detail)
+               worker=claim.lease.lease.owner, **detail)
 
 
 def _settled(store: Store, claim: Claim, record: TaskRecord, now: float,
@@ -194,7 +213,13 @@ def _record(
     """The outcome CAS and what follows it; emits one event for what it decided."""
     result = _write(store, claim, update, now, what, declared, follow_ups)
     if result is Outcome.RECORDED:
-        _emit(hooks, _EVENT_OF[claim.record.status], claim, status=claim.record.status)
+        rec = claim.record
+        detail: dict[str, Any] = {"seconds": round(now - claim.lease.lease.claimed_at, 3)}
+        if rec.error is not None and rec.status != Status.SUCCEEDED:
+            detail |= {"error": rec.error.type, "message": rec.error.message}
+        if rec.status == Status.FAILED:
+            detail["retry_in"] = round(max(0.0, rec.available_at - now), 3)
+        _emit(hooks, _EVENT_OF[rec.status], claim, status=rec.status, **detail)
     else:
         _emit(hooks, Kind.FENCED, claim, dropped=what,
               cancelled=result is Outcome.SUPERSEDED)
@@ -220,7 +245,7 @@ def _write(
                     return Outcome.RECORDED
                 claim.record, claim.etag = current.record, current.etag
                 if current.record.status == Status.CANCELLED:
-                    cancelled(store, claim, current.record, current.etag, what, declared)
+                    _note_cancelled(store, claim, current.record, current.etag, what, declared)
                     return Outcome.SUPERSEDED
                 claim.lease.release(store)  # no-op unless still ours
                 log.warning("task %s: finished without us (lease lost), outcome dropped",

@@ -23,6 +23,7 @@ from qo.models import CorruptRecord, ErrorInfo, Lease, Status, TaskRecord, dumps
 from qo.protocol import index, keys, leases, records
 from qo.protocol.cas import delete_quietly, put_checked, put_if_absent
 from qo.protocol.keys import parse_delayed_key
+from qo.retry import RetryDecision
 from qo.settings import Settings
 from qo.store.base import ObjectInfo, Store
 
@@ -161,10 +162,12 @@ def _repair(store: Store, held: leases.HeldLease, run_token: str | None,
                           message="the worker stopped renewing its lease (crash or stall)",
                           attempt=attempt)
         changes = {"attempt": attempt, "error": error, "last_lease": run_token}
-        if attempt >= record.max_attempts:
-            changes.update(status=Status.DEAD, finished_at=now)
+        decision = RetryDecision.decide(retryable=True, attempt=attempt, policy=None,
+                                        max_attempts=record.max_attempts)
+        if decision.retry:  # at once: the run never reported an error
+            changes.update(status=Status.PENDING, available_at=now + decision.delay)
         else:
-            changes.update(status=Status.PENDING, available_at=now)
+            changes.update(status=Status.DEAD, finished_at=now)
         record = record.model_copy(update=changes)
         records.replace(store, record, current.etag)
         counted = True

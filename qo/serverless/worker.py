@@ -35,12 +35,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from qo import eventlog
+from qo.app import App
 from qo.errors import ErrorKind, QoError
 from qo.protocol import keys, outcome
-from qo.protocol.claim import Claim
+from qo.protocol.claim import Claim, Claimer
+from qo.runner import Runner, TaskTimeout
 from qo.serverless import Config, runtime
 from qo.serverless.events import WorkerEvent, parse_worker_event
-from qo.worker import TaskTimeout, Worker, WorkerOptions
 
 log = logging.getLogger("qo.serverless.worker")
 
@@ -107,11 +109,20 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         _log(report, started)
         return asdict(report)
     request_id = getattr(context, "aws_request_id", None) or "local"
-    options = WorkerOptions(concurrency=1, queues=queues, worker_id=f"lambda-{str(request_id)[:36]}",
-                            deadline=deadline, deadline_error=InvocationDeadline)
-    worker = Worker(app, rt.queue, options)
-    _work(worker, parsed, rt.config, report)
-    summary = worker.summary
+    owner = f"lambda-{str(request_id)[:36]}"
+    q = rt.queue
+    invocation = Invocation(
+        app=app, deadline=deadline,
+        claimer=Claimer(q.store, q.settings, queues=queues, task_types=set(app.tasks),
+                        owner=owner, spread=1, hooks=q.hooks),
+        runner=Runner(app, q.store, q.settings, hooks=q.hooks, deadline=deadline,
+                      deadline_error=InvocationDeadline))
+    disconnect = eventlog.connect(q.hooks, owner)
+    try:
+        _work(invocation, parsed, rt.config, report)
+    finally:
+        disconnect()
+    summary = invocation.runner.summary
     report.succeeded, report.failed = summary.succeeded, summary.failed
     report.fenced = summary.fenced
     report.released += summary.released
@@ -136,12 +147,21 @@ def _drop_foreign(parsed: WorkerEvent, queues: list[str], types: set[str],
     report.markers = len(parsed.best_first())
 
 
-def _time_left(worker: Worker) -> float:
-    assert worker.options.deadline is not None  # the handler always sets one
-    return worker.options.deadline - time.monotonic()
+@dataclass
+class Invocation:
+    """What one invocation works with: a claimer and a runner (``qo.runner``)."""
+
+    app: App
+    claimer: Claimer
+    runner: Runner
+    deadline: float  # time.monotonic() instant: the invocation's end less the margin
 
 
-def _work(worker: Worker, parsed: WorkerEvent, config: Config,
+def _time_left(worker: Invocation) -> float:
+    return worker.deadline - time.monotonic()
+
+
+def _work(worker: Invocation, parsed: WorkerEvent, config: Config,
           report: InvocationReport) -> None:
     paused: dict[str, bool] = {}
     for item in parsed.best_first():
@@ -151,7 +171,7 @@ def _work(worker: Worker, parsed: WorkerEvent, config: Config,
         queue = item.marker.queue
         try:
             if queue not in paused:  # one HEAD per queue: a paused queue runs nothing
-                paused[queue] = worker.store.head(keys.paused_key(queue)) is not None
+                paused[queue] = worker.runner.store.head(keys.paused_key(queue)) is not None
             if paused[queue]:
                 report.paused += 1
                 continue
@@ -183,7 +203,7 @@ def _work(worker: Worker, parsed: WorkerEvent, config: Config,
             return
 
 
-def _run(worker: Worker, claim: Claim, config: Config, report: InvocationReport) -> bool:
+def _run(worker: Invocation, claim: Claim, config: Config, report: InvocationReport) -> bool:
     """Run a claimed task if it fits; False when this invocation should stop claiming."""
     report.claimed += 1
     record = claim.record
@@ -200,21 +220,21 @@ def _run(worker: Worker, claim: Claim, config: Config, report: InvocationReport)
                 f"({config.function_timeout:g} s, less a {config.safety_margin:g} s margin); "
                 "run it on a long-lived worker (qo worker) or shorten it")
             info = outcome.error_info(exc, claim.attempt, retryable=False)
-            outcome.fail(worker.store, claim, info, retryable=False, settings=worker.settings,
-                         hooks=worker.hooks)
+            outcome.fail(worker.runner.store, claim, info, retryable=False,
+                         hooks=worker.runner.hooks)
             report.rejected += 1
             log.warning("task %s rejected: %s", record.id, exc,
                         extra={"event": "task_rejected", **extra})
             return True
         left = _time_left(worker)
         if budget > left:
-            outcome.release(worker.store, claim, hooks=worker.hooks)
+            log.info("task %s needs %g s, %.1f s left: handing it back", record.id, budget,
+                     left, extra={"event": "not_enough_time", **extra})
+            outcome.release(worker.runner.store, claim, hooks=worker.runner.hooks)
             report.released += 1
-            log.info("task %s released: needs %g s, %.1f s left", record.id, budget, left,
-                     extra={"event": "task_released", **extra})
             report.stopped = "no time left"
             return False
-        worker.execute(claim)
+        worker.runner.run(claim)
     except QoError as exc:  # the store failed us: a lease we hold expires, the sweeper reaps it
         report.errors.append(f"task {record.id}: {exc}")
         log.warning("task %s: %s", record.id, exc, extra={"event": "outcome_error", **extra})

@@ -1,14 +1,18 @@
-"""One attempt of a claimed task: run its handler, keep its lease, record its outcome.
+"""The runner: one attempt of a claimed task, from handler call to recorded outcome.
 
-The handler runs in its own daemon thread, so that a timeout or a shutdown
-never waits on user code; the slot thread supervises it: it renews the lease
-(``qo.heartbeat``), enforces the deadline, and then records the outcome,
-retrying store failures while the lease lives. Whenever the slot stops
-waiting for a handler that has not returned (handed back, timed out,
-cancelled, lease lost) it sets ``ctx.cancelled``: the handler is told to stop.
+``Runner.run(claim)`` runs the handler (through the app's middleware,
+``qo.middleware``) in a daemon thread of its own, so that a timeout or a
+shutdown never waits on user code, and supervises it from the calling thread:
+it renews the lease (``qo.heartbeat``), enforces the deadline, and then
+records the outcome (``qo.protocol.outcome``), retrying store failures while
+the lease lives. Whenever it stops waiting for a handler that has not
+returned (handed back, timed out, cancelled, lease lost) it sets
+``ctx.cancelled``: the handler is told to stop.
 
-``Attempts`` is the part of ``qo.worker.Worker`` that does this; it lives here
-to keep each module small.
+There is one implementation today, threads; the worker runs one per slot and
+the Lambda worker one per invocation. An asyncio runner belongs beside it.
+What happened is told by lifecycle events (``qo.eventlog`` logs them) and
+counted in a ``WorkerSummary``.
 """
 
 from __future__ import annotations
@@ -18,26 +22,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from qo.app import App, TaskDef
 from qo.context import Context, StopReason
 from qo.errors import PreconditionFailed, QoError, StoreError
 from qo.health import StoreHealth
 from qo.heartbeat import MAX_BACKOFF, LeaseKeeper, Renewal
-from qo.hooks import Hooks
+from qo.hooks import NO_HOOKS, Hooks
+from qo.middleware import TaskCall, chain
 from qo.models import ErrorInfo, Status, TaskRecord
 from qo.protocol import outcome, records
 from qo.protocol.claim import Claim
+from qo.retry import RetryDecision
 from qo.settings import Settings
 from qo.store.base import Store
 
-if TYPE_CHECKING:
-    from qo.worker import WorkerOptions, WorkerSummary
-
 log = logging.getLogger("qo.worker")
 T = TypeVar("T")
-SHUTTING_DOWN = StopReason.SHUTTING_DOWN
 
 
 class TaskTimeout(Exception):
@@ -45,7 +47,18 @@ class TaskTimeout(Exception):
 
 
 class WorkerDeadline(TaskTimeout):
-    """The attempt ran into the worker's own deadline (``WorkerOptions.deadline``)."""
+    """The attempt ran into the worker's own deadline (``Runner.deadline``)."""
+
+
+@dataclass
+class WorkerSummary:
+    processed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    released: int = 0
+    fenced: int = 0  # the lease was lost: the outcome was dropped
+    cancelled: int = 0  # cancelled while running: the outcome was dropped
+    abandoned: int = 0  # handlers still running when the worker stopped
 
 
 @dataclass
@@ -60,30 +73,42 @@ class Running:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
-    capped: bool = False  # its deadline is the worker's, not the task's timeout
+    capped: bool = False  # its deadline is the runner's, not the task's timeout
     seen_cancelled: records.Versioned | None = None  # the cancelled record a heartbeat read
     over: bool = False  # the attempt is settled: heartbeats from the handler are refused
 
 
+class Runner:
+    """Runs claimed tasks to their outcome, one per calling thread; thread-safe.
 
-class Attempts:
-    """Running attempts; mixed into ``Worker``, which provides these attributes."""
+    ``abort`` set: hand back what runs (graceful shutdown is over).
+    ``deadline``: a ``time.monotonic()`` instant no handler may run past (a
+    Lambda invocation's end); a task stopped by it fails with ``deadline_error``.
+    """
 
-    app: App
-    store: Store
-    settings: Settings
-    hooks: Hooks
-    health: StoreHealth
-    summary: WorkerSummary
-    options: WorkerOptions
-    _abort: threading.Event
-    _lock: threading.Lock
-    _running: dict[str, Running]
-    _handlers: dict[threading.Thread, str]
+    def __init__(
+        self, app: App, store: Store, settings: Settings, *, hooks: Hooks = NO_HOOKS,
+        health: StoreHealth | None = None, summary: WorkerSummary | None = None,
+        abort: threading.Event | None = None, deadline: float | None = None,
+        deadline_error: type[TaskTimeout] = WorkerDeadline,
+    ) -> None:
+        self.app, self.store, self.settings, self.hooks = app, store, settings, hooks
+        self.health = health or StoreHealth()
+        self.summary = summary or WorkerSummary()
+        self.abort = abort or threading.Event()
+        self.deadline, self.deadline_error = deadline, deadline_error
+        self._lock = threading.Lock()
+        self._running: dict[str, Running] = {}
+        self._handlers: dict[threading.Thread, str] = {}  # live handler threads -> task id
 
-    def _wait_for_handlers(self) -> None:
+    def running(self) -> list[str]:
+        """The ids of the tasks whose handlers this runner supervises now."""
+        with self._lock:
+            return sorted(self._running)
+
+    def wait_for_handlers(self, cancel_wait: float) -> None:
         """Give handlers told to stop ``cancel_wait`` seconds to return; count the rest."""
-        end = time.monotonic() + self.options.cancel_wait
+        end = time.monotonic() + cancel_wait
         with self._lock:
             threads = list(self._handlers)
         for t in threads:
@@ -96,7 +121,8 @@ class Attempts:
                         "outcomes will be dropped", len(left), ", ".join(left),
                         extra={"event": "handlers_abandoned", "tasks": left})
 
-    def _execute(self, claim: Claim) -> None:
+    def run(self, claim: Claim) -> None:
+        """Run one claimed task to its outcome in the calling thread."""
         record = claim.record
         definition = self.app.tasks.get(record.type)
         if definition is None:
@@ -106,10 +132,9 @@ class Attempts:
         keeper = LeaseKeeper.for_claim(self.store, claim.lease)
         timeout = record.timeout if record.timeout is not None else definition.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        capped = self.options.deadline is not None and (
-            deadline is None or deadline > self.options.deadline)
+        capped = self.deadline is not None and (deadline is None or deadline > self.deadline)
         if capped:
-            deadline = self.options.deadline
+            deadline = self.deadline
         ctx = Context(task_id=record.id, task_type=record.type, queue=record.queue,
                       attempt=claim.attempt, deadline=deadline,
                       max_attempts=declared.get("max_attempts", record.max_attempts))
@@ -119,15 +144,11 @@ class Attempts:
             error = ErrorInfo(type="CorruptPayload", message=claim.input_error,
                               attempt=claim.attempt, retryable=False)
             self._settle(running, lambda: outcome.fail(
-                self.store, claim, error, retryable=False, settings=self.settings,
-                declared=declared, hooks=self.hooks))
+                self.store, claim, error, retryable=False, declared=declared, hooks=self.hooks))
             self._count("failed")
             return
         with self._lock:
             self._running[record.id] = running
-        extra = {"task_id": record.id, "type": record.type, "attempt": claim.attempt}
-        log.info("task %s started", record.id, extra={"event": "task_started", **extra})
-        started = time.monotonic()
         try:
             self._supervise(running, definition)
         finally:
@@ -136,17 +157,19 @@ class Attempts:
             if not running.done.is_set():  # handed back, timed out, lost: tell it to stop
                 ctx.cancel(StopReason.ABANDONED)
         try:
-            self._finish(running, definition, extra | {"seconds": round(time.monotonic() - started, 3)})
+            self._finish(running, definition)
         finally:
             running.over = True
 
     def _supervise(self, running: Running, definition: TaskDef) -> None:
         """Run the handler in its own thread; renew the lease; enforce the deadline."""
         task_id = running.claim.task_id
+        call = chain(self.app.middleware_stack, definition.run)
+        handler_call = TaskCall(definition.name, running.claim.input, running.ctx)
 
         def target() -> None:
             try:
-                running.result = definition.call(running.claim.input, running.ctx)
+                running.result = call(handler_call)
             except BaseException as exc:  # noqa: BLE001 - reported as the task's error
                 running.error = exc
             finally:
@@ -167,8 +190,8 @@ class Attempts:
             running.done.wait(max(0.0, min(waits)))
             if running.done.is_set() or ctx.cancel_reason in (StopReason.CANCELLED, StopReason.LEASE_LOST):
                 return  # (a heartbeat the handler made itself can find these)
-            if self._abort.is_set():
-                ctx.cancel(SHUTTING_DOWN)
+            if self.abort.is_set():
+                ctx.cancel(StopReason.SHUTTING_DOWN)
                 return
             if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
                 ctx.cancel(StopReason.TIMEOUT)
@@ -204,29 +227,28 @@ class Attempts:
             return False
         return True
 
-    def _finish(self, running: Running, definition: TaskDef, extra: dict[str, Any]) -> None:
+    def _finish(self, running: Running, definition: TaskDef) -> None:
         claim, ctx = running.claim, running.ctx
         with self._lock:
             self.summary.processed += 1
         retryable: bool | None = None
         if not running.done.is_set():
-            if ctx.cancel_reason == SHUTTING_DOWN:
+            if ctx.cancel_reason == StopReason.SHUTTING_DOWN:
                 self._settle(running,
                              lambda: outcome.release(self.store, claim, hooks=self.hooks))
                 self._count("released")
-                log.info("task %s released", claim.task_id, extra={"event": "task_released", **extra})
                 return
             if ctx.cancel_reason == StopReason.TIMEOUT and running.capped:
-                running.error = self.options.deadline_error(
+                running.error = self.deadline_error(
                     "the handler ran into the worker's deadline; give the task a timeout "
                     "that fits, or give the worker more time")
             elif ctx.cancel_reason == StopReason.TIMEOUT:
                 running.error = TaskTimeout(f"timed out after {running.timeout:g} s")
             elif ctx.cancel_reason == StopReason.CANCELLED:
-                self._cancelled(running, "the handler was told to stop", extra)
+                self._cancelled(running, "the handler was told to stop")
                 return
             else:  # the lease was lost (or the attempt was abandoned)
-                self._report(running, outcome.Outcome.FENCED, "still running", extra)
+                self._report(running, outcome.Outcome.FENCED, "still running")
                 return
         if running.error is None:
             try:
@@ -237,53 +259,49 @@ class Attempts:
                 result = self._settle(running, lambda: outcome.succeed(
                     self.store, claim, running.result, self.settings, encoded=encoded,
                     declared=running.declared, hooks=self.hooks))
-                self._report(running, result, "succeeded", extra)
+                self._report(running, result, "succeeded")
                 return
         error = running.error
         assert error is not None
         if retryable is None:
             retryable = definition.retryable(error)
+        decision = RetryDecision.decide(retryable=retryable, attempt=claim.attempt,
+                                        max_attempts=running.ctx.max_attempts,
+                                        policy=claim.record.retry, error=error)
         info = outcome.error_info(error, claim.attempt, retryable)
         result = self._settle(running, lambda: outcome.fail(
-            self.store, claim, info, retryable=bool(retryable), settings=self.settings,
-            declared=running.declared, hooks=self.hooks))
+            self.store, claim, info, decision=decision, declared=running.declared,
+            hooks=self.hooks))
         if result is outcome.Outcome.RECORDED:
             self._count("failed")
-            log.warning("task %s failed: %s: %s", claim.task_id, type(error).__name__, error,
-                        extra={"event": "task_failed", "retryable": retryable,
-                               "outcome": result.value, **extra})
             return
-        self._report(running, result, f"failed with {type(error).__name__}", extra)
+        self._report(running, result, f"failed with {type(error).__name__}")
 
-    def _report(self, running: Running, result: outcome.Outcome | None, what: str,
-                extra: dict[str, Any]) -> None:
-        task_id = running.claim.task_id
+    def _report(self, running: Running, result: outcome.Outcome | None, what: str) -> None:
+        """Count an outcome; events told the log already, except a store that never answered."""
         if result is outcome.Outcome.RECORDED:
             self._count("succeeded")
-            log.info("task %s succeeded", task_id,
-                     extra={"event": "task_succeeded", "outcome": result.value, **extra})
         elif result is outcome.Outcome.SUPERSEDED:
             self._count("cancelled")
-            log.info("task %s was cancelled while running; its outcome (%s) was dropped",
-                     task_id, what, extra={"event": "task_cancelled", **extra})
-        elif result is outcome.Outcome.FENCED:
-            self._count("fenced")
-            log.warning("task %s: lease lost; its outcome (%s) was dropped and another worker "
-                        "will run it again", task_id, what, extra={"event": "task_fenced", **extra})
         else:
             self._count("fenced")
+        if result is None:  # nothing was decided, so no event: say it here
             log.warning("task %s: the store failed until its lease ran out; its outcome (%s) "
-                        "was not recorded and another worker will run it again", task_id, what,
-                        extra={"event": "task_fenced", **extra})
+                        "was not recorded and another worker will run it again",
+                        running.claim.task_id, what,
+                        extra={"event": "task_fenced", "task_id": running.claim.task_id})
 
-    def _cancelled(self, running: Running, what: str, extra: dict[str, Any]) -> None:
+    def _cancelled(self, running: Running, what: str) -> None:
         seen, claim = running.seen_cancelled, running.claim
         if seen is None:  # the record is gone: only the lease is left to drop
             self._settle(running, lambda: claim.lease.release(self.store))
+            log.info("task %s was deleted while running; its outcome (%s) was dropped",
+                     claim.task_id, what, extra={"event": "task_cancelled", "task_id": claim.task_id})
         else:
             self._settle(running, lambda: outcome.cancelled(
-                self.store, claim, seen.record, seen.etag, what, running.declared))
-        self._report(running, outcome.Outcome.SUPERSEDED, what, extra)
+                self.store, claim, seen.record, seen.etag, what, running.declared,
+                hooks=self.hooks))
+        self._count("cancelled")
 
     def _settle(self, running: Running, write: Callable[[], T]) -> T | None:
         """Do an outcome's writes; on a store failure retry with backoff while the
@@ -309,7 +327,6 @@ class Attempts:
         with self._lock:
             setattr(self.summary, what, getattr(self.summary, what) + 1)
 
-    # -- housekeeping ---------------------------------------------------------
 
 def _declared(record: TaskRecord, definition: TaskDef) -> dict[str, Any]:
     """The handler's ``max_attempts`` and ``timeout``, where the record sets none.
