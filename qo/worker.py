@@ -36,6 +36,7 @@ from qo.models import WorkerInfo, dumps
 from qo.protocol import keys, sweep
 from qo.protocol.cas import delete_quietly
 from qo.protocol.claim import Claim, Claimer
+from qo.protocol.ownership import Fleet
 from qo.queue import Queue
 from qo.runner import Runner, TaskTimeout, WorkerDeadline, WorkerSummary
 from qo.shutdown import EXIT_ABANDONED
@@ -84,7 +85,7 @@ class Worker:
         self.queues = self.options.queues or app.queues()
         self.claimer = Claimer(
             self.store, self.settings, queues=self.queues, task_types=set(app.tasks),
-            owner=self.id, spread=1, hooks=self.hooks,
+            owner=self.id, spread=1, hooks=self.hooks, fleet=Fleet(self.store, self.id),
         )
         self.summary = WorkerSummary()
         self.health = StoreHealth()
@@ -99,7 +100,9 @@ class Worker:
                              deadline=self.options.deadline,
                              deadline_error=self.options.deadline_error)
         self._idle = self.options.poll_min  # the worker's idle backoff, shared by slots
-        self._next_poll = 0.0  # monotonic time before which idle slots do not poll
+        self._next_poll = 0.0  # monotonic time before which idle slots do not poll; 0: busy
+        self._polling = False  # an idle slot is polling for all of them
+        self.polls = 0  # polls made while idle (one claim each, whatever the concurrency)
         self._idle_cond = threading.Condition()
         self._rng = random.Random()
 
@@ -209,27 +212,22 @@ class Worker:
 
     def _slot(self) -> None:
         while not self._stop.is_set():
-            wait = self._next_poll - time.monotonic()
-            if wait > 0:  # another slot polled and found nothing: one poll serves all
-                with self._idle_cond:
-                    self._idle_cond.wait(min(wait, 1.0))
+            if not self._may_poll():
                 continue
             try:
                 claim = self.claimer.claim()
             except QoError as exc:
                 self.health.failed(exc, "claim")
-                self._back_off()
+                self._polled(found=False)
                 continue
             self.health.ok()
             self._report_seen()
             if claim is None:
+                self._polled(found=False)
                 if self.options.burst and self._burst_done():
                     return
-                self._back_off()
                 continue
-            with self._idle_cond:  # work is there: every idle slot may look again
-                self._idle, self._next_poll = self.options.poll_min, 0.0
-                self._idle_cond.notify_all()
+            self._polled(found=True)
             try:
                 self.runner.run(claim)
             except QoError as exc:  # the store failed us; the lease will be reaped
@@ -237,12 +235,42 @@ class Worker:
             except Exception:  # never let one task kill the worker
                 log.exception("task %s: internal error", claim.task_id)
 
-    def _back_off(self) -> None:
-        """Nothing to claim (or the store failed): wait longer, with jitter, worker-wide."""
+    def _may_poll(self) -> bool:
+        """May this slot claim now? While work flows, every free slot claims (they share
+        one listing); once a claim found nothing, one slot polls for all of them."""
         with self._idle_cond:
-            self._next_poll = time.monotonic() + self._rng.uniform(self._idle / 2, self._idle)
-            self._idle = min(self.options.poll_max, self._idle * 2)
-        self.claimer.forget()
+            if self._next_poll == 0.0:
+                return True
+            wait = self._next_poll - time.monotonic()
+            if wait > 0 or self._polling:
+                self._idle_cond.wait(min(wait, 1.0) if wait > 0 else 1.0)
+                return False
+            self._polling = True
+            self.polls += 1
+            return True
+
+    def _polled(self, *, found: bool) -> None:
+        """After a claim: work resets the idle backoff for every slot; nothing (or a
+        store failure) backs it off once per poll, with jitter, worker-wide."""
+        with self._idle_cond:
+            self._polling = False
+            now = time.monotonic()
+            if found:
+                self._idle, self._next_poll = self.options.poll_min, 0.0
+            elif self._next_poll <= now:  # the first empty claim of this round backs off
+                soon = self.claimer.next_try  # others' keys this worker may take then
+                if soon is not None and soon > now:
+                    self._next_poll = min(soon, now + self._idle)
+                else:
+                    self._next_poll = now + self._rng.uniform(self._idle / 2, self._idle)
+                    self._idle = min(self.options.poll_max, self._idle * 2)
+                self.claimer.forget()
+            self._idle_cond.notify_all()
+
+    def _others_pending(self) -> bool:
+        """Are there ready keys other workers rank first, that this one may take soon?"""
+        soon = self.claimer.next_try
+        return soon is not None and soon > time.monotonic()
 
     def _report_seen(self) -> None:
         unknown, paused = self.claimer.seen()
@@ -254,15 +282,18 @@ class Worker:
         try:
             sweep.promote(self.store)
             self.claimer.forget()
-            if self.runner.running():
+            if self.runner.running() or self._others_pending():
                 return False
             claim = self.claimer.claim()
         except QoError as exc:
             self.health.failed(exc, "burst check")
             return False
         if claim is None:
+            if self._others_pending():
+                return False
             self._stop.set()
             return True
+        self._polled(found=True)
         self.runner.run(claim)
         return False
 

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qo.hooks import NO_HOOKS, Hooks, Kind
@@ -24,6 +24,7 @@ from qo.protocol.admission import Admission, Refusal
 from qo.protocol.cas import delete_outcome
 from qo.protocol.keys import Marker, parse_ready_key
 from qo.protocol.leases import HeldLease
+from qo.protocol.ownership import Fleet
 from qo.settings import Settings
 from qo.store.base import ObjectInfo, Store
 
@@ -69,6 +70,8 @@ class _Listing:
     paused: bool
     fetched: float
     last_key: str | None  # the last key listed when the page was full, else None
+    waits: dict[str, float] = field(default_factory=dict)  # key -> Fleet.wait, cached
+    fleet_view: int = -1  # which Fleet.refreshes the cached waits are of
 
 
 @dataclass
@@ -108,6 +111,7 @@ class Claimer:
         rng: random.Random | None = None,
         hooks: Hooks = NO_HOOKS,
         admission: Sequence[Admission] = (),
+        fleet: Fleet | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -122,6 +126,10 @@ class Claimer:
         self.rng = rng or random.Random()
         self.hooks = hooks
         self.admission = tuple(admission)
+        #: With a fleet, keys other workers rank first are left to them for a while
+        #: (``qo.protocol.ownership``); ``next_try`` is when one becomes ours to try.
+        self.fleet = fleet
+        self.next_try: float | None = None
         self.stats = ClaimStats()
         #: Seen by the listings, for the worker to report: task types of ready
         #: markers it skipped (no handler), and the queues found paused.
@@ -129,12 +137,14 @@ class Claimer:
         self.paused: set[str] = set()
         self._lock = threading.Lock()
         self._listings: dict[str, _Listing] = {}
+        self._list_locks: dict[str, threading.Lock] = {}  # queue -> held while listing it
         self._skip: dict[str, float] = {}  # key -> monotonic time until which to skip it
         self._misses: dict[str, int] = {}  # key -> times in a row it was unusable
         self._floor: dict[str, tuple[str, float]] = {}  # queue -> (list after, until)
 
     def claim(self) -> Claim | None:
         """Claim the best available task, or None if there is none right now."""
+        self.next_try = None
         for queue in self.queues:
             for _ in range(16):
                 picked = self._pick(queue)
@@ -184,11 +194,13 @@ class Claimer:
         which the head of the queue is listed again (it may have new work).
         """
         for _ in range(MAX_PAGES):
-            with self._lock:
-                listing = self._listings.get(queue)
-                fresh = listing and time.monotonic() - listing.fetched < self.listing_ttl
-            if not fresh or listing is None:
-                listing = self._list(queue, self._floor_of(queue))
+            listing = self._fresh_listing(queue)
+            if listing is None:
+                with self._list_lock(queue):  # one LIST at a time per queue: the others wait
+                    listing = self._fresh_listing(queue) or self._list(queue, self._floor_of(queue))
+            if self.fleet is not None and listing.items:
+                self.fleet.refresh_if_due()
+            store_now = self.store.now() if self.fleet is not None else 0.0
             with self._lock:
                 now = time.monotonic()
                 if len(self._skip) > 1000:
@@ -199,6 +211,12 @@ class Claimer:
                 usable = [
                     (info, m) for info, m in listing.items if self._skip.get(info.key, 0) <= now
                 ]
+                if self.fleet is not None and usable:
+                    usable, stealing = self._ours_now(listing, usable, store_now, now)
+                    if not usable:
+                        return None  # others' keys, not yet ours to try: see next_try
+                    if stealing:  # from the back, where the first-ranked worker comes last
+                        usable.reverse()
                 if usable:
                     best = usable[0][1].priority
                     same = [c for c in usable[: int(self.spread)] if c[1].priority == best]
@@ -213,6 +231,54 @@ class Claimer:
                 self._floor[queue] = (listing.last_key, now + FLOOR_TTL)
                 self._listings.pop(queue, None)
         return None
+
+    def _ours_now(self, listing: _Listing, usable: list[tuple[ObjectInfo, Marker]],
+                  store_now: float, now: float) -> tuple[list[tuple[ObjectInfo, Marker]], bool]:
+        """The keys this worker may try now, and whether they are others' (under ``_lock``).
+
+        Keys it ranks first come first, best priority first; only with none of
+        those at the best priority does it take others' keys that have waited
+        long enough. Notes in ``next_try`` when the next of the others' keys
+        becomes triable.
+        """
+        assert self.fleet is not None
+        if listing.fleet_view != self.fleet.refreshes:
+            listing.waits, listing.fleet_view = {}, self.fleet.refreshes
+        own: list[tuple[ObjectInfo, Marker]] = []
+        others: list[tuple[ObjectInfo, Marker]] = []
+        soonest = None
+        for info, marker in usable:
+            wait = listing.waits.get(info.key)
+            if wait is None:
+                wait = listing.waits[info.key] = self.fleet.wait(info.key, marker)
+            early = info.last_modified + wait - store_now
+            if wait == 0:
+                own.append((info, marker))
+            elif early <= 0:
+                others.append((info, marker))
+            elif soonest is None or early < soonest:
+                soonest = early
+        if soonest is not None:
+            at = now + soonest
+            self.next_try = at if self.next_try is None or self.next_try <= now else min(
+                self.next_try, at)
+        if own and (not others or own[0][1].priority >= others[0][1].priority):
+            return own, False
+        if others:
+            best = others[0][1].priority
+            return [c for c in others if c[1].priority == best], True
+        return [], False
+
+    def _fresh_listing(self, queue: str) -> _Listing | None:
+        with self._lock:
+            listing = self._listings.get(queue)
+            if listing is not None and time.monotonic() - listing.fetched < self.listing_ttl:
+                return listing
+            return None
+
+    def _list_lock(self, queue: str) -> threading.Lock:
+        with self._lock:
+            return self._list_locks.setdefault(queue, threading.Lock())
 
     def _floor_of(self, queue: str) -> str | None:
         with self._lock:
@@ -291,6 +357,8 @@ class Claimer:
             seconds=self.settings.lease_seconds, now=now,
         )
         if held is None:
+            if self.fleet is not None:
+                self.fleet.refresh_if_due(conflict=True)
             with self._lock:
                 self.stats.lease_conflicts += 1
                 self.spread = min(self.listing_size, self.spread * 2)

@@ -80,6 +80,14 @@ def worker_key(worker_id: str) -> str:
     return f"{WORKERS}{worker_id}.json"
 
 
+def worker_id_of(key: str) -> str | None:
+    """The worker id a ``workers/{id}.json`` key names, or None."""
+    if not (key.startswith(WORKERS) and key.endswith(".json")):
+        return None
+    worker_id = key[len(WORKERS):-len(".json")]
+    return worker_id if worker_id and "/" not in worker_id else None
+
+
 def input_key(task_id: str) -> str:
     return f"{PAYLOADS}{task_id}/input"
 

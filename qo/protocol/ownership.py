@@ -1,0 +1,113 @@
+"""Which worker claims a ready key first: rendezvous hashing over the live fleet.
+
+Workers of one fleet list the same ready keys. If each took the best key,
+they would race for it: one wins the create-only lease PUT, the others pay a
+412, a read-back and a fresh LIST. Instead each worker ranks the fleet for
+every key by a hash of (worker id, key), highest first (rendezvous hashing:
+every worker computes the same ranking, with no coordination), and
+``Fleet.wait`` says how long the key must have been ready before this worker
+may try it: 0 for the worker ranked first, ``STEP`` seconds for the second,
+and so on. A stable fleet therefore almost never collides, and a key whose
+first-ranked worker is busy, slow or dead is taken by the next one a second
+later, so no task waits on one worker.
+
+The fleet is what ``workers/`` says (``qo.protocol.fleet``): every fresh
+record of a worker that serves the key's queue and task type, plus this
+worker. It is read only while there is work (the first listing with ready
+keys, then at most every ``FLEET_TTL`` seconds, or after a lost race every
+``CONFLICT_TTL`` seconds): an idle worker pays nothing for it.
+
+Cost: 1 LIST of ``workers/`` per refresh, and 1 GET per worker record the
+first time its id is seen (queues and task types do not change while a
+worker runs). No write; correctness never depends on it: the lease decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+from qo.models import CorruptRecord, WorkerInfo, loads
+from qo.protocol import keys
+from qo.protocol.cas import get_retrying
+from qo.protocol.fleet import STALE_AFTER, serves
+from qo.protocol.keys import Marker
+from qo.store.base import Store
+
+#: How much longer each lower-ranked worker waits before trying a key.
+STEP = 1.0
+#: How often a busy worker reads ``workers/`` again.
+FLEET_TTL = 30.0
+#: How soon after a lost lease race it reads ``workers/`` again (a worker it does not know).
+CONFLICT_TTL = 5.0
+
+
+def score(worker: str, key: str) -> int:
+    """The rendezvous score of ``worker`` for ``key``: the same in every process."""
+    digest = hashlib.blake2b(f"{worker}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+class Fleet:
+    """This worker's view of the fleet, for ranking ready keys; thread-safe."""
+
+    def __init__(self, store: Store, me: str, *, stale_after: float = STALE_AFTER) -> None:
+        self.store = store
+        self.me = me
+        self.stale_after = stale_after
+        self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
+        self._known: dict[str, WorkerInfo | None] = {}  # id -> its record (None: unreadable)
+        self._live: tuple[WorkerInfo, ...] = ()
+        self._fetched = float("-inf")  # monotonic time of the last refresh
+        self.refreshes = 0
+
+    def wait(self, key: str, marker: Marker) -> float:
+        """Seconds ``key`` must have been ready before this worker tries it."""
+        with self._lock:
+            live = self._live
+        mine = score(self.me, key)
+        ahead = sum(1 for w in live if w.id != self.me and serves(w, marker.queue, marker.task_type)
+                    and score(w.id, key) > mine)
+        return ahead * STEP
+
+    def refresh_if_due(self, *, conflict: bool = False) -> None:
+        """Read ``workers/`` again if the view is older than its TTL."""
+        ttl = CONFLICT_TTL if conflict else FLEET_TTL
+        if time.monotonic() - self._fetched < ttl or not self._refreshing.acquire(blocking=False):
+            return
+        try:
+            self._refresh()
+        finally:
+            self._refreshing.release()
+
+    def _refresh(self) -> None:
+        now = self.store.now()
+        live: list[WorkerInfo] = []
+        seen: set[str] = set()
+        for info in self.store.list(keys.WORKERS):
+            worker_id = keys.worker_id_of(info.key)
+            if worker_id is None or info.last_modified + self.stale_after < now:
+                continue
+            seen.add(worker_id)
+            if worker_id not in self._known:
+                self._known[worker_id] = self._read(info.key)
+            record = self._known[worker_id]
+            if record is not None:
+                live.append(record)
+        self._known = {k: v for k, v in self._known.items() if k in seen}
+        with self._lock:
+            self._live = tuple(live)
+            self._fetched = time.monotonic()
+            self.refreshes += 1
+
+    def _read(self, key: str) -> WorkerInfo | None:
+        obj = get_retrying(self.store, key)
+        if obj is None:
+            return None
+        try:
+            record = loads(WorkerInfo, obj.body, f"worker record {key}")
+        except CorruptRecord:
+            return None
+        return record if record.state == "running" else None

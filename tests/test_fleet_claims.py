@@ -1,0 +1,199 @@
+"""Claims at fleet scale: keys ranked by rendezvous hashing, one shared poll per worker.
+
+Several simulated worker processes (one Claimer and Fleet each, with their
+own worker records) claim from one counting memory store; the counts of lost
+lease races are deterministic.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+
+from qo.app import App
+from qo.models import WorkerInfo, dumps
+from qo.protocol import keys, outcome
+from qo.protocol.claim import Claimer
+from qo.protocol.ownership import STEP, Fleet, score
+from qo.queue import Queue
+from qo.settings import Settings
+from qo.store.base import Store
+from qo.store.memory import MemoryStore
+from qo.testing import FakeClock
+from qo.worker import Worker, WorkerOptions
+
+from .helpers import wait_for
+
+
+def _register(store: Store, worker_id: str, queues: tuple[str, ...] = ("default",)) -> None:
+    now = store.now()
+    info = WorkerInfo(id=worker_id, host="h", pid=1, queues=list(queues), task_types=["t"],
+                      concurrency=1, started_at=now, seen_at=now)
+    store.put(keys.worker_key(worker_id), dumps(info))
+
+
+def _fleet(n: int, *, ownership: bool, ghosts: int = 0) -> tuple[MemoryStore, Queue, FakeClock,
+                                                                    list[Claimer]]:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    queue = Queue(store, Settings())
+    for i in range(n):
+        _register(store, f"w{i}")
+    for i in range(ghosts):  # fresh records of workers that never claim (hung or dead)
+        _register(store, f"ghost{i}")
+    claimers = [Claimer(store, queue.settings, queues=["default"], task_types={"t"},
+                        owner=f"w{i}", rng=random.Random(i),
+                        fleet=Fleet(store, f"w{i}") if ownership else None)
+                for i in range(n)]
+    return store, queue, clock, claimers
+
+
+def _run_round_robin(queue: Queue, clock: FakeClock, claimers: list[Claimer], n: int) -> int:
+    """Each simulated process claims one task in turn, holding it while the others claim;
+    then all finish. When a whole round claims nothing, store time moves on by one STEP."""
+    done = 0
+    for rounds in range(10 * n):
+        held = [c for c in (claimer.claim() for claimer in claimers) if c is not None]
+        for claim in held:
+            outcome.succeed(queue.store, claim, None, queue.settings)
+        done += len(held)
+        if done == n:
+            return rounds
+        if not held:
+            clock.advance(STEP)
+    raise AssertionError(f"only {done} of {n} tasks done")
+
+
+def _wasted(claimers: list[Claimer]) -> int:
+    """Lease PUTs that claimed nothing: lost races and markers already taken."""
+    return sum(c.stats.lease_conflicts + c.stats.stale for c in claimers)
+
+
+def test_a_fleet_ranked_by_rendezvous_hashing_almost_never_collides() -> None:
+    n = 240
+    _, queue, clock, claimers = _fleet(8, ownership=True)
+    queue.submit_many([{"type": "t", "input": {"i": i}} for i in range(n)])
+    _run_round_robin(queue, clock, claimers, n)
+    assert sum(c.stats.claims for c in claimers) == n
+    conflicts = sum(c.stats.lease_conflicts for c in claimers)
+    assert conflicts / n <= 0.05, conflicts  # failed conditional writes per task
+    assert _wasted(claimers) / n <= 0.1, _wasted(claimers)
+
+    # The same fleet without ownership races for the same head keys.
+    _, queue, clock, claimers = _fleet(8, ownership=False)
+    queue.submit_many([{"type": "t", "input": {"i": i}} for i in range(n)])
+    _run_round_robin(queue, clock, claimers, n)
+    assert sum(c.stats.lease_conflicts for c in claimers) / n > 0.05
+    assert _wasted(claimers) / n > 0.3, _wasted(claimers)
+
+
+def test_keys_ranked_first_by_a_silent_worker_are_taken_one_step_later() -> None:
+    n = 60
+    _, queue, clock, claimers = _fleet(3, ownership=True, ghosts=2)
+    queue.submit_many([{"type": "t", "input": {"i": i}} for i in range(n)])
+    start = clock()
+    _run_round_robin(queue, clock, claimers, n)
+    assert sum(c.stats.claims for c in claimers) == n
+    assert clock() - start <= 2 * STEP + 1e-9  # two silent workers: at most two steps
+
+
+def test_a_worker_serving_another_queue_does_not_hold_keys_back() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    queue = Queue(store, Settings())
+    _register(store, "busy-elsewhere", queues=("other",))
+    fleet = Fleet(store, "me")
+    queue.submit_many([{"type": "t", "input": {"i": i}} for i in range(20)])
+    claimer = Claimer(store, queue.settings, queues=["default"], task_types={"t"}, owner="me",
+                      fleet=fleet)
+    for _ in range(20):  # with no clock movement at all
+        claim = claimer.claim()
+        assert claim is not None
+        outcome.succeed(store, claim, None, queue.settings)
+    assert fleet.refreshes == 1
+
+
+def test_one_worker_with_a_fleet_view_claims_in_exact_priority_then_fifo_order() -> None:
+    _, queue, clock, claimers = _fleet(1, ownership=True)
+    handles = []
+    for i in range(12):
+        handles.append((-(i % 3), i, queue.submit("t", {"i": i}, priority=100 + i % 3).id))
+        clock.advance(0.01)
+    order = []
+    while (claim := claimers[0].claim()) is not None:
+        order.append(claim.task_id)
+        outcome.succeed(queue.store, claim, None, queue.settings)
+    assert order == [task_id for _, _, task_id in sorted(handles)]
+
+
+def test_the_ranking_is_the_same_everywhere_and_spreads_keys_evenly() -> None:
+    workers = [f"w{i}" for i in range(8)]
+    firsts = [max(workers, key=lambda w, k=f"ready/default/{k:04d}": score(w, k))
+              for k in range(800)]
+    counts = [firsts.count(w) for w in workers]
+    assert score("w1", "k") == score("w1", "k") and score("w1", "k") != score("w2", "k")
+    assert min(counts) >= 60 and max(counts) <= 140, counts  # ~100 each
+
+
+def test_an_idle_worker_makes_one_list_per_poll_whatever_its_concurrency() -> None:
+    store = MemoryStore()
+    queue = Queue(store, Settings())
+    app = App(queue)
+
+    @app.task
+    def t() -> None:
+        return None
+
+    lists = []
+    real_list = store.list
+
+    def counting_list(prefix: str, **kw):  # type: ignore[no-untyped-def]
+        if prefix.startswith(keys.READY):
+            lists.append(prefix)
+        return real_list(prefix, **kw)
+
+    store.list = counting_list  # type: ignore[method-assign]
+    worker = Worker(app, queue, WorkerOptions(concurrency=8, poll_min=0.01, poll_max=0.02,
+                                              sweep_interval=3600, heartbeat_interval=3600))
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    try:
+        wait_for(lambda: worker.polls >= 3, timeout=60)
+        polls, listed = worker.polls, len(lists)
+        wait_for(lambda: worker.polls >= polls + 10, timeout=60)
+        polls2, listed2 = worker.polls, len(lists)
+    finally:
+        worker.stop()
+        runner.join(30)
+    assert abs((listed2 - listed) - (polls2 - polls)) <= 1, (listed2 - listed, polls2 - polls)
+
+
+@pytest.mark.parametrize("threads", [4])
+def test_slots_of_one_process_share_one_listing(threads: int) -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    queue = Queue(store, Settings())
+    queue.submit_many([{"type": "t", "input": {"i": i}} for i in range(threads * 5)])
+    claimer = Claimer(store, queue.settings, queues=["default"], task_types={"t"}, owner="p",
+                      listing_ttl=3600, fleet=Fleet(store, "p"))
+    before = store.counts.snapshot()
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def slot() -> None:
+        for _ in range(5):
+            claim = claimer.claim()
+            assert claim is not None
+            with lock:
+                claimed.append(claim.task_id)
+
+    pool = [threading.Thread(target=slot) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(60)
+    after = store.counts.snapshot()
+    assert len(set(claimed)) == threads * 5 and claimer.stats.lease_conflicts == 0
+    assert after.get("LIST", 0) - before.get("LIST", 0) == 2  # ready/ once, workers/ once
