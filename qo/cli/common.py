@@ -103,6 +103,15 @@ def open_queue(ctx: typer.Context, local: str | None) -> Queue:
     return Queue.from_url(queue_url(ctx, local)).check_store()
 
 
+def add_group(app: typer.Typer, name: str, summary: str,
+              commands: dict[str, Callable[..., None]]) -> None:
+    """Add ``qo NAME SUBCOMMAND`` for each of ``commands`` (bare ``qo NAME`` shows help)."""
+    group = typer.Typer(help=summary, no_args_is_help=True)
+    for subcommand, fn in commands.items():
+        group.command(subcommand)(fn)
+    app.add_typer(group, name=name)
+
+
 def plain_flags(command: Any, help_names: list[str]) -> None:
     """Boolean flags take no value, so ``--help`` shows none after them.
 
@@ -165,6 +174,14 @@ def emit_listing(items: list[Any], *, more: bool, next_after: str | None = None,
     pages by id and there is a next page; ``more`` says whether anything was left out.
     """
     emit_json({name: items, "more": more, "next_after": next_after})
+
+
+def answer(data: Any, line: str, *, json: bool) -> None:
+    """What a command that acts on one thing prints: ``data`` with ``--json``, else ``line``."""
+    if json:
+        emit_json(data)
+    else:
+        say(line)
 
 
 def say(message: str) -> None:

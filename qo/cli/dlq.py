@@ -31,12 +31,8 @@ from qo.queue import Queue
 
 
 def register(app: typer.Typer) -> None:
-    dlq = typer.Typer(help="Dead-letter queue: tasks that ran out of attempts.",
-                      no_args_is_help=True)
-    dlq.command("ls")(dlq_ls)
-    dlq.command("retry")(dlq_retry)
-    dlq.command("purge")(dlq_purge)
-    app.add_typer(dlq, name="dlq")
+    common.add_group(app, "dlq", "Dead-letter queue: tasks that ran out of attempts.",
+                     {"ls": dlq_ls, "retry": dlq_retry, "purge": dlq_purge})
 
 
 

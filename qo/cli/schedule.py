@@ -53,17 +53,11 @@ class CatchUpPolicy(StrEnum):
 
 
 def register(app: typer.Typer) -> None:
-    sched = typer.Typer(help="Cron and interval schedules: tasks submitted on a timetable.",
-                        no_args_is_help=True)
-    sched.command("add")(schedule_add)
-    sched.command("list")(schedule_list)
-    sched.command("show")(schedule_show)
-    sched.command("pause")(schedule_pause)
-    sched.command("resume")(schedule_resume)
-    sched.command("trigger")(schedule_trigger)
-    sched.command("remove")(schedule_remove)
-    sched.command("run")(schedule_run)
-    app.add_typer(sched, name="schedule")
+    common.add_group(
+        app, "schedule", "Cron and interval schedules: tasks submitted on a timetable.",
+        {"add": schedule_add, "list": schedule_list, "show": schedule_show,
+         "pause": schedule_pause, "resume": schedule_resume, "trigger": schedule_trigger,
+         "remove": schedule_remove, "run": schedule_run})
 
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Schedule name.", show_default=False)]
@@ -91,6 +85,10 @@ def _as_dict(sched: Schedule) -> dict[str, Any]:
     data = sched.model_dump(mode="json")
     data["description"] = sched.describe()
     return data
+
+
+def _next_run(sched: Schedule) -> str:
+    return fmt_time(sched.next_slot) if sched.next_slot is not None else "never (past its end)"
 
 
 def _seconds(value: float | None) -> str:
@@ -173,12 +171,10 @@ def schedule_add(
                            tz="UTC" if tz is None else tz, input=payload, replace=replace,
                            **options)
     sched = saved.schedule
-    if json:
-        emit_json({**_as_dict(sched), "replaced": saved.replaced})
-        return
-    nxt = fmt_time(sched.next_slot) if sched.next_slot is not None else "never (past its end)"
-    say(f"{'replaced' if saved.replaced else 'added'} schedule {sched.name}: {sched.describe()}, "
-        f"next run {nxt}{' (paused)' if sched.paused else ''}")
+    verb = "replaced" if saved.replaced else "added"
+    common.answer({**_as_dict(sched), "replaced": saved.replaced},
+                  f"{verb} schedule {sched.name}: {sched.describe()}, "
+                  f"next run {_next_run(sched)}{' (paused)' if sched.paused else ''}", json=json)
 
 
 # -- list, show ---------------------------------------------------------------------
@@ -299,10 +295,7 @@ def schedule_pause(
 ) -> None:
     """Stop firing a schedule (slots missed while paused are skipped)."""
     s = scheduler.pause(common.open_queue(ctx, queue), name)
-    if json:
-        emit_json(_as_dict(s))
-    else:
-        say(f"paused schedule {s.name}")
+    common.answer(_as_dict(s), f"paused schedule {s.name}", json=json)
 
 
 def schedule_resume(
@@ -313,11 +306,7 @@ def schedule_resume(
 ) -> None:
     """Fire a paused schedule again, from its next slot after now."""
     s = scheduler.resume(common.open_queue(ctx, queue), name)
-    if json:
-        emit_json(_as_dict(s))
-    else:
-        nxt = fmt_time(s.next_slot) if s.next_slot is not None else "never (past its end)"
-        say(f"resumed schedule {s.name}, next run {nxt}")
+    common.answer(_as_dict(s), f"resumed schedule {s.name}, next run {_next_run(s)}", json=json)
 
 
 def schedule_trigger(
@@ -328,10 +317,7 @@ def schedule_trigger(
 ) -> None:
     """Submit one run now, outside the timetable; prints the task id."""
     task_id = scheduler.trigger(common.open_queue(ctx, queue), name)
-    if json:
-        emit_json({"id": task_id, "schedule": name})
-    else:
-        say(task_id)
+    common.answer({"id": task_id, "schedule": name}, task_id, json=json)
 
 
 def schedule_remove(

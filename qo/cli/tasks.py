@@ -222,10 +222,7 @@ def cancel(
 ) -> None:
     """Cancel a task that has not finished; a running handler learns it at its next heartbeat."""
     view = common.open_queue(ctx, queue).cancel(task_id, reason)
-    if json:
-        emit_json(view.as_dict())
-    else:
-        say(f"cancelled {task_id}")
+    common.answer(view.as_dict(), f"cancelled {task_id}", json=json)
 
 
 def retry(
@@ -237,10 +234,7 @@ def retry(
     """Run a dead, failed (between attempts), scheduled or cancelled task again now, with
     fresh attempts. Pending and running tasks are refused."""
     view = common.open_queue(ctx, queue).retry(task_id)
-    if json:
-        emit_json(view.as_dict())
-    else:
-        say(f"retrying {task_id} (status {view.status})")
+    common.answer(view.as_dict(), f"retrying {task_id} (status {view.status})", json=json)
 
 
 def pause(

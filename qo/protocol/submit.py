@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from qo.errors import ErrorKind, PreconditionFailed, QoError, shorten
 from qo.hooks import NO_HOOKS, Hooks, Kind
@@ -34,6 +34,10 @@ class IdempotencyConflict(QoError):
     """The idempotency key is taken by a task with a different input."""
 
     kind = ErrorKind.CONFLICT
+
+
+#: The fields of a ``SubmitRequest`` that are names, and what an error calls them.
+_NAME_FIELDS = {"type": "task type", "queue": "queue name", "key_scope": "idempotency scope"}
 
 
 class SubmitRequest(BaseModel):
@@ -55,25 +59,15 @@ class SubmitRequest(BaseModel):
     timeout: float | None = Field(None, gt=0, le=7 * 86_400)
     tags: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("type")
+    @field_validator("type", "queue", "key_scope")
     @classmethod
-    def _type(cls, v: str) -> str:
-        return check_name(v, "task type")
-
-    @field_validator("queue")
-    @classmethod
-    def _queue(cls, v: str | None) -> str | None:
-        return None if v is None else check_name(v, "queue name")
+    def _name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else check_name(v, _NAME_FIELDS[info.field_name or ""])
 
     @field_validator("key")
     @classmethod
     def _key(cls, v: str | None) -> str | None:
         return None if v is None else check_free_text(v, "idempotency key")
-
-    @field_validator("key_scope")
-    @classmethod
-    def _scope(cls, v: str) -> str:
-        return check_name(v, "idempotency scope")
 
     @field_validator("tags")
     @classmethod

@@ -35,22 +35,22 @@ are logged with the request id, which the response names.
 With ``QO_APP`` set, submits use the app's defaults for the task type
 (queue, priority, attempts, retry, timeout), like ``qo submit --app``, and
 unknown task types are refused.
+
+This module is the routes; reading the event and shaping the answer (errors
+included) is ``qo.serverless.function_url``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 
 from qo.app import App
-from qo.errors import ErrorKind, QoError, shorten, shorten_values
+from qo.errors import ErrorKind, QoError, shorten
 from qo.models import Status
 from qo.names import check_free_text, check_task_id
 from qo.protocol import admin, records
@@ -65,114 +65,23 @@ from qo.protocol.submit import (
 )
 from qo.scheduler import list_schedules
 from qo.serverless import Runtime, runtime
+from qo.serverless.function_url import (
+    HttpError,
+    Request,
+    answer_error,
+    bad_request,
+    describe_validation,
+    json_type,
+    method_and_path,
+    refusal,
+    response,
+)
 from qo.serverless.sweeper import plain
 
 log = logging.getLogger("qo.serverless.api")
 
 MAX_BATCH = 1000
 MAX_LIST = 100
-JSON_HEADERS = {"content-type": "application/json"}
-
-
-class HttpError(Exception):
-    """An error answered as is: status, machine-readable code, one-line message."""
-
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-    @classmethod
-    def of(cls, kind: ErrorKind, message: str) -> HttpError:
-        """The answer for an error of ``kind``: its status and code."""
-        return cls(kind.http_status, kind.code, message)
-
-
-def bad_request(message: str) -> HttpError:
-    return HttpError.of(ErrorKind.INVALID, message)
-
-
-class Request:
-    """The parts of a Function URL event the routes use."""
-
-    def __init__(self, event: dict[str, Any], max_body: int) -> None:
-        context = event.get("requestContext")
-        http = context.get("http") if isinstance(context, dict) else None
-        if not isinstance(http, dict) or not isinstance(http.get("method"), str):
-            raise bad_request("not a Function URL request (payload format 2.0)")
-        self.method = http["method"].upper()
-        path = event.get("rawPath") or http.get("path") or "/"
-        if not isinstance(path, str):
-            raise bad_request("invalid request path")
-        self.path = path.rstrip("/") or "/"
-        query = event.get("queryStringParameters")
-        self.query: dict[str, str] = query if isinstance(query, dict) else {}
-        self.raw = self._body(event, max_body)
-        self.params: dict[str, str] = {}
-
-    @staticmethod
-    def _body(event: dict[str, Any], max_body: int) -> bytes:
-        body = event.get("body")
-        if body is None or body == "":
-            return b""
-        if not isinstance(body, str):
-            raise bad_request("request body must be text")
-        if len(body) > 2 * max_body + 16:  # refuse before decoding anything huge
-            raise too_large(max_body)
-        if event.get("isBase64Encoded"):
-            try:
-                raw = base64.b64decode(body, validate=True)
-            except (binascii.Error, ValueError):
-                raise bad_request("request body is not valid base64") from None
-        else:
-            raw = body.encode("utf-8", "surrogatepass")
-        if len(raw) > max_body:
-            raise too_large(max_body)
-        return raw
-
-    def json(self, *, required: bool = True) -> Any:
-        if not self.raw.strip():
-            if required:
-                raise bad_request("request body is empty: send a JSON object")
-            return None
-        try:
-            return orjson.loads(self.raw)
-        except orjson.JSONDecodeError as exc:
-            raise bad_request(f"malformed JSON in request body: {exc}") from None
-
-    def json_object(self, *, required: bool = True) -> dict[str, Any] | None:
-        data = self.json(required=required)
-        if data is None and not required:
-            return None
-        if not isinstance(data, dict):
-            raise bad_request(f"request body must be a JSON object, not {_json_type(data)}")
-        return data
-
-
-def too_large(limit: int) -> HttpError:
-    return HttpError.of(ErrorKind.TOO_LARGE, f"request body is over the limit of {limit:,} bytes")
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(value), "a number")
-
-
-def describe_validation(exc: ValidationError, where: str = "") -> str:
-    """A pydantic error as one line: ``field: problem; other: problem``."""
-    parts = []
-    errors = exc.errors(include_url=False)
-    for err in errors[:3]:
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        loc = f"{where}.{loc}" if where and loc else (where or loc)
-        msg = str(err.get("msg", "invalid"))
-        msg = msg.removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    more = len(errors) - len(parts)
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 # -- routes -----------------------------------------------------------------------------
@@ -201,7 +110,7 @@ def _at(where: str, message: str) -> str:
 
 def _submit_request(app: App | None, fields: Any, where: str = "") -> SubmitRequest:
     if not isinstance(fields, dict):
-        raise bad_request(_at(where, f"must be a JSON object, not {_json_type(fields)}"))
+        raise bad_request(_at(where, f"must be a JSON object, not {json_type(fields)}"))
     if "type" not in fields:
         raise bad_request(_at(where, "field 'type' is required"))
     if app is not None:
@@ -351,66 +260,14 @@ def _dispatch(event: Any) -> tuple[int, Any, dict[str, str]]:
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
     """The Lambda entry point of the API function."""
     request_id = str(getattr(context, "aws_request_id", None) or "local")
-    headers: dict[str, str] = {}
     try:
         status, body, headers = _dispatch(event)
-    except HttpError as exc:
-        status, body, headers = exc.status, _error(exc.code, exc.message), exc.headers
-    except ValidationError as exc:
-        status, body = ErrorKind.INVALID.http_status, _error(ErrorKind.INVALID.code, describe_validation(exc))
-    except QoError as exc:
-        status, body = refusal(exc, request_id)
-    except Exception:
-        log.exception("request %s failed", request_id)
-        status, body = _internal(request_id)
-    method, path = _where(event)
+    except Exception as exc:  # noqa: BLE001 - answered (and logged if unexpected), never raised
+        status, body, headers = answer_error(exc, request_id)
+    method, path = method_and_path(event)
     log.info("%s %s -> %d", method, path, status,
              extra={"event": "api_request", "status": status, "request_id": request_id})
-    return {
-        "statusCode": status,
-        "headers": {**JSON_HEADERS, **headers},
-        "body": orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS, default=str).decode(),
-        "isBase64Encoded": False,
-    }
-
-
-def refusal(exc: QoError, request_id: str) -> tuple[int, dict[str, str]]:
-    """The status and body for a ``QoError``: both are its kind's; only the wording varies.
-
-    Internal errors are logged with their traceback and answered without
-    detail; configuration errors are logged and name what to check.
-    """
-    kind = exc.kind
-    if kind is ErrorKind.INTERNAL:
-        log.error("request %s failed", request_id, exc_info=exc)
-        return _internal(request_id)
-    if kind in (ErrorKind.MISCONFIGURED, ErrorKind.UNSUPPORTED_STORE):  # retrying cannot help
-        log.error("request %s: misconfigured: %s", request_id, exc,
-                  extra={"event": "api_misconfigured"})
-        message = (f"the API is misconfigured: {exc}; check the function's QO_QUEUE, "
-                   "its role and its bucket")
-    elif kind is ErrorKind.UNAVAILABLE:
-        log.warning("request %s: unavailable: %s", request_id, exc)
-        message = f"temporarily unavailable, try again: {exc}"
-    else:
-        message = str(exc)
-    return kind.http_status, _error(kind.code, message)
-
-
-def _internal(request_id: str) -> tuple[int, dict[str, str]]:
-    return ErrorKind.INTERNAL.http_status, _error(ErrorKind.INTERNAL.code,
-                                             f"internal error (request {request_id})")
-
-
-def _error(code: str, message: str) -> dict[str, str]:
-    return {"error": code, "message": shorten_values(" ".join(message.split()))}
-
-
-def _where(event: Any) -> tuple[str, str]:
-    try:
-        return str(event["requestContext"]["http"]["method"]), str(event.get("rawPath"))[:200]
-    except (KeyError, TypeError):
-        return "?", "?"
+    return response(status, body, headers)
 
 
 __all__ = ["MAX_BATCH", "HttpError", "describe_validation", "handler", "refusal"]

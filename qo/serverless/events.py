@@ -138,32 +138,34 @@ class _Parser:
         if not isinstance(name, str) or not name.startswith("ObjectCreated:"):
             self.ignore("not an ObjectCreated event", name, level=logging.INFO)
             return
-        try:
-            bucket = record["s3"]["bucket"]["name"]
-            raw_key = record["s3"]["object"]["key"]
-        except (KeyError, TypeError) as exc:
-            self.ignore("malformed S3 record", f"missing {exc}")
-            return
-        if not isinstance(bucket, str) or not isinstance(raw_key, str):
-            self.ignore("malformed S3 record", "bucket or key is not a string")
-            return
-        self.accept(bucket, unquote_plus(raw_key), record.get("eventTime"))
+        found = self.bucket_and_key(record, "s3", "S3 record")
+        if found is not None:
+            bucket, raw_key = found
+            self.accept(bucket, unquote_plus(raw_key), record.get("eventTime"))
 
     def eventbridge(self, event: dict[str, Any]) -> None:
         if event.get("detail-type") != "Object Created":
             self.ignore("not an Object Created event", event.get("detail-type"),
                         level=logging.INFO)
             return
+        found = self.bucket_and_key(event, "detail", "EventBridge S3 event")
+        if found is not None:
+            bucket, key = found
+            self.accept(bucket, key, event.get("time"))
+
+    def bucket_and_key(self, event: dict[str, Any], part: str,
+                       what: str) -> tuple[str, str] | None:
+        """``event[part]``'s bucket name and object key, or None (ignored as malformed)."""
         try:
-            bucket = event["detail"]["bucket"]["name"]
-            key = event["detail"]["object"]["key"]
+            bucket = event[part]["bucket"]["name"]
+            key = event[part]["object"]["key"]
         except (KeyError, TypeError) as exc:
-            self.ignore("malformed EventBridge S3 event", f"missing {exc}")
-            return
+            self.ignore(f"malformed {what}", f"missing {exc}")
+            return None
         if not isinstance(bucket, str) or not isinstance(key, str):
-            self.ignore("malformed EventBridge S3 event", "bucket or key is not a string")
-            return
-        self.accept(bucket, key, event.get("time"))
+            self.ignore(f"malformed {what}", "bucket or key is not a string")
+            return None
+        return bucket, key
 
     def accept(self, bucket: str, s3_key: str, when: Any) -> None:
         if self.bucket is not None and bucket != self.bucket:

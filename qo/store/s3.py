@@ -3,45 +3,23 @@
 S3 already has the contract qo needs: create-only puts (``If-None-Match: *``),
 compare-and-swap puts and deletes (``If-Match``), lexicographic listing and a
 clock (the ``Date`` header of every response). This module only maps the
-contract onto boto3 calls and every botocore failure onto a one-line
-``qo.errors`` exception, so nothing above it ever sees botocore.
+contract onto boto3 calls and keeps the clock estimate; the client and the
+translation of every botocore failure into a one-line ``qo.errors``
+exception are ``qo.store.s3_client``, so nothing above them ever sees botocore.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    CredentialRetrievalError,
-    HTTPClientError,
-    NoCredentialsError,
-    NoRegionError,
-    PartialCredentialsError,
-    ProfileNotFound,
-    TokenRetrievalError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from qo.errors import (
-    AccessDenied,
-    BucketNotFound,
-    ConfigError,
-    NotSupported,
-    PreconditionFailed,
-    QoError,
-    StoreError,
-    StoreUnavailable,
-)
+from qo.errors import BucketNotFound, PreconditionFailed, QoError
 from qo.store.base import (
     LIST_PAGE_SIZE,
     ObjectInfo,
@@ -51,84 +29,22 @@ from qo.store.base import (
     check_prefix,
     paginate,
 )
-
-DEFAULT_REGION = "us-east-1"
+from qo.store.s3_client import (
+    DEFAULT_REGION,
+    configured_endpoint,
+    error_code,
+    http_status,
+    is_missing,
+    lost_condition,
+    make_client,
+    translate,
+)
 
 #: The clock estimate keeps the largest Date-header offset sample of the last
 #: one to two windows (seconds, on the monotonic clock); older ones are dropped.
 _OFFSET_WINDOW = 30.0
-#: S3 answers 412 when a precondition fails, and 409 when another conditional
-#: write on the same key is in flight: for the caller, both mean "you lost".
-_PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
-#: HEAD responses have no body, so botocore reports the bare status as code.
-_MISSING_KEY_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
-_UNAVAILABLE_CODES = frozenset(
-    {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling"}
-)
-_CREDENTIAL_ERRORS = (
-    NoCredentialsError,
-    PartialCredentialsError,
-    CredentialRetrievalError,
-    TokenRetrievalError,
-    ProfileNotFound,
-    NoRegionError,
-)
-_NETWORK_ERRORS = (BotoConnectionError, HTTPClientError)
-#: Codes a store uses for "I do not implement what you asked": never an outage.
-_UNSUPPORTED_CODES = frozenset({"NotImplemented", "NotSupported", "UnsupportedOperation"})
-#: A 400 whose message names one of these is about an unsupported header.
-_CONDITIONAL_HEADERS = ("if-match", "if-none-match", "ifmatch", "ifnonematch", "header")
 
-
-def _unsupported(code: str, status: int, message: str) -> bool:
-    """501, or a 400 that says a header (e.g. If-Match) is not supported."""
-    if status == 501 or code in _UNSUPPORTED_CODES:
-        return True
-    text = message.lower()
-    return status == 400 and any(h in text for h in _CONDITIONAL_HEADERS) and (
-        "not supported" in text or "not implemented" in text or "unsupported" in text)
-
-
-def configured_endpoint() -> str | None:
-    """The endpoint override botocore will pick up from the environment, if any."""
-    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
-        return None
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
-def make_client(
-    *,
-    endpoint_url: str | None = None,
-    region: str | None = None,
-    max_pool_connections: int = 64,
-    max_attempts: int = 5,
-) -> Any:
-    """A boto3 S3 client configured for qo (retries, timeouts, pool size).
-
-    A fresh Session per client, because Sessions are not thread safe while
-    clients are. Any endpoint override (argument or ``AWS_ENDPOINT_URL*``)
-    gets path-style addressing: local servers (moto, MinIO) cannot resolve
-    ``bucket.localhost``, and S3-compatible services all accept path style.
-    """
-    options: dict[str, Any] = {
-        "retries": {"mode": "standard", "max_attempts": max_attempts},
-        "max_pool_connections": max_pool_connections,
-        "connect_timeout": 5,
-        "read_timeout": 30,
-    }
-    if endpoint_url or configured_endpoint():
-        options["s3"] = {"addressing_style": "path"}
-    try:
-        session = boto3.session.Session()
-        kwargs: dict[str, Any] = {
-            "region_name": region or session.region_name or DEFAULT_REGION,
-            "config": Config(**options),
-        }
-        if endpoint_url:
-            kwargs["endpoint_url"] = endpoint_url
-        return session.client("s3", **kwargs)
-    except (BotoCoreError, ValueError) as exc:
-        raise ConfigError(f"cannot configure the S3 client: {_one_line(exc)}") from exc
+T = TypeVar("T")
 
 
 class S3Store:
@@ -193,32 +109,26 @@ class S3Store:
 
     def get(self, key: str) -> StoredObject | None:
         check_key(key)
-        try:
+
+        def fetch() -> StoredObject:
             resp = self._client.get_object(Bucket=self.bucket, Key=self._s3_key(key))
-            with resp["Body"] as stream:
+            with resp["Body"] as stream:  # reading the body can fail too
                 body = stream.read()
-        except ClientError as exc:
-            if _code(exc) in _MISSING_KEY_CODES:
-                return None
-            raise self._error(exc, f"get {key!r}") from exc
-        except BotoCoreError as exc:
-            raise self._error(exc, f"get {key!r}") from exc
-        return StoredObject(key, body, resp["ETag"], resp["LastModified"].timestamp())
+            return StoredObject(key, body, resp["ETag"], resp["LastModified"].timestamp())
+
+        return self._unless_missing(f"get {key!r}", fetch)
 
     def head(self, key: str) -> ObjectInfo | None:
         check_key(key)
-        try:
+
+        def fetch() -> ObjectInfo:
             resp = self._client.head_object(Bucket=self.bucket, Key=self._s3_key(key))
-        except ClientError as exc:
-            # A HEAD on a missing bucket is also a bare 404 on real S3: None.
-            if _code(exc) in _MISSING_KEY_CODES:
-                return None
-            raise self._error(exc, f"head {key!r}") from exc
-        except BotoCoreError as exc:
-            raise self._error(exc, f"head {key!r}") from exc
-        return ObjectInfo(
-            key, resp["ETag"], resp["ContentLength"], resp["LastModified"].timestamp()
-        )
+            return ObjectInfo(
+                key, resp["ETag"], resp["ContentLength"], resp["LastModified"].timestamp()
+            )
+
+        # A HEAD on a missing bucket is also a bare 404 on real S3: None.
+        return self._unless_missing(f"head {key!r}", fetch)
 
     def put(
         self,
@@ -241,13 +151,8 @@ class S3Store:
         try:
             return self._client.put_object(**params)["ETag"]
         except ClientError as exc:
-            code = _code(exc)
             # If-Match on a missing key: S3 (and moto) answer 404 NoSuchKey.
-            if (
-                code in _PRECONDITION_CODES
-                or _status(exc) == 412
-                or (if_match is not None and code in _MISSING_KEY_CODES)
-            ):
+            if lost_condition(exc) or (if_match is not None and is_missing(exc)):
                 raise PreconditionFailed(f"conditional put on {key!r} lost") from None
             raise self._error(exc, f"put {key!r}") from exc
         except BotoCoreError as exc:
@@ -261,10 +166,9 @@ class S3Store:
         try:
             self._client.delete_object(**params)
         except ClientError as exc:
-            code = _code(exc)
-            if code in _MISSING_KEY_CODES:
+            if is_missing(exc):
                 return  # conditional delete of a missing key: nothing to do
-            if code in _PRECONDITION_CODES or _status(exc) == 412:
+            if lost_condition(exc):
                 raise PreconditionFailed(f"conditional delete of {key!r} lost") from None
             raise self._error(exc, f"delete {key!r}") from exc
         except BotoCoreError as exc:
@@ -341,7 +245,7 @@ class S3Store:
         try:
             self._client.create_bucket(**params)
         except ClientError as exc:
-            if _code(exc) == "BucketAlreadyOwnedByYou":
+            if error_code(exc) == "BucketAlreadyOwnedByYou":
                 return
             raise self._error(exc, "create bucket") from exc
         except BotoCoreError as exc:
@@ -357,7 +261,7 @@ class S3Store:
             # An error response still carries a Date (e.g. 403 on HeadBucket
             # for a prefix-scoped policy): the clock is all we wanted.
             if self._offset is None:
-                if isinstance(exc, ClientError) and _status(exc) == 404:
+                if isinstance(exc, ClientError) and http_status(exc) == 404:
                     raise BucketNotFound(f"S3 bucket {self.bucket!r} does not exist") from exc
                 raise self._error(exc, "read the clock (HeadBucket)") from exc
         self._probed = True  # with no Date seen, the wall clock stays in charge
@@ -388,41 +292,20 @@ class S3Store:
             previous = self._previous_max
             self._offset = self._window_max if previous is None else max(previous, self._window_max)
 
+    def _unless_missing(self, action: str, fetch: Callable[[], T]) -> T | None:
+        """``fetch()``, or None when S3 says the key is missing; other failures translated."""
+        try:
+            return fetch()
+        except ClientError as exc:
+            if is_missing(exc):
+                return None
+            raise self._error(exc, action) from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, action) from exc
+
     def _error(self, exc: Exception, action: str) -> QoError:
         """One botocore failure as one qo exception, naming the bucket."""
-        where = f"S3 bucket {self.bucket!r}"
-        if isinstance(exc, ClientError):
-            code, status = _code(exc), _status(exc)
-            message = _one_line(exc.response.get("Error", {}).get("Message") or "")
-            detail = f"{code}: {message}" if message else code
-            if code == "NoSuchBucket":
-                return BucketNotFound(f"{where} does not exist ({action})")
-            if code == "AccessDenied" or status == 403:
-                return AccessDenied(f"access denied to {self.url} ({action}): {detail}")
-            if _unsupported(code, status, message):
-                return NotSupported(
-                    f"{where} does not support this request ({action}): {detail} "
-                    f"(HTTP {status})")
-            if code in _UNAVAILABLE_CODES or status >= 500:
-                return StoreUnavailable(f"{where} unavailable ({action}): {detail}")
-            return StoreError(f"{where}: {action} failed with {detail} (HTTP {status})")
-        if isinstance(exc, _CREDENTIAL_ERRORS):
-            return ConfigError(
-                f"no AWS credentials found for {where}: set AWS_PROFILE or "
-                f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY ({_one_line(exc)})"
-            )
-        if isinstance(exc, _NETWORK_ERRORS):
-            return StoreUnavailable(f"{where} unreachable ({action}): {_one_line(exc)}")
-        return StoreError(f"{where}: {action} failed: {_one_line(exc)}")
+        return translate(exc, action, bucket=self.bucket, url=self.url)
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code") or _status(exc))
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-
-
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())
+__all__ = ["DEFAULT_REGION", "S3Store", "configured_endpoint", "make_client"]
