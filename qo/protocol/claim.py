@@ -14,16 +14,17 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import CorruptRecord, TaskRecord
-from qo.protocol import index, keys, leases, records
+from qo.protocol import index, leases, records
 from qo.protocol.admission import Admission, Refusal
 from qo.protocol.cas import delete_outcome
 from qo.protocol.keys import Marker, parse_ready_key
 from qo.protocol.leases import HeldLease
+from qo.protocol.listing import Listing, read_page, triable
 from qo.protocol.ownership import Fleet
 from qo.settings import Settings
 from qo.store.base import ObjectInfo, Store
@@ -62,16 +63,6 @@ STUCK_SKIP = 600.0
 MAX_PAGES = 5
 #: How long a pick starts listing after keys it found unusable, before the head again.
 FLOOR_TTL = 5.0
-
-
-@dataclass
-class _Listing:
-    items: list[tuple[ObjectInfo, Marker]]
-    paused: bool
-    fetched: float
-    last_key: str | None  # the last key listed when the page was full, else None
-    waits: dict[str, float] = field(default_factory=dict)  # key -> Fleet.wait, cached
-    fleet_view: int = -1  # which Fleet.refreshes the cached waits are of
 
 
 @dataclass
@@ -136,7 +127,7 @@ class Claimer:
         self.unknown_types: set[tuple[str, str]] = set()  # (queue, task type)
         self.paused: set[str] = set()
         self._lock = threading.Lock()
-        self._listings: dict[str, _Listing] = {}
+        self._listings: dict[str, Listing] = {}
         self._list_locks: dict[str, threading.Lock] = {}  # queue -> held while listing it
         self._skip: dict[str, float] = {}  # key -> monotonic time until which to skip it
         self._misses: dict[str, int] = {}  # key -> times in a row it was unusable
@@ -212,7 +203,10 @@ class Claimer:
                     (info, m) for info, m in listing.items if self._skip.get(info.key, 0) <= now
                 ]
                 if self.fleet is not None and usable:
-                    usable, stealing = self._ours_now(listing, usable, store_now, now)
+                    usable, stealing, soonest = triable(self.fleet, listing, usable, store_now)
+                    if soonest is not None and (self.next_try is None or self.next_try <= now
+                                                or now + soonest < self.next_try):
+                        self.next_try = now + soonest
                     if not usable:
                         return None  # others' keys, not yet ours to try: see next_try
                     if stealing:  # from the back, where the first-ranked worker comes last
@@ -232,44 +226,7 @@ class Claimer:
                 self._listings.pop(queue, None)
         return None
 
-    def _ours_now(self, listing: _Listing, usable: list[tuple[ObjectInfo, Marker]],
-                  store_now: float, now: float) -> tuple[list[tuple[ObjectInfo, Marker]], bool]:
-        """The keys this worker may try now, and whether they are others' (under ``_lock``).
-
-        Keys it ranks first come first, best priority first; only with none of
-        those at the best priority does it take others' keys that have waited
-        long enough. Notes in ``next_try`` when the next of the others' keys
-        becomes triable.
-        """
-        assert self.fleet is not None
-        if listing.fleet_view != self.fleet.refreshes:
-            listing.waits, listing.fleet_view = {}, self.fleet.refreshes
-        own: list[tuple[ObjectInfo, Marker]] = []
-        others: list[tuple[ObjectInfo, Marker]] = []
-        soonest = None
-        for info, marker in usable:
-            wait = listing.waits.get(info.key)
-            if wait is None:
-                wait = listing.waits[info.key] = self.fleet.wait(info.key, marker)
-            early = info.last_modified + wait - store_now
-            if wait == 0:
-                own.append((info, marker))
-            elif early <= 0:
-                others.append((info, marker))
-            elif soonest is None or early < soonest:
-                soonest = early
-        if soonest is not None:
-            at = now + soonest
-            self.next_try = at if self.next_try is None or self.next_try <= now else min(
-                self.next_try, at)
-        if own and (not others or own[0][1].priority >= others[0][1].priority):
-            return own, False
-        if others:
-            best = others[0][1].priority
-            return [c for c in others if c[1].priority == best], True
-        return [], False
-
-    def _fresh_listing(self, queue: str) -> _Listing | None:
+    def _fresh_listing(self, queue: str) -> Listing | None:
         with self._lock:
             listing = self._listings.get(queue)
             if listing is not None and time.monotonic() - listing.fetched < self.listing_ttl:
@@ -288,35 +245,19 @@ class Claimer:
                 return None
             return floor[0]
 
-    def _list(self, queue: str, start_after: str | None = None) -> _Listing:
-        items: list[tuple[ObjectInfo, Marker]] = []
-        skipped: set[tuple[str, str]] = set()
-        paused = False
-        infos = list(self.store.list(keys.ready_prefix(queue), start_after=start_after,
-                                     limit=self.listing_size))
+    def _list(self, queue: str, start_after: str | None = None) -> Listing:
+        with self._lock:
+            known_paused = start_after is not None and queue in self.paused
+        listing, skipped = read_page(self.store, queue, task_types=self.task_types,
+                                     start_after=start_after, limit=self.listing_size,
+                                     paused=known_paused)
         with self._lock:
             self.stats.lists += 1
-            if start_after is not None:
-                paused = queue in self.paused  # `!paused` sorts before any floor
-        for info in infos:
-            if info.key == keys.paused_key(queue):
-                paused = True
-                continue
-            marker = parse_ready_key(info.key)
-            if marker is None or marker.queue != queue:
-                continue
-            if self.task_types is not None and marker.task_type not in self.task_types:
-                skipped.add((queue, marker.task_type))
-                continue
-            items.append((info, marker))
-        full = len(infos) >= self.listing_size
-        listing = _Listing(items, paused, time.monotonic(), infos[-1].key if full else None)
-        with self._lock:
             self._listings[queue] = listing
             if len(self.unknown_types) < 1000:
                 self.unknown_types |= skipped
             if start_after is None:  # only the head listing can see `!paused`
-                if paused:
+                if listing.paused:
                     self.paused.add(queue)
                 else:
                     self.paused.discard(queue)
