@@ -198,7 +198,7 @@ class Attempts:
             current = records.read(self.store, claim.task_id)
         except QoError:  # the next heartbeat looks again
             return True
-        if current is None or current.record.status == Status.CANCELLED:
+        if current is None or current.value.status == Status.CANCELLED:
             running.seen_cancelled = current
             running.ctx.cancel(StopReason.CANCELLED)
             return False
@@ -282,7 +282,7 @@ class Attempts:
             self._settle(running, lambda: claim.lease.release(self.store))
         else:
             self._settle(running, lambda: outcome.cancelled(
-                self.store, claim, seen.record, seen.etag, what, running.declared))
+                self.store, claim, seen.value, seen.etag, what, running.declared))
         self._report(running, outcome.Outcome.SUPERSEDED, what, extra)
 
     def _settle(self, running: Running, write: Callable[[], T]) -> T | None:

@@ -32,7 +32,6 @@ from qo.protocol.schedule_model import (
     SLOT_KEY_RETENTION,
     CatchUp,
     HistoryEntry,
-    Loaded,
     Schedule,
     input_key,
     name_from_key,
@@ -43,6 +42,7 @@ from qo.protocol.schedule_model import (
     trim_history,
 )
 from qo.protocol.submit import prepare, submit_prepared
+from qo.protocol.versioned import Versioned, parse
 from qo.queue import Queue
 from qo.schedule_daemon import SchedulerDaemon
 
@@ -74,11 +74,12 @@ class Unreadable:
     error: str
 
 
-def load(queue: Queue, name: str) -> Loaded:
+def load(queue: Queue, name: str) -> Versioned[Schedule]:
+    """The schedule and its etag (1 GET); ``ScheduleNotFound`` if there is none."""
     obj = queue.store.get(schedule_key(name))
     if obj is None:
         raise ScheduleNotFound(f"no schedule named {name!r}")
-    return Loaded(loads(Schedule, obj.body, f"schedule {name}"), obj.etag)
+    return parse(Schedule, obj, f"schedule {name}")
 
 
 def check(sched: Schedule) -> None:
@@ -225,7 +226,7 @@ def list_schedules(queue: Queue) -> list[Schedule]:
 def _update(queue: Queue, name: str, change) -> Schedule:
     for _ in range(10):
         current = load(queue, name)
-        new = change(current.schedule, queue.store.now())
+        new = change(current.value, queue.store.now())
         try:
             queue.store.put(schedule_key(name), dumps(new), if_match=current.etag)
             return new
@@ -273,7 +274,7 @@ def trigger(queue: Queue, name: str) -> str:
     from qo.protocol.schedule_model import load_input
 
     now = queue.store.now()
-    sched = load(queue, name).schedule
+    sched = load(queue, name).value
     req = slot_request(sched, now, "trigger", load_input(queue.store, sched))
     task_id = submit_prepared(queue.store, prepare(req, queue.settings, now), queue.settings,
                               now).id
@@ -295,7 +296,7 @@ def fire_due(queue: Queue) -> FireReport:
 
 __all__ = [
     "HISTORY", "KEY_SCOPE", "MAX_UNCONFIRMED", "SETTLE", "SLOT_KEY_RETENTION", "CatchUp",
-    "FireReport", "Firer", "HistoryEntry", "InvalidSchedule", "Loaded", "Saved", "Schedule",
+    "FireReport", "Firer", "HistoryEntry", "InvalidSchedule", "Saved", "Schedule",
     "ScheduleExists", "ScheduleNotFound", "SchedulerDaemon", "SlotNotFired", "Unreadable", "add",
     "check", "exists", "fire_due", "firer", "list_schedules", "load", "pause", "remove", "resume", "save",
     "scan", "schedule_key", "slot_task_id", "slot_task_key", "slots_to_fire", "trigger",

@@ -321,7 +321,7 @@ class Claimer:
             held.release(self.store)
             self._count_stale(marker.queue)
             return None
-        record = current.record
+        record = current.value
         if record.queue != marker.queue or record.type != marker.task_type:
             log.error("marker %s names task %s of another queue or type; dropping it",
                       info.key, record.id)

@@ -27,14 +27,13 @@ from pydantic import ValidationError
 
 from qo.errors import ErrorKind, PreconditionFailed, QoError
 from qo.hooks import NO_HOOKS, Hooks, Kind
-from qo.models import CorruptRecord, dumps, loads
+from qo.models import CorruptRecord, dumps
 from qo.protocol.schedule_model import (
     MAX_DECIDE,
     MAX_UNCONFIRMED,
     PREFIX,
     SETTLE,
     HistoryEntry,
-    Loaded,
     Schedule,
     load_input,
     name_from_key,
@@ -44,6 +43,7 @@ from qo.protocol.schedule_model import (
     trim_history,
 )
 from qo.protocol.submit import IdempotencyConflict, Prepared, prepare, submit_prepared
+from qo.protocol.versioned import Versioned, parse
 from qo.settings import Settings
 from qo.store.base import Store
 
@@ -173,13 +173,13 @@ class Firer:
         self.store = store
         self.settings = settings
         self.hooks = hooks
-        self._docs: dict[str, Loaded] = {}
+        self._docs: dict[str, Versioned[Schedule]] = {}
         self._inputs: dict[str, Any] = {}
         self._unreadable: list[str] = []
 
     def refresh(self) -> None:
         """LIST schedules; GET only those whose etag changed."""
-        seen: dict[str, Loaded] = {}
+        seen: dict[str, Versioned[Schedule]] = {}
         self._unreadable = []
         for info in self.store.list(PREFIX):
             name = name_from_key(info.key)
@@ -193,7 +193,7 @@ class Firer:
             if obj is None:
                 continue
             try:
-                seen[name] = Loaded(loads(Schedule, obj.body, info.key), obj.etag)
+                seen[name] = parse(Schedule, obj, info.key)
             except CorruptRecord as exc:
                 log.error("%s", exc)
                 self._unreadable.append(str(exc))
@@ -201,11 +201,11 @@ class Firer:
 
     def zone_of(self, name: str) -> str:
         doc = self._docs.get(name)
-        return doc.schedule.tz if doc is not None else "UTC"
+        return doc.value.tz if doc is not None else "UTC"
 
     def soonest(self) -> float | None:
-        slots = [d.schedule.next_slot for d in self._docs.values()
-                 if not d.schedule.paused and d.schedule.next_slot is not None]
+        slots = [d.value.next_slot for d in self._docs.values()
+                 if not d.value.paused and d.value.next_slot is not None]
         return min(slots) if slots else None
 
     def fire_due(self, refresh: bool = True) -> FireReport:
@@ -234,7 +234,7 @@ class Firer:
             doc = self._docs.get(name)
             if doc is None:
                 return
-            sched = doc.schedule
+            sched = doc.value
             now = self.store.now()  # the store's clock, right before deciding
             if sched.paused or sched.next_slot is None or sched.next_slot > now:
                 return
@@ -255,7 +255,7 @@ class Firer:
             except PreconditionFailed:
                 self._reload(name)
                 continue
-            self._docs[name] = Loaded(new, etag)
+            self._docs[name] = Versioned(new, etag)
             report.skipped += skipped
             self._submit_and_confirm(name, entries, prepared, now, report, kind="fired")
             return
@@ -299,10 +299,10 @@ class Firer:
         if doc is None:
             return
         now = self.store.now()
-        stale = [e for e in doc.schedule.unconfirmed() if now - e.fired_at >= SETTLE]
+        stale = [e for e in doc.value.unconfirmed() if now - e.fired_at >= SETTLE]
         if not stale:
             return
-        prepared = [self._prepare(doc.schedule, e.slot, e.kind, now) for e in stale]
+        prepared = [self._prepare(doc.value, e.slot, e.kind, now) for e in stale]
         self._submit_and_confirm(name, stale, prepared, now, report, kind="repaired")
 
     def _confirm(self, name: str, task_ids: set[str]) -> None:
@@ -314,16 +314,16 @@ class Firer:
             if doc is None:
                 return
             history = [e.model_copy(update={"submitted": True}) if e.task_id in task_ids else e
-                       for e in doc.schedule.history]
-            if history == doc.schedule.history:
+                       for e in doc.value.history]
+            if history == doc.value.history:
                 return
-            new = doc.schedule.model_copy(update={"history": trim_history(history)})
+            new = doc.value.model_copy(update={"history": trim_history(history)})
             try:
                 etag = self.store.put(schedule_key(name), dumps(new), if_match=doc.etag)
             except PreconditionFailed:
                 self._reload(name)
                 continue
-            self._docs[name] = Loaded(new, etag)
+            self._docs[name] = Versioned(new, etag)
             return
 
     def _reload(self, name: str) -> None:
@@ -331,7 +331,7 @@ class Firer:
         if obj is None:
             self._docs.pop(name, None)
         else:
-            self._docs[name] = Loaded(loads(Schedule, obj.body, name), obj.etag)
+            self._docs[name] = parse(Schedule, obj, name)
 
 
 __all__ = ["FireReport", "Firer", "SlotNotFired", "count_slots", "newest_slots",

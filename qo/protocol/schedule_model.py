@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -127,12 +126,6 @@ def trim_history(entries: list[HistoryEntry]) -> list[HistoryEntry]:
     confirmed = [i for i, e in enumerate(entries) if e.submitted]
     dropped = set(confirmed[:-HISTORY]) if len(confirmed) > HISTORY else set()
     return [e for i, e in enumerate(entries) if i not in dropped]
-
-
-@dataclass
-class Loaded:
-    schedule: Schedule
-    etag: str
 
 
 def schedule_key(name: str) -> str:
