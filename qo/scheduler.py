@@ -20,7 +20,7 @@ from typing import Any
 
 from qo.cron import InvalidSchedule, parse_duration, zone
 from qo.errors import ErrorKind, PreconditionFailed, QoError, StoreError
-from qo.models import CorruptRecord, dumps, loads
+from qo.models import CorruptRecord, FutureSchema, dumps, loads
 from qo.names import check_name
 from qo.protocol.firing import Firer, FireReport, SlotNotFired, slots_to_fire
 from qo.protocol.schedule_model import (
@@ -168,6 +168,8 @@ def _write(queue: Queue, sched: Schedule, replace: bool, encoded: bytes) -> tupl
                 continue
         try:
             old: Schedule | None = loads(Schedule, existing.body, f"schedule {sched.name}")
+        except FutureSchema:
+            raise  # a newer qo's schedule: replacing it here would drop what this qo cannot read
         except CorruptRecord as exc:  # an unreadable schedule can be replaced, not kept
             log.warning("%s: replacing it without its history", exc)
             old = None
@@ -259,6 +261,8 @@ def remove(queue: Queue, name: str) -> None:
         raise ScheduleNotFound(f"no schedule named {name!r}")
     try:
         ref = loads(Schedule, obj.body, f"schedule {name}").input_ref
+    except FutureSchema:
+        raise  # a newer qo's schedule: this qo cannot tell which input object it owns
     except CorruptRecord:
         ref = None
     try:

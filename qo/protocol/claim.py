@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qo.hooks import NO_HOOKS, Hooks, Kind
-from qo.models import CorruptRecord, TaskRecord
+from qo.models import CorruptRecord, FutureSchema, TaskRecord
 from qo.protocol import index, keys, leases, records
 from qo.protocol.admission import Admission, Refusal
 from qo.protocol.cas import delete_outcome
@@ -306,6 +306,10 @@ class Claimer:
             return None
         try:
             current = records.read(self.store, marker.task_id)
+        except FutureSchema as exc:  # a newer qo's record: it and its marker stay for newer workers
+            self._leave_to_newer(info, marker, str(exc))
+            held.release(self.store)
+            return None
         except CorruptRecord as exc:
             self._quarantine(info, marker, str(exc))
             held.release(self.store)
@@ -373,6 +377,15 @@ class Claimer:
         self.hooks.emit(Kind.QUARANTINED, marker.task_id, queue=marker.queue, reason=why)
         self._drop(info)
         self._count_stale(marker.queue)
+
+    def _leave_to_newer(self, info: ObjectInfo, marker: Marker, why: str) -> None:
+        """Skip a record of a newer schema version for ``STUCK_SKIP`` seconds, marker kept.
+
+        Nothing is written: a newer worker claims the task through the same
+        marker. One log line per skip.
+        """
+        log.error("task %s left for a newer worker: %s", marker.task_id, why)
+        self._skip_for(info.key, STUCK_SKIP)
 
     def _tidy(self, info: ObjectInfo, record: TaskRecord, now: float) -> None:
         """Under the lease: drop a marker the record no longer justifies."""

@@ -19,7 +19,7 @@ import orjson
 from qo.errors import PreconditionFailed, StoreError
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import new_token
-from qo.models import CorruptRecord, ErrorInfo, Lease, Status, TaskRecord, dumps
+from qo.models import CorruptRecord, ErrorInfo, FutureSchema, Lease, Status, TaskRecord, dumps
 from qo.protocol import index, keys, leases, records
 from qo.protocol.cas import delete_quietly, put_checked, put_if_absent
 from qo.protocol.keys import parse_delayed_key
@@ -109,6 +109,8 @@ def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now
              *, hooks: Hooks = NO_HOOKS) -> bool:
     try:
         held = leases.read(store, info.key)
+    except FutureSchema:
+        raise  # a newer qo's lease: left for a newer reaper (reported by ``reap``)
     except CorruptRecord:
         held = None
         if info.last_modified + CORRUPT_LEASE_AGE >= now:
@@ -133,6 +135,10 @@ def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now
     queue = info.key.split("/")[1]
     try:
         record, counted = _repair(store, mine, run_token, now)
+    except FutureSchema:
+        # A newer qo's record: keep the reap lease, so that a newer reaper takes it
+        # over once it expires and repairs the task (the lost run's token goes along).
+        raise
     except CorruptRecord as exc:  # park it for qo doctor; never retry it forever
         index.quarantine(store, queue, task_id, str(exc))
         hooks.emit(Kind.QUARANTINED, task_id, queue=queue, reason=str(exc))
