@@ -20,8 +20,9 @@ from typing import Any
 
 from qo.cron import InvalidSchedule, parse_duration, zone
 from qo.errors import ErrorKind, PreconditionFailed, QoError, StoreError
-from qo.models import CorruptRecord, FutureSchema, dumps, loads
+from qo.models import CorruptRecord, FutureSchema, loads
 from qo.names import check_name
+from qo.protocol.cas import Lost
 from qo.protocol.firing import Firer, FireReport, SlotNotFired, slots_to_fire
 from qo.protocol.schedule_model import (
     HISTORY,
@@ -40,6 +41,7 @@ from qo.protocol.schedule_model import (
     slot_task_id,
     slot_task_key,
     trim_history,
+    write,
 )
 from qo.protocol.submit import prepare, submit_prepared
 from qo.protocol.versioned import Versioned, parse
@@ -153,19 +155,19 @@ def _write(queue: Queue, sched: Schedule, replace: bool, encoded: bytes) -> tupl
     """Create or replace the object; returns what was written and the old input's key."""
     key, store = schedule_key(sched.name), queue.store
     wrote_input = False
+    existing = store.get(key)
     for _ in range(10):
-        existing = store.get(key)
         if existing is not None and not replace:
             raise ScheduleExists(f"schedule {sched.name!r} exists; use replace to change it")
         if sched.input_ref and not wrote_input:  # content-addressed: rewriting it is harmless
             store.put(sched.input_ref, encoded)
             wrote_input = True
         if existing is None:
-            try:
-                store.put(key, dumps(sched), if_none_match=True)
-                return Saved(sched, replaced=False), None
-            except PreconditionFailed:
+            created = write(store, sched, None)
+            if isinstance(created, Lost):
+                existing = created.current
                 continue
+            return Saved(sched, replaced=False), None
         try:
             old: Schedule | None = loads(Schedule, existing.body, f"schedule {sched.name}")
         except FutureSchema:
@@ -174,9 +176,9 @@ def _write(queue: Queue, sched: Schedule, replace: bool, encoded: bytes) -> tupl
             log.warning("%s: replacing it without its history", exc)
             old = None
         new = sched if old is None else _keep_state(sched, old)
-        try:
-            store.put(key, dumps(new), if_match=existing.etag)
-        except PreconditionFailed:
+        replaced = write(store, new, existing.etag)
+        if isinstance(replaced, Lost):
+            existing = replaced.current
             continue
         return Saved(new, replaced=True), (old.input_ref if old else None)
     raise StoreError(f"schedule {sched.name!r} kept changing; try again")
@@ -226,14 +228,16 @@ def list_schedules(queue: Queue) -> list[Schedule]:
 
 
 def _update(queue: Queue, name: str, change) -> Schedule:
+    """Read, change and CAS the schedule (1 GET + 1 PUT; + 1 GET + 1 PUT per lost race)."""
+    current = load(queue, name)
     for _ in range(10):
-        current = load(queue, name)
         new = change(current.value, queue.store.now())
-        try:
-            queue.store.put(schedule_key(name), dumps(new), if_match=current.etag)
+        written = write(queue.store, new, current.etag)
+        if not isinstance(written, Lost):
             return new
-        except PreconditionFailed:
-            continue
+        if written.current is None:
+            raise ScheduleNotFound(f"no schedule named {name!r}")
+        current = parse(Schedule, written.current, f"schedule {name}")
     raise StoreError(f"schedule {name!r} kept changing; try again")
 
 

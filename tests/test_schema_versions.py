@@ -17,8 +17,16 @@ import orjson
 import pytest
 
 from qo import scheduler
-from qo.app import App
-from qo.models import FutureSchema, Lease, Status, TaskRecord, WorkerInfo, dumps, loads
+from qo.models import (
+    FutureSchema,
+    Lease,
+    Status,
+    TaskRecord,
+    WorkerInfo,
+    dumps,
+    loads,
+    schema_version,
+)
 from qo.protocol import cursor, keys, leases, records
 from qo.protocol.claim import Claimer
 from qo.protocol.schedule_model import Schedule, schedule_key
@@ -27,9 +35,10 @@ from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.memory import MemoryStore
 
-from .helpers import FakeClock, Runs, drain
+from .helpers import FakeClock, drain
 from .test_cli import assert_one_line_error
 from .test_cli import qo as run_qo
+from .test_hostile_input import app_for
 
 RECORD = {"id": "t1", "queue": "default", "type": "ok", "input_hash": "h",
           "created_at": 0.0, "available_at": 0.0}
@@ -45,7 +54,7 @@ MODELS: list[tuple[type[Any], dict[str, Any]]] = [
 @pytest.mark.parametrize(("model", "body"), MODELS, ids=lambda m: getattr(m, "__name__", ""))
 def test_a_body_without_v_reads_as_version_1(model: type[Any], body: dict[str, Any]) -> None:
     parsed = loads(model, orjson.dumps(body), "object")
-    assert parsed.v == 1
+    assert parsed.v == schema_version(model)  # held as the current version, written as it
     assert loads(model, orjson.dumps({**body, "v": 1}), "object") == parsed
 
 
@@ -75,19 +84,6 @@ def test_leases_and_worker_records_are_still_written_without_v() -> None:
 
 
 # -- a newer qo's task record: left to newer workers, never lost ------------------------
-
-
-def app_for(store: MemoryStore) -> tuple[Queue, App, Runs]:
-    queue = Queue(store, Settings())
-    app = App(queue)
-    runs = Runs()
-
-    @app.task
-    def ok(ctx, n: int = 0) -> int:
-        runs.hit(ctx.task_id)
-        return n
-
-    return queue, app, runs
 
 
 def from_the_future(store: MemoryStore, task_id: str) -> bytes:

@@ -307,7 +307,8 @@ class Claimer:
         try:
             current = records.read(self.store, marker.task_id)
         except FutureSchema as exc:  # a newer qo's record: it and its marker stay for newer workers
-            self._leave_to_newer(info, marker, str(exc))
+            log.error("task %s left for a newer worker: %s", marker.task_id, exc)
+            self._skip_for(info.key, STUCK_SKIP)
             held.release(self.store)
             return None
         except CorruptRecord as exc:
@@ -377,15 +378,6 @@ class Claimer:
         self.hooks.emit(Kind.QUARANTINED, marker.task_id, queue=marker.queue, reason=why)
         self._drop(info)
         self._count_stale(marker.queue)
-
-    def _leave_to_newer(self, info: ObjectInfo, marker: Marker, why: str) -> None:
-        """Skip a record of a newer schema version for ``STUCK_SKIP`` seconds, marker kept.
-
-        Nothing is written: a newer worker claims the task through the same
-        marker. One log line per skip.
-        """
-        log.error("task %s left for a newer worker: %s", marker.task_id, why)
-        self._skip_for(info.key, STUCK_SKIP)
 
     def _tidy(self, info: ObjectInfo, record: TaskRecord, now: float) -> None:
         """Under the lease: drop a marker the record no longer justifies."""

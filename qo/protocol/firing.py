@@ -25,9 +25,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from qo.errors import ErrorKind, PreconditionFailed, QoError
+from qo.errors import ErrorKind, QoError
 from qo.hooks import NO_HOOKS, Hooks, Kind
-from qo.models import CorruptRecord, dumps
+from qo.models import CorruptRecord
+from qo.protocol.cas import Lost
 from qo.protocol.schedule_model import (
     MAX_DECIDE,
     MAX_UNCONFIRMED,
@@ -37,15 +38,15 @@ from qo.protocol.schedule_model import (
     Schedule,
     load_input,
     name_from_key,
-    schedule_key,
     slot_request,
     slot_task_id,
     trim_history,
+    write,
 )
 from qo.protocol.submit import IdempotencyConflict, Prepared, prepare, submit_prepared
 from qo.protocol.versioned import Versioned, parse
 from qo.settings import Settings
-from qo.store.base import Store
+from qo.store.base import Store, StoredObject
 
 log = logging.getLogger("qo.scheduler")
 
@@ -250,12 +251,11 @@ class Firer:
             new = sched.model_copy(update={
                 "next_slot": next_slot, "skipped": sched.skipped + skipped,
                 "history": trim_history(sched.history + entries)})
-            try:  # the linearization point: this write decides these slots
-                etag = self.store.put(schedule_key(name), dumps(new), if_match=doc.etag)
-            except PreconditionFailed:
-                self._reload(name)
+            written = write(self.store, new, doc.etag)  # the linearization point: it decides
+            if isinstance(written, Lost):
+                self._seen(name, written.current)
                 continue
-            self._docs[name] = Versioned(new, etag)
+            self._docs[name] = Versioned(new, written)
             report.skipped += skipped
             self._submit_and_confirm(name, entries, prepared, now, report, kind="fired")
             return
@@ -318,16 +318,15 @@ class Firer:
             if history == doc.value.history:
                 return
             new = doc.value.model_copy(update={"history": trim_history(history)})
-            try:
-                etag = self.store.put(schedule_key(name), dumps(new), if_match=doc.etag)
-            except PreconditionFailed:
-                self._reload(name)
+            written = write(self.store, new, doc.etag)
+            if isinstance(written, Lost):
+                self._seen(name, written.current)
                 continue
-            self._docs[name] = Versioned(new, etag)
+            self._docs[name] = Versioned(new, written)
             return
 
-    def _reload(self, name: str) -> None:
-        obj = self.store.get(schedule_key(name))
+    def _seen(self, name: str, obj: StoredObject | None) -> None:
+        """Cache the schedule a lost CAS read back (no request: ``cas`` read it)."""
         if obj is None:
             self._docs.pop(name, None)
         else:
