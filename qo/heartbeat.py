@@ -50,7 +50,7 @@ class LeaseKeeper:
     ) -> None:
         self.store = store
         self.held = held
-        self.seconds = held.lease.seconds
+        self.seconds = held.value.seconds
         self.clock = clock
         self.margin = min(CLOCK_TOLERANCE, self.seconds / 4)
         self.expires = sent_at + self.seconds - self.margin
@@ -63,7 +63,7 @@ class LeaseKeeper:
     @classmethod
     def for_claim(cls, store: Store, held: HeldLease) -> LeaseKeeper:
         """For a lease just acquired: ``claimed_at`` is the store time before its PUT."""
-        elapsed = max(0.0, store.now() - held.lease.claimed_at)
+        elapsed = max(0.0, store.now() - held.value.claimed_at)
         return cls(store, held, sent_at=time.monotonic() - elapsed)
 
     def remaining(self) -> float:

@@ -1,4 +1,16 @@
-"""Records stored in the bucket: pydantic at the edges, orjson on the wire."""
+"""Records stored in the bucket: pydantic at the edges, orjson on the wire.
+
+Schema versions. Every model stored as an object of its own (``TaskRecord``,
+``Lease``, ``WorkerInfo``, ``Schedule`` in ``qo.protocol.schedule_model``)
+has its own version: the default of its ``v`` field, which is the version
+this qo writes and the highest it reads. ``loads`` reads a body without
+``v`` as version 1 and any older version as the current one, and refuses a
+newer one with ``FutureSchema``, before it looks at any field (a newer body
+may have fields this qo does not know). Models old qo wrote without ``v``
+(``unversioned_v1``) are still written without it at version 1, because
+that qo refuses any field it does not know. See docs/protocol.md, "Schema
+versions".
+"""
 
 from __future__ import annotations
 
@@ -11,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qo.errors import ErrorKind, QoError
 
-SCHEMA_VERSION = 1
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -34,6 +45,18 @@ class CorruptRecord(QoError):
     """An object in the store is not a record this version of qo can read."""
 
     kind = ErrorKind.INTERNAL
+
+
+class FutureSchema(CorruptRecord):
+    """An object written by a newer qo, in a schema version this qo cannot read.
+
+    A ``CorruptRecord``, so that every reader that copes with an unreadable
+    object copes with it too; the paths that would park or replace an
+    unreadable object (the claimer, the reaper, ``schedule add --replace``)
+    leave this one alone for a newer qo instead.
+    """
+
+    kind = ErrorKind.MISCONFIGURED
 
 
 class RetryPolicy(BaseModel):
@@ -71,7 +94,7 @@ class TaskRecord(BaseModel):
     #: Fields left out of the stored body unless the submitter set them.
     omit_unset: ClassVar[frozenset[str]] = frozenset({"max_attempts"})
 
-    v: int = SCHEMA_VERSION
+    v: int = 1  # the schema version (see the module docstring)
     id: str
     queue: str
     type: str
@@ -124,7 +147,10 @@ class Lease(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    #: Written without ``v`` at version 1: qo before schema versions refuses it here.
+    unversioned_v1: ClassVar[bool] = True
 
+    v: int = 1
     task_id: str
     kind: str = "run"
     owner: str
@@ -136,8 +162,13 @@ class Lease(BaseModel):
 
 
 class WorkerInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Body of ``workers/{id}.json``: a worker's heartbeat (``qo.protocol.fleet``)."""
 
+    model_config = ConfigDict(extra="forbid")
+    #: Written without ``v`` at version 1: qo before schema versions refuses it here.
+    unversioned_v1: ClassVar[bool] = True
+
+    v: int = 1
     id: str
     host: str
     pid: int
@@ -153,19 +184,42 @@ class WorkerInfo(BaseModel):
     state: str = "running"
 
 
+def schema_version(cls: type[BaseModel]) -> int | None:
+    """The schema version ``cls`` writes (its ``v`` default), or None if it has none."""
+    field = cls.model_fields.get("v")
+    return None if field is None else int(field.default)
+
+
 def dumps(model: BaseModel) -> bytes:
     omit: set[str] = set(getattr(model, "omit_unset", ())) - model.model_fields_set
-    return orjson.dumps(model.model_dump(mode="json", exclude_defaults=False, exclude=omit or None))
+    data = model.model_dump(mode="json", exclude_defaults=False, exclude=omit or None)
+    version = schema_version(type(model))
+    if version is not None:
+        data["v"] = version  # what was read is held as the current version (see ``loads``)
+        if version == 1 and getattr(model, "unversioned_v1", False):
+            del data["v"]
+    return orjson.dumps(data)
 
 
 def loads(cls: type[M], body: bytes, what: str) -> M:
-    """Parse a stored body; anything unreadable is a CorruptRecord, never a crash."""
+    """Parse a stored body; anything unreadable is a CorruptRecord, never a crash.
+
+    A body of a newer schema version than ``cls`` knows is a ``FutureSchema``
+    (a one-line message naming both versions), checked before any field.
+    """
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise CorruptRecord(f"{what} is not valid JSON: {exc}") from None
-    if isinstance(data, dict) and "v" in data and data["v"] != SCHEMA_VERSION:
-        raise CorruptRecord(f"{what} has unknown schema version {data['v']!r}")
+    known = schema_version(cls)
+    if isinstance(data, dict) and known is not None:
+        found = data.get("v", 1)
+        if type(found) is not int or found < 1:
+            raise CorruptRecord(f"{what} has an invalid schema version {found!r}")
+        if found > known:
+            raise FutureSchema(f"{what} has schema version {found}, newer than this qo reads "
+                               f"({known}): upgrade qo")
+        data["v"] = known  # every older version reads as the current one
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

@@ -221,7 +221,7 @@ class Runner:
             current = records.read(self.store, claim.task_id)
         except QoError:  # the next heartbeat looks again
             return True
-        if current is None or current.record.status == Status.CANCELLED:
+        if current is None or current.value.status == Status.CANCELLED:
             running.seen_cancelled = current
             running.ctx.cancel(StopReason.CANCELLED)
             return False
@@ -299,7 +299,7 @@ class Runner:
                      claim.task_id, what, extra={"event": "task_cancelled", "task_id": claim.task_id})
         else:
             self._settle(running, lambda: outcome.cancelled(
-                self.store, claim, seen.record, seen.etag, what, running.declared,
+                self.store, claim, seen.value, seen.etag, what, running.declared,
                 hooks=self.hooks))
         self._count("cancelled")
 

@@ -20,8 +20,9 @@ from typing import Any
 
 from qo.cron import InvalidSchedule, parse_duration, zone
 from qo.errors import ErrorKind, PreconditionFailed, QoError, StoreError
-from qo.models import CorruptRecord, dumps, loads
+from qo.models import CorruptRecord, FutureSchema, loads
 from qo.names import check_name
+from qo.protocol.cas import Lost
 from qo.protocol.firing import Firer, FireReport, SlotNotFired, slots_to_fire
 from qo.protocol.schedule_model import (
     HISTORY,
@@ -32,7 +33,6 @@ from qo.protocol.schedule_model import (
     SLOT_KEY_RETENTION,
     CatchUp,
     HistoryEntry,
-    Loaded,
     Schedule,
     input_key,
     name_from_key,
@@ -41,8 +41,10 @@ from qo.protocol.schedule_model import (
     slot_task_id,
     slot_task_key,
     trim_history,
+    write,
 )
 from qo.protocol.submit import prepare, submit_prepared
+from qo.protocol.versioned import Versioned, parse
 from qo.queue import Queue
 from qo.schedule_daemon import SchedulerDaemon
 
@@ -74,11 +76,12 @@ class Unreadable:
     error: str
 
 
-def load(queue: Queue, name: str) -> Loaded:
+def load(queue: Queue, name: str) -> Versioned[Schedule]:
+    """The schedule and its etag (1 GET); ``ScheduleNotFound`` if there is none."""
     obj = queue.store.get(schedule_key(name))
     if obj is None:
         raise ScheduleNotFound(f"no schedule named {name!r}")
-    return Loaded(loads(Schedule, obj.body, f"schedule {name}"), obj.etag)
+    return parse(Schedule, obj, f"schedule {name}")
 
 
 def check(sched: Schedule) -> None:
@@ -152,28 +155,30 @@ def _write(queue: Queue, sched: Schedule, replace: bool, encoded: bytes) -> tupl
     """Create or replace the object; returns what was written and the old input's key."""
     key, store = schedule_key(sched.name), queue.store
     wrote_input = False
+    existing = store.get(key)
     for _ in range(10):
-        existing = store.get(key)
         if existing is not None and not replace:
             raise ScheduleExists(f"schedule {sched.name!r} exists; use replace to change it")
         if sched.input_ref and not wrote_input:  # content-addressed: rewriting it is harmless
             store.put(sched.input_ref, encoded)
             wrote_input = True
         if existing is None:
-            try:
-                store.put(key, dumps(sched), if_none_match=True)
-                return Saved(sched, replaced=False), None
-            except PreconditionFailed:
+            created = write(store, sched, None)
+            if isinstance(created, Lost):
+                existing = created.current
                 continue
+            return Saved(sched, replaced=False), None
         try:
             old: Schedule | None = loads(Schedule, existing.body, f"schedule {sched.name}")
+        except FutureSchema:
+            raise  # a newer qo's schedule: replacing it here would drop what this qo cannot read
         except CorruptRecord as exc:  # an unreadable schedule can be replaced, not kept
             log.warning("%s: replacing it without its history", exc)
             old = None
         new = sched if old is None else _keep_state(sched, old)
-        try:
-            store.put(key, dumps(new), if_match=existing.etag)
-        except PreconditionFailed:
+        replaced = write(store, new, existing.etag)
+        if isinstance(replaced, Lost):
+            existing = replaced.current
             continue
         return Saved(new, replaced=True), (old.input_ref if old else None)
     raise StoreError(f"schedule {sched.name!r} kept changing; try again")
@@ -223,14 +228,16 @@ def list_schedules(queue: Queue) -> list[Schedule]:
 
 
 def _update(queue: Queue, name: str, change) -> Schedule:
+    """Read, change and CAS the schedule (1 GET + 1 PUT; + 1 GET + 1 PUT per lost race)."""
+    current = load(queue, name)
     for _ in range(10):
-        current = load(queue, name)
-        new = change(current.schedule, queue.store.now())
-        try:
-            queue.store.put(schedule_key(name), dumps(new), if_match=current.etag)
+        new = change(current.value, queue.store.now())
+        written = write(queue.store, new, current.etag)
+        if not isinstance(written, Lost):
             return new
-        except PreconditionFailed:
-            continue
+        if written.current is None:
+            raise ScheduleNotFound(f"no schedule named {name!r}")
+        current = parse(Schedule, written.current, f"schedule {name}")
     raise StoreError(f"schedule {name!r} kept changing; try again")
 
 
@@ -258,6 +265,8 @@ def remove(queue: Queue, name: str) -> None:
         raise ScheduleNotFound(f"no schedule named {name!r}")
     try:
         ref = loads(Schedule, obj.body, f"schedule {name}").input_ref
+    except FutureSchema:
+        raise  # a newer qo's schedule: this qo cannot tell which input object it owns
     except CorruptRecord:
         ref = None
     try:
@@ -273,7 +282,7 @@ def trigger(queue: Queue, name: str) -> str:
     from qo.protocol.schedule_model import load_input
 
     now = queue.store.now()
-    sched = load(queue, name).schedule
+    sched = load(queue, name).value
     req = slot_request(sched, now, "trigger", load_input(queue.store, sched))
     task_id = submit_prepared(queue.store, prepare(req, queue.settings, now), queue.settings,
                               now).id
@@ -295,7 +304,7 @@ def fire_due(queue: Queue) -> FireReport:
 
 __all__ = [
     "HISTORY", "KEY_SCOPE", "MAX_UNCONFIRMED", "SETTLE", "SLOT_KEY_RETENTION", "CatchUp",
-    "FireReport", "Firer", "HistoryEntry", "InvalidSchedule", "Loaded", "Saved", "Schedule",
+    "FireReport", "Firer", "HistoryEntry", "InvalidSchedule", "Saved", "Schedule",
     "ScheduleExists", "ScheduleNotFound", "SchedulerDaemon", "SlotNotFired", "Unreadable", "add",
     "check", "exists", "fire_due", "firer", "list_schedules", "load", "pause", "remove", "resume", "save",
     "scan", "schedule_key", "slot_task_id", "slot_task_key", "slots_to_fire", "trigger",

@@ -312,7 +312,7 @@ def test_run_fires_a_slot_written_into_the_past(url: str) -> None:
     queue = Queue.from_url(url)
     loaded = scheduler.load(queue, "weekly")
     slot = queue.store.now() - 10  # due, and within the misfire grace
-    moved = loaded.schedule.model_copy(update={"next_slot": slot})
+    moved = loaded.value.model_copy(update={"next_slot": slot})
     queue.store.put("schedules/weekly.json", dumps(moved), if_match=loaded.etag)
 
     ok(sq(url, "run", "--max-rounds", "1"))

@@ -68,14 +68,14 @@ def test_a_sweep_reports_a_slot_it_could_not_fire(url: str) -> None:
     queue = Queue.from_url(url)
     loaded = scheduler.load(queue, "s")
     # as an older qo stored it: an input no submit accepts, and a slot due now
-    broken = loaded.schedule.model_copy(update={
+    broken = loaded.value.model_copy(update={
         "input": "z" * (17 * MiB), "next_slot": queue.store.now() - 1})
     queue.store.put("schedules/s.json", dumps(broken), if_match=loaded.etag)
     report = as_json(qo("-q", url, "sweep", "--json"))
     assert len(report["errors"]) == 1 and "schedule s" in report["errors"][0]
     assert "over the limit" in report["errors"][0]
     assert task_ids(url) == []
-    after = scheduler.load(queue, "s").schedule
+    after = scheduler.load(queue, "s").value
     assert after.history == [] and after.next_slot == broken.next_slot  # nothing was decided
     human = ok(qo("-q", url, "sweep"))
     assert "schedule s" in human.stderr
@@ -96,7 +96,7 @@ def test_one_invalid_schedule_object_does_not_hide_the_others(url: str) -> None:
     store = Queue.from_url(url).store
     store.put("schedules/broken.json", b"{not json")
     loaded = scheduler.load(Queue.from_url(url), "cronbad")
-    bad_cron = loaded.schedule.model_copy(update={"cron": "99 * * * *", "every": None})
+    bad_cron = loaded.value.model_copy(update={"cron": "99 * * * *", "every": None})
     store.put("schedules/cronbad.json", dumps(bad_cron), if_match=loaded.etag)
 
     data = as_json(sq(url, "list", "--json"))

@@ -86,6 +86,7 @@ EXPECTED = {
     "qo.errors.StoreError": ErrorKind.INTERNAL,
     "qo.errors.StoreUnavailable": ErrorKind.UNAVAILABLE,
     "qo.models.CorruptRecord": ErrorKind.INTERNAL,
+    "qo.models.FutureSchema": ErrorKind.MISCONFIGURED,
     "qo.queue.ResultTimeout": ErrorKind.UNAVAILABLE,
     "qo.queue.TaskCancelled": ErrorKind.CONFLICT,
     "qo.queue.TaskFailed": ErrorKind.CONFLICT,

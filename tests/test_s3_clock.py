@@ -84,7 +84,7 @@ def test_after_a_forward_step_the_daemon_fires_on_the_store_clock(
         queue = Queue(store)
         start = store.now() - 3600 + 30  # the next hourly slot is 30 s ahead of the store
         scheduler.add(queue, "hourly", "t", every="1h", start_at=start)
-        slot = scheduler.load(queue, "hourly").schedule.next_slot
+        slot = scheduler.load(queue, "hourly").value.next_slot
         assert slot is not None and slot == pytest.approx(start + 3600)
         wall.step = 40.0  # now this machine believes the slot is 10 s past
         store.put("sample", b"")  # a Date sample taken after the step
@@ -92,7 +92,7 @@ def test_after_a_forward_step_the_daemon_fires_on_the_store_clock(
         daemon.run(max_rounds=1)
         fired = list(store.list("tasks/"))
         assert fired == [] or time.time() >= slot - 1, "fired a slot before the store reached it"
-        assert scheduler.load(queue, "hourly").schedule.next_slot == slot
+        assert scheduler.load(queue, "hourly").value.next_slot == slot
     finally:
         store.close()
 

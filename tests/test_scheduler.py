@@ -84,7 +84,7 @@ def test_catch_up_after_an_outage(policy: str, expected: list[int]) -> None:
     clock.advance(10 * 3600 + 600)  # ten slots missed, the last one 10 minutes ago
     report = scheduler.firer(queue).fire_due()
     assert sorted(s for _, s, _ in report.fired) == [START + 3600 * i for i in expected]
-    sched = scheduler.load(queue, "hourly").schedule
+    sched = scheduler.load(queue, "hourly").value
     assert sched.next_slot == START + 11 * 3600
     assert sched.skipped == 10 - len(expected)
 
@@ -105,7 +105,7 @@ def test_a_firer_killed_between_deciding_and_submitting_is_repaired_once() -> No
     clock.advance(60)
     assert dying.fire_due().fired == []  # it decided the slot, then its submit failed
     assert list(store.list("tasks/")) == []
-    history = scheduler.load(queue, "job").schedule.history
+    history = scheduler.load(queue, "job").value.history
     assert len(history) == 1  # the slot was decided...
     assert history[0].submitted is False  # ...but never confirmed
     other = scheduler.firer(queue)
@@ -113,7 +113,7 @@ def test_a_firer_killed_between_deciding_and_submitting_is_repaired_once() -> No
     clock.advance(scheduler.SETTLE)
     report = other.fire_due()
     assert report.repaired == [history[0].task_id]  # ...so the next firer repairs it
-    assert scheduler.load(queue, "job").schedule.history[0].submitted is True
+    assert scheduler.load(queue, "job").value.history[0].submitted is True
     assert [o.key for o in store.list("tasks/")] == [f"tasks/{history[0].task_id}.json"]
     # once confirmed, a deleted task (retention, dlq purge) is never submitted again
     store.delete(f"tasks/{history[0].task_id}.json")

@@ -192,12 +192,12 @@ def test_a_tombstone_left_behind_is_taken_over_once_settled() -> None:
     held = leases.acquire(mode, "q", "t1", owner="a", kind="run", seconds=60, now=now[0])
     assert held is not None and held.release(mode) is False  # tombstone written, DELETE denied
     tomb = leases.read(mode, "leases/q/t1")
-    assert tomb is not None and leases.is_released(tomb.lease)
+    assert tomb is not None and leases.is_released(tomb.value)
     assert leases.acquire(mode, "q", "t1", owner="b", kind="run", seconds=60,
                           now=now[0] + 1) is None  # fresh: still settling
     now[0] += leases.RELEASE_SETTLE + 1
     taken = leases.acquire(mode, "q", "t1", owner="b", kind="run", seconds=60, now=now[0])
-    assert taken is not None and taken.lease.owner == "b"
+    assert taken is not None and taken.value.owner == "b"
     assert leases.acquire(mode, "q", "t1", owner="c", kind="run", seconds=60,
                           now=now[0]) is None  # b holds it now
 
@@ -294,14 +294,14 @@ def test_a_task_given_back_while_deletes_fail_is_claimed_again_once() -> None:
 
     outcome.release(store, claim)  # graceful shutdown: marker again, then the lease goes
     tomb = leases.read(store, f"leases/default/{task.id}")
-    assert tomb is not None and leases.is_released(tomb.lease)  # its DELETE was denied
+    assert tomb is not None and leases.is_released(tomb.value)  # its DELETE was denied
     second = Claimer(store, queue.settings, queues=["default"], task_types=None, owner="b")
     assert second.claim() is None  # the tombstone is settling: still reads as held
     now[0] += leases.RELEASE_SETTLE + 1
     second.forget()
     again = Claimer(store, queue.settings, queues=["default"], task_types=None, owner="c")
     taken = again.claim()
-    assert taken is not None and taken.task_id == task.id and taken.lease.lease.owner == "c"
+    assert taken is not None and taken.task_id == task.id and taken.lease.value.owner == "c"
     assert Claimer(store, queue.settings, queues=["default"], task_types=None,
                    owner="d").claim() is None  # one holder at a time
 

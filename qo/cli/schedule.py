@@ -231,7 +231,7 @@ def schedule_show(
 ) -> None:
     """One schedule: definition, the next five runs, recent history and task statuses."""
     q = common.open_queue(ctx, queue)
-    s = scheduler.load(q, name).schedule
+    s = scheduler.load(q, name).value
     upcoming = s.upcoming(UPCOMING, q.store.now())
     history = [{**h.model_dump(mode="json"), "status": _task_status(q, h.task_id)}
                for h in reversed(s.history)]  # newest first

@@ -54,7 +54,7 @@ def show(store: Store, task_id: str) -> TaskView:
     current = records.read(store, task_id)
     if current is None:
         raise TaskNotFound(f"no task with id {task_id}")
-    return _view(store, current.record)
+    return _view(store, current.value)
 
 
 def _view(store: Store, record: TaskRecord) -> TaskView:
@@ -65,8 +65,8 @@ def _view(store: Store, record: TaskRecord) -> TaskView:
         held = leases.read(store, keys.lease_key(record.queue, record.id))
     except CorruptRecord:
         pass
-    if held is not None and held.lease.kind == "run":
-        return TaskView(record, Status.RUNNING, held.lease)
+    if held is not None and held.value.kind == "run":
+        return TaskView(record, Status.RUNNING, held.value)
     return TaskView(record, record.status)
 
 
@@ -79,7 +79,7 @@ def cancel(store: Store, task_id: str, reason: str = "cancelled by user",
         current = records.read(store, task_id)
         if current is None:
             raise TaskNotFound(f"no task with id {task_id}")
-        record = current.record
+        record = current.value
         if record.terminal:
             raise InvalidTransition(f"task {task_id} is already {record.status}; nothing to cancel")
         now = store.now()
@@ -102,7 +102,7 @@ def retry(store: Store, settings: Settings, task_id: str) -> TaskView:
     current = records.read(store, task_id)
     if current is None:
         raise TaskNotFound(f"no task with id {task_id}")
-    record = current.record
+    record = current.value
     if record.status not in (Status.DEAD, Status.CANCELLED, Status.FAILED, Status.SCHEDULED):
         raise InvalidTransition(
             f"task {task_id} is {_view(store, record).status}; only dead, cancelled, "
@@ -116,7 +116,7 @@ def retry(store: Store, settings: Settings, task_id: str) -> TaskView:
         current = records.read(store, task_id)  # the lease is ours: read the truth again
         if current is None:
             raise TaskNotFound(f"no task with id {task_id}")
-        old = current.record
+        old = current.value
         new = old.model_copy(update={
             "status": Status.PENDING, "available_at": now, "attempt": 0,
             "finished_at": None, "cancel_reason": None})
@@ -135,7 +135,7 @@ def purge_dead(store: Store, settings: Settings, queue: str | None = None) -> in
     for info in store.list(keys.DEAD + (f"{check_name(queue, 'queue name')}/" if queue else "")):
         task_id = info.key.rsplit("/", 1)[1]
         current = records.read(store, task_id)
-        if current is not None and current.record.status == Status.DEAD:
+        if current is not None and current.value.status == Status.DEAD:
             try:
                 store.delete(keys.task_key(task_id), if_match=current.etag)
             except PreconditionFailed:
@@ -258,7 +258,7 @@ def _read_view(store: Store, task_id: str) -> TaskView | None:
         current = records.read(store, task_id)
     except CorruptRecord:
         return None
-    return None if current is None else _view(store, current.record)
+    return None if current is None else _view(store, current.value)
 
 
 def _unique(ids: Iterator[str]) -> Iterator[str]:

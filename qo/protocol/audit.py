@@ -92,14 +92,14 @@ def repair(store: Store, settings: Settings, record: TaskRecord, owner: str, now
         return False  # someone holds the task: it is not stranded
     try:
         current = records.read(store, task_id)  # the truth, under the lease
-        if current is None or current.record.status not in WAITING:
+        if current is None or current.value.status not in WAITING:
             return False
-        if _has_marker(store, current.record):
+        if _has_marker(store, current.value):
             return False
-        key = index.ensure_indexed(store, current.record, now)
+        key = index.ensure_indexed(store, current.value, now)
         log.error("task %s was waiting with no marker and no lease; indexed it again at %s",
                   task_id, key, extra={"event": "stranded_repaired", "task_id": task_id})
-        hooks.emit(Kind.REPAIRED, task_id, queue=queue, task_type=current.record.type, key=key)
+        hooks.emit(Kind.REPAIRED, task_id, queue=queue, task_type=current.value.type, key=key)
         return True
     finally:
         held.release(store)
@@ -129,10 +129,10 @@ def scan(
         report.examined += 1
         try:
             current = records.read(store, task_id)
-            if current is None or not is_stranded(store, current.record):
+            if current is None or not is_stranded(store, current.value):
                 continue
             report.stranded.append(task_id)
-            if fix and repair(store, settings, current.record, owner, now, hooks=hooks):
+            if fix and repair(store, settings, current.value, owner, now, hooks=hooks):
                 report.repaired += 1
         except (StoreError, CorruptRecord) as exc:
             report.errors.append(f"{info.key}: {exc}")
@@ -156,7 +156,7 @@ def scan_leases(store: Store, limit: int = 10_000) -> LeaseReport:
         except CorruptRecord:
             report.unreadable.append(info.key)
             continue
-        if held is not None and leases.outlier(held.lease):
+        if held is not None and leases.outlier(held.value):
             report.outliers.append(info.key)
     return report
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 from qo.errors import PreconditionFailed, StoreError, StoreUnavailable
-from qo.store.base import Store
+from qo.store.base import Store, StoredObject
 from qo.store.failures import delete_failures
 
 ATTEMPTS = 4
@@ -22,6 +23,46 @@ ATTEMPTS = 4
 
 def _pause(attempt: int) -> None:
     time.sleep(random.uniform(0, 0.05 * 2**attempt))
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A conditional put that lost: the 412, and what the key holds now (None: missing)."""
+
+    error: PreconditionFailed
+    current: StoredObject | None
+
+
+def put_or_current(
+    store: Store,
+    key: str,
+    body: bytes,
+    *,
+    if_match: str | None = None,
+    if_none_match: bool = False,
+) -> str | Lost:
+    """Conditional put; the etag it wrote, or ``Lost`` with the key's current object.
+
+    1 PUT. On a 412, 1 GET: the key's current object, which tells our own
+    landed write (the same bytes: its etag is returned) from someone else's.
+    A caller that would read the key after losing uses ``Lost.current``
+    instead, so losing costs no request beyond that GET.
+    """
+    for attempt in range(ATTEMPTS):
+        try:
+            return store.put(key, body, if_match=if_match, if_none_match=if_none_match)
+        except PreconditionFailed as exc:
+            if not (if_match or if_none_match):
+                raise
+            current = get_retrying(store, key)
+            if current is not None and current.body == body:
+                return current.etag  # our own write had landed
+            return Lost(exc, current)
+        except StoreUnavailable:
+            if attempt == ATTEMPTS - 1:
+                raise
+            _pause(attempt)
+    raise AssertionError("unreachable")
 
 
 def put_checked(
@@ -33,21 +74,10 @@ def put_checked(
     if_none_match: bool = False,
 ) -> str:
     """Conditional put; returns the etag, or raises PreconditionFailed if it lost."""
-    for attempt in range(ATTEMPTS):
-        try:
-            return store.put(key, body, if_match=if_match, if_none_match=if_none_match)
-        except PreconditionFailed:
-            if not (if_match or if_none_match):
-                raise
-            current = get_retrying(store, key)
-            if current is not None and current.body == body:
-                return current.etag  # our own write had landed
-            raise
-        except StoreUnavailable:
-            if attempt == ATTEMPTS - 1:
-                raise
-            _pause(attempt)
-    raise AssertionError("unreachable")
+    result = put_or_current(store, key, body, if_match=if_match, if_none_match=if_none_match)
+    if isinstance(result, Lost):
+        raise result.error
+    return result
 
 
 def put_if_absent(store: Store, key: str, body: bytes) -> bool:
@@ -59,7 +89,7 @@ def put_if_absent(store: Store, key: str, body: bytes) -> bool:
         return False
 
 
-def get_retrying(store: Store, key: str):
+def get_retrying(store: Store, key: str) -> StoredObject | None:
     for attempt in range(ATTEMPTS):
         try:
             return store.get(key)

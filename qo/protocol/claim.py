@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qo.hooks import NO_HOOKS, Hooks, Kind
-from qo.models import CorruptRecord, TaskRecord
+from qo.models import CorruptRecord, FutureSchema, TaskRecord
 from qo.protocol import index, leases, records
 from qo.protocol.admission import Admission, Refusal
 from qo.protocol.cas import delete_outcome
@@ -315,6 +315,11 @@ class Claimer:
             return None
         try:
             current = records.read(self.store, marker.task_id)
+        except FutureSchema as exc:  # a newer qo's record: it and its marker stay for newer workers
+            log.error("task %s left for a newer worker: %s", marker.task_id, exc)
+            self._skip_for(info.key, STUCK_SKIP)
+            held.release(self.store)
+            return None
         except CorruptRecord as exc:
             self._quarantine(info, marker, str(exc))
             held.release(self.store)
@@ -330,7 +335,7 @@ class Claimer:
             held.release(self.store)
             self._count_stale(marker.queue)
             return None
-        record = current.record
+        record = current.value
         if record.queue != marker.queue or record.type != marker.task_type:
             log.error("marker %s names task %s of another queue or type; dropping it",
                       info.key, record.id)

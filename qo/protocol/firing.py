@@ -25,27 +25,28 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from qo.errors import ErrorKind, PreconditionFailed, QoError
+from qo.errors import ErrorKind, QoError
 from qo.hooks import NO_HOOKS, Hooks, Kind
-from qo.models import CorruptRecord, dumps, loads
+from qo.models import CorruptRecord
+from qo.protocol.cas import Lost
 from qo.protocol.schedule_model import (
     MAX_DECIDE,
     MAX_UNCONFIRMED,
     PREFIX,
     SETTLE,
     HistoryEntry,
-    Loaded,
     Schedule,
     load_input,
     name_from_key,
-    schedule_key,
     slot_request,
     slot_task_id,
     trim_history,
+    write,
 )
 from qo.protocol.submit import IdempotencyConflict, Prepared, prepare, submit_prepared
+from qo.protocol.versioned import Versioned, parse
 from qo.settings import Settings
-from qo.store.base import Store
+from qo.store.base import Store, StoredObject
 
 log = logging.getLogger("qo.scheduler")
 
@@ -173,13 +174,13 @@ class Firer:
         self.store = store
         self.settings = settings
         self.hooks = hooks
-        self._docs: dict[str, Loaded] = {}
+        self._docs: dict[str, Versioned[Schedule]] = {}
         self._inputs: dict[str, Any] = {}
         self._unreadable: list[str] = []
 
     def refresh(self) -> None:
         """LIST schedules; GET only those whose etag changed."""
-        seen: dict[str, Loaded] = {}
+        seen: dict[str, Versioned[Schedule]] = {}
         self._unreadable = []
         for info in self.store.list(PREFIX):
             name = name_from_key(info.key)
@@ -193,7 +194,7 @@ class Firer:
             if obj is None:
                 continue
             try:
-                seen[name] = Loaded(loads(Schedule, obj.body, info.key), obj.etag)
+                seen[name] = parse(Schedule, obj, info.key)
             except CorruptRecord as exc:
                 log.error("%s", exc)
                 self._unreadable.append(str(exc))
@@ -201,11 +202,11 @@ class Firer:
 
     def zone_of(self, name: str) -> str:
         doc = self._docs.get(name)
-        return doc.schedule.tz if doc is not None else "UTC"
+        return doc.value.tz if doc is not None else "UTC"
 
     def soonest(self) -> float | None:
-        slots = [d.schedule.next_slot for d in self._docs.values()
-                 if not d.schedule.paused and d.schedule.next_slot is not None]
+        slots = [d.value.next_slot for d in self._docs.values()
+                 if not d.value.paused and d.value.next_slot is not None]
         return min(slots) if slots else None
 
     def fire_due(self, refresh: bool = True) -> FireReport:
@@ -234,7 +235,7 @@ class Firer:
             doc = self._docs.get(name)
             if doc is None:
                 return
-            sched = doc.schedule
+            sched = doc.value
             now = self.store.now()  # the store's clock, right before deciding
             if sched.paused or sched.next_slot is None or sched.next_slot > now:
                 return
@@ -250,12 +251,11 @@ class Firer:
             new = sched.model_copy(update={
                 "next_slot": next_slot, "skipped": sched.skipped + skipped,
                 "history": trim_history(sched.history + entries)})
-            try:  # the linearization point: this write decides these slots
-                etag = self.store.put(schedule_key(name), dumps(new), if_match=doc.etag)
-            except PreconditionFailed:
-                self._reload(name)
+            written = write(self.store, new, doc.etag)  # the linearization point: it decides
+            if isinstance(written, Lost):
+                self._seen(name, written.current)
                 continue
-            self._docs[name] = Loaded(new, etag)
+            self._docs[name] = Versioned(new, written)
             report.skipped += skipped
             self._submit_and_confirm(name, entries, prepared, now, report, kind="fired")
             return
@@ -299,10 +299,10 @@ class Firer:
         if doc is None:
             return
         now = self.store.now()
-        stale = [e for e in doc.schedule.unconfirmed() if now - e.fired_at >= SETTLE]
+        stale = [e for e in doc.value.unconfirmed() if now - e.fired_at >= SETTLE]
         if not stale:
             return
-        prepared = [self._prepare(doc.schedule, e.slot, e.kind, now) for e in stale]
+        prepared = [self._prepare(doc.value, e.slot, e.kind, now) for e in stale]
         self._submit_and_confirm(name, stale, prepared, now, report, kind="repaired")
 
     def _confirm(self, name: str, task_ids: set[str]) -> None:
@@ -314,24 +314,23 @@ class Firer:
             if doc is None:
                 return
             history = [e.model_copy(update={"submitted": True}) if e.task_id in task_ids else e
-                       for e in doc.schedule.history]
-            if history == doc.schedule.history:
+                       for e in doc.value.history]
+            if history == doc.value.history:
                 return
-            new = doc.schedule.model_copy(update={"history": trim_history(history)})
-            try:
-                etag = self.store.put(schedule_key(name), dumps(new), if_match=doc.etag)
-            except PreconditionFailed:
-                self._reload(name)
+            new = doc.value.model_copy(update={"history": trim_history(history)})
+            written = write(self.store, new, doc.etag)
+            if isinstance(written, Lost):
+                self._seen(name, written.current)
                 continue
-            self._docs[name] = Loaded(new, etag)
+            self._docs[name] = Versioned(new, written)
             return
 
-    def _reload(self, name: str) -> None:
-        obj = self.store.get(schedule_key(name))
+    def _seen(self, name: str, obj: StoredObject | None) -> None:
+        """Cache the schedule a lost CAS read back (no request: ``cas`` read it)."""
         if obj is None:
             self._docs.pop(name, None)
         else:
-            self._docs[name] = Loaded(loads(Schedule, obj.body, name), obj.etag)
+            self._docs[name] = parse(Schedule, obj, name)
 
 
 __all__ = ["FireReport", "Firer", "SlotNotFired", "count_slots", "newest_slots",

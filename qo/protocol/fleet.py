@@ -53,7 +53,7 @@ def live_workers(store: Store, *, stale_after: float = STALE_AFTER) -> list[Work
             continue  # stopped meanwhile
         try:
             worker = loads(WorkerInfo, obj.body, f"worker record {info.key}")
-        except CorruptRecord:
+        except CorruptRecord:  # unreadable, or of a newer schema version (FutureSchema)
             continue
         if worker.state == "running":
             found.append(worker)

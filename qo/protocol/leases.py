@@ -26,6 +26,7 @@ from qo.ids import new_token
 from qo.models import CorruptRecord, Lease, dumps, loads
 from qo.protocol import keys
 from qo.protocol.cas import delete_outcome, delete_quietly, get_retrying, put_checked
+from qo.protocol.versioned import Versioned, parse
 from qo.store.base import Store
 from qo.store.failures import delete_failures
 from qo.store.modes import releases_by_tombstone
@@ -41,19 +42,24 @@ RELEASE_SETTLE = 10.0
 
 
 @dataclass
-class HeldLease:
+class HeldLease(Versioned[Lease]):
+    """A lease as last read or written (``value``, ``etag``), at ``key``.
+
+    A thin subclass rather than a ``Versioned`` beside a key: the holder's
+    operations (renew, release, check) are CAS on exactly that pair, and each
+    one that succeeds moves both.
+    """
+
     key: str
-    lease: Lease
-    etag: str
 
     def renew(self, store: Store) -> bool:
         """Extend the lease (its LastModified moves); False if it was taken over."""
-        body = self.lease.model_copy(update={"renewals": self.lease.renewals + 1})
+        body = self.value.model_copy(update={"renewals": self.value.renewals + 1})
         try:
             self.etag = put_checked(store, self.key, dumps(body), if_match=self.etag)
         except PreconditionFailed:
             return False
-        self.lease = body
+        self.value = body
         return True
 
     def release(self, store: Store) -> bool:
@@ -80,8 +86,8 @@ class HeldLease:
 
     def _tombstone(self, store: Store) -> bool:
         """Rewrite the lease as released, ``If-Match`` our etag; False if it is not ours."""
-        tomb = self.lease.model_copy(update={
-            "kind": RELEASED, "seconds": RELEASE_SETTLE, "renewals": self.lease.renewals + 1,
+        tomb = self.value.model_copy(update={
+            "kind": RELEASED, "seconds": RELEASE_SETTLE, "renewals": self.value.renewals + 1,
             "reaped_token": None})
         try:
             self.etag = put_checked(store, self.key, dumps(tomb), if_match=self.etag)
@@ -90,7 +96,7 @@ class HeldLease:
         except StoreError as exc:
             delete_failures.record(store, self.key, exc)
             return False
-        self.lease = tomb
+        self.value = tomb
         return True
 
     def still_held(self, store: Store) -> bool:
@@ -120,7 +126,7 @@ def acquire(
         if releases_by_tombstone(store) or delete_failures.count(store):
             return take_over_released(store, key, lease, now)
         return None
-    return HeldLease(key, lease, etag)
+    return HeldLease(lease, etag, key)
 
 
 def take_over_released(store: Store, key: str, lease: Lease, now: float) -> HeldLease | None:
@@ -133,7 +139,7 @@ def take_over_released(store: Store, key: str, lease: Lease, now: float) -> Held
     try:
         if obj is None:
             etag = put_checked(store, key, dumps(lease), if_none_match=True)
-            return HeldLease(key, lease, etag)
+            return HeldLease(lease, etag, key)
         try:
             current = loads(Lease, obj.body, f"lease {key}")
         except CorruptRecord:
@@ -143,7 +149,7 @@ def take_over_released(store: Store, key: str, lease: Lease, now: float) -> Held
         etag = put_checked(store, key, dumps(lease), if_match=obj.etag)
     except PreconditionFailed:
         return None
-    return HeldLease(key, lease, etag)
+    return HeldLease(lease, etag, key)
 
 
 def is_released(lease: Lease) -> bool:
@@ -155,7 +161,8 @@ def read(store: Store, key: str) -> HeldLease | None:
     obj = get_retrying(store, key)
     if obj is None:
         return None
-    return HeldLease(key, loads(Lease, obj.body, f"lease {key}"), obj.etag)
+    current = parse(Lease, obj, f"lease {key}")
+    return HeldLease(current.value, current.etag, key)
 
 
 #: No lease lasts longer than this without a renewal, whatever its body says:

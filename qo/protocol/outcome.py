@@ -90,9 +90,9 @@ def succeed(
         return rec.model_copy(update={
             **(declared or {}),
             "status": Status.SUCCEEDED, "attempt": claim.attempt, "result": inline,
-            "result_ref": ref, "error": None, "started_at": claim.lease.lease.claimed_at,
-            "finished_at": now, "worker": claim.lease.lease.owner,
-            "last_lease": claim.lease.lease.token,
+            "result_ref": ref, "error": None, "started_at": claim.lease.value.claimed_at,
+            "finished_at": now, "worker": claim.lease.value.owner,
+            "last_lease": claim.lease.value.token,
         })
 
     return _record(store, claim, update, now, "succeeded", declared, hooks, follow_ups)
@@ -117,8 +117,8 @@ def fail(
             max_attempts=(declared or {}).get("max_attempts", rec.max_attempts))
         changes: dict[str, Any] = {
             **(declared or {}),
-            "attempt": claim.attempt, "error": error, "worker": claim.lease.lease.owner,
-            "started_at": claim.lease.lease.claimed_at, "last_lease": claim.lease.lease.token,
+            "attempt": claim.attempt, "error": error, "worker": claim.lease.value.owner,
+            "started_at": claim.lease.value.claimed_at, "last_lease": claim.lease.value.token,
         }
         if decided.retry:
             changes["status"] = Status.FAILED
@@ -157,17 +157,17 @@ def _note_cancelled(
     store: Store, claim: Claim, current: TaskRecord, etag: str, what: str,
     declared: dict[str, Any] | None,
 ) -> None:
-    if current.status == Status.CANCELLED and current.last_lease != claim.lease.lease.token:
+    if current.status == Status.CANCELLED and current.last_lease != claim.lease.value.token:
         note = ErrorInfo(
             type=DROPPED, attempt=claim.attempt, retryable=False,
-            message=f"cancelled while attempt {claim.attempt} ran on {claim.lease.lease.owner}; "
+            message=f"cancelled while attempt {claim.attempt} ran on {claim.lease.value.owner}; "
                     f"its outcome ({what}) was dropped",
         )
         noted = current.model_copy(update={
             **(declared or {}),
             "attempt": max(current.attempt, claim.attempt), "error": note,
-            "started_at": claim.lease.lease.claimed_at, "worker": claim.lease.lease.owner,
-            "last_lease": claim.lease.lease.token,
+            "started_at": claim.lease.value.claimed_at, "worker": claim.lease.value.owner,
+            "last_lease": claim.lease.value.token,
         })
         try:
             records.replace(store, noted, etag)
@@ -183,7 +183,7 @@ def _is_own(current: TaskRecord, ours: TaskRecord, claim: Claim) -> bool:
     Only this claim writes its token with this status and error: a reaper
     writes ``LeaseExpired``, a cancel writes ``cancelled``.
     """
-    return (current.last_lease == claim.lease.lease.token and current.status == ours.status
+    return (current.last_lease == claim.lease.value.token and current.status == ours.status
             and current.error == ours.error)
 
 
@@ -193,7 +193,7 @@ def _emit(hooks: Hooks, kind: Kind, claim: Claim, **detail: Any) -> None:
         return
     rec = claim.record
     hooks.emit(kind, rec.id, queue=rec.queue, task_type=rec.type, attempt=claim.attempt,
-               worker=claim.lease.lease.owner, **detail)
+               worker=claim.lease.value.owner, **detail)
 
 
 def _settled(store: Store, claim: Claim, record: TaskRecord, now: float,
@@ -214,7 +214,7 @@ def _record(
     result = _write(store, claim, update, now, what, declared, follow_ups)
     if result is Outcome.RECORDED:
         rec = claim.record
-        detail: dict[str, Any] = {"seconds": round(now - claim.lease.lease.claimed_at, 3)}
+        detail: dict[str, Any] = {"seconds": round(now - claim.lease.value.claimed_at, 3)}
         if rec.error is not None and rec.status != Status.SUCCEEDED:
             detail |= {"error": rec.error.type, "message": rec.error.message}
         if rec.status == Status.FAILED:
@@ -237,15 +237,15 @@ def _write(
             claim.etag = records.replace(store, new, etag)
         except PreconditionFailed:
             current = records.read(store, claim.task_id)
-            if current is not None and current.record.terminal:
-                if _is_own(current.record, new, claim):  # our earlier write had landed
-                    record = current.record
+            if current is not None and current.value.terminal:
+                if _is_own(current.value, new, claim):  # our earlier write had landed
+                    record = current.value
                     claim.record, claim.etag = record, current.etag
                     _settled(store, claim, record, now, follow_ups)
                     return Outcome.RECORDED
-                claim.record, claim.etag = current.record, current.etag
-                if current.record.status == Status.CANCELLED:
-                    _note_cancelled(store, claim, current.record, current.etag, what, declared)
+                claim.record, claim.etag = current.value, current.etag
+                if current.value.status == Status.CANCELLED:
+                    _note_cancelled(store, claim, current.value, current.etag, what, declared)
                     return Outcome.SUPERSEDED
                 claim.lease.release(store)  # no-op unless still ours
                 log.warning("task %s: finished without us (lease lost), outcome dropped",
@@ -254,7 +254,7 @@ def _write(
             if current is None or not claim.lease.still_held(store):
                 log.warning("task %s: lease lost, outcome dropped", claim.task_id)
                 return Outcome.FENCED
-            record, etag = current.record, current.etag
+            record, etag = current.value, current.etag
             continue
         claim.record = new
         _settled(store, claim, new, now, follow_ups)

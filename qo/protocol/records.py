@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from qo.errors import ErrorKind, QoError
 from qo.ids import new_token
-from qo.models import CorruptRecord, TaskRecord, dumps, loads
+from qo.models import CorruptRecord, TaskRecord, dumps
 from qo.protocol import keys
 from qo.protocol.cas import get_retrying, put_checked
+from qo.protocol.versioned import Versioned, parse
 from qo.settings import Settings
 from qo.store.base import Store
 
@@ -26,15 +26,7 @@ class InvalidPayload(QoError):
     kind = ErrorKind.INVALID
 
 
-@dataclass
-class Versioned:
-    """A record together with the etag it was read at (the CAS token)."""
-
-    record: TaskRecord
-    etag: str
-
-
-def read(store: Store, task_id: str) -> Versioned | None:
+def read(store: Store, task_id: str) -> Versioned[TaskRecord] | None:
     """The record stored at ``tasks/{task_id}.json``, or None (1 GET).
 
     A record whose ``id`` is not the one its key names (an object copied over
@@ -44,10 +36,10 @@ def read(store: Store, task_id: str) -> Versioned | None:
     obj = get_retrying(store, keys.task_key(task_id))
     if obj is None:
         return None
-    record = loads(TaskRecord, obj.body, f"task record {task_id}")
-    if record.id != task_id:
-        raise CorruptRecord(f"task record {task_id} holds the record of task {record.id!r}")
-    return Versioned(record, obj.etag)
+    current = parse(TaskRecord, obj, f"task record {task_id}")
+    if current.value.id != task_id:
+        raise CorruptRecord(f"task record {task_id} holds the record of task {current.value.id!r}")
+    return current
 
 
 def body(record: TaskRecord) -> bytes:

@@ -121,7 +121,7 @@ def _delete_if_expired(store: Store, task_id: str, cutoff: float, now: float) ->
     current = records.read(store, task_id)
     if current is None:
         return False
-    record = current.record
+    record = current.value
     if not expired(record, cutoff, now):
         return False
     try:

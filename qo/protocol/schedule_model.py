@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from qo.cron import CronSpec, IntervalSpec, Spec, upcoming
-from qo.ids import idempotent_task_id
-from qo.models import CorruptRecord, RetryPolicy
+from qo.ids import idempotent_task_id, new_token
+from qo.models import CorruptRecord, RetryPolicy, dumps
 from qo.names import check_name
 from qo.protocol import keys
-from qo.protocol.cas import get_retrying
+from qo.protocol.cas import Lost, get_retrying, put_or_current
 from qo.protocol.submit import SubmitRequest
 from qo.store.base import Store
 
@@ -66,7 +65,8 @@ class Schedule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    v: int = 1
+    #: Version 2 added ``rev``; version 1 bodies (without it) read as they are.
+    v: int = 2
     name: str
     task_type: str
     input: Any = None
@@ -91,6 +91,9 @@ class Schedule(BaseModel):
     next_slot: float | None = None  # None: finished (past end_at)
     history: list[HistoryEntry] = Field(default_factory=list)
     skipped: int = 0  # slots missed and skipped by the catch-up policy
+    #: A fresh token on every write (``body``), so that no two writes of a schedule
+    #: have the same bytes and ``cas`` can tell its own landed write.
+    rev: str | None = None
 
     def spec(self) -> Spec:
         if self.cron is not None:
@@ -129,10 +132,23 @@ def trim_history(entries: list[HistoryEntry]) -> list[HistoryEntry]:
     return [e for i, e in enumerate(entries) if i not in dropped]
 
 
-@dataclass
-class Loaded:
-    schedule: Schedule
-    etag: str
+def body(sched: Schedule) -> bytes:
+    """The bytes of one write of ``sched``: a fresh ``rev`` makes them unique."""
+    return dumps(sched.model_copy(update={"rev": new_token()}))
+
+
+def write(store: Store, sched: Schedule, etag: str | None) -> str | Lost:
+    """Create the schedule object (``etag`` None) or CAS it ``If-Match`` ``etag``.
+
+    1 PUT: the linearization point of every change of a schedule. Returns the
+    new etag, or ``Lost`` with the object that won (read back once, which also
+    recognises our own write when its first answer was lost: botocore retried
+    a PUT that had landed, say).
+    """
+    key = schedule_key(sched.name)
+    if etag is None:
+        return put_or_current(store, key, body(sched), if_none_match=True)
+    return put_or_current(store, key, body(sched), if_match=etag)
 
 
 def schedule_key(name: str) -> str:

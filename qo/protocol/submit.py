@@ -246,7 +246,7 @@ def _existing(
     current = records.read(store, record.id)
     if current is None:  # deleted in between (retention); try once more from scratch
         return submit_one(store, req, settings, now)  # the caller emits SUBMITTED
-    old = current.record
+    old = current.value
     expired = (
         old.terminal
         and old.idempotency_expires_at is not None

@@ -19,7 +19,7 @@ import orjson
 from qo.errors import PreconditionFailed, StoreError
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import new_token
-from qo.models import CorruptRecord, ErrorInfo, Lease, Status, TaskRecord, dumps
+from qo.models import CorruptRecord, ErrorInfo, FutureSchema, Lease, Status, TaskRecord, dumps
 from qo.protocol import index, keys, leases, records
 from qo.protocol.cas import delete_quietly, put_checked, put_if_absent
 from qo.protocol.keys import parse_delayed_key
@@ -110,17 +110,19 @@ def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now
              *, hooks: Hooks = NO_HOOKS) -> bool:
     try:
         held = leases.read(store, info.key)
+    except FutureSchema:
+        raise  # a newer qo's lease: left for a newer reaper (reported by ``reap``)
     except CorruptRecord:
         held = None
         if info.last_modified + CORRUPT_LEASE_AGE >= now:
             return False
         task_id, etag, run_token = info.key.rsplit("/", 1)[1], info.etag, None
     else:
-        if held is None or not leases.expired(held.lease, info.last_modified, now):
+        if held is None or not leases.expired(held.value, info.last_modified, now):
             return False
         if held.etag != info.etag:
             return False  # renewed since we listed it
-        old = held.lease
+        old = held.value
         task_id, etag = old.task_id, held.etag
         run_token = old.token if old.kind == "run" else old.reaped_token
     takeover = Lease(task_id=task_id, kind="reap", owner=owner, token=new_token(),
@@ -130,10 +132,14 @@ def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now
         etag = put_checked(store, info.key, dumps(takeover), if_match=etag)
     except PreconditionFailed:
         return False  # the holder renewed it, or another reaper won
-    mine = leases.HeldLease(info.key, takeover, etag)
+    mine = leases.HeldLease(takeover, etag, info.key)
     queue = info.key.split("/")[1]
     try:
         record, counted = _repair(store, mine, run_token, now)
+    except FutureSchema:
+        # A newer qo's record: keep the reap lease, so that a newer reaper takes it
+        # over once it expires and repairs the task (the lost run's token goes along).
+        raise
     except CorruptRecord as exc:  # park it for qo doctor; never retry it forever
         index.quarantine(store, queue, task_id, str(exc))
         hooks.emit(Kind.QUARANTINED, task_id, queue=queue, reason=str(exc))
@@ -151,11 +157,11 @@ def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now
 def _repair(store: Store, held: leases.HeldLease, run_token: str | None,
             now: float) -> tuple[TaskRecord | None, bool]:
     """Repair the record under the reap lease: (the record, whether this call counted a lost run)."""
-    current = records.read(store, held.lease.task_id)
+    current = records.read(store, held.value.task_id)
     if current is None:
         return None, False  # a claim of a marker whose submitter died: nothing to repair
     counted = False
-    record = current.record
+    record = current.value
     if not record.terminal and run_token is not None and record.last_lease != run_token:
         attempt = record.attempt + 1
         error = ErrorInfo(type="LeaseExpired",
