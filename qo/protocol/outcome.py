@@ -245,7 +245,11 @@ def _write(
                     return Outcome.RECORDED
                 claim.record, claim.etag = current.value, current.etag
                 if current.value.status == Status.CANCELLED:
-                    _note_cancelled(store, claim, current.value, current.etag, what, declared)
+                    # Note the attempt only while this claim still holds its lease: once
+                    # it was reaped, the attempt is not ours to record (1 GET, this path only).
+                    if claim.lease.still_held(store):
+                        _note_cancelled(store, claim, current.value, current.etag, what,
+                                        declared)
                     return Outcome.SUPERSEDED
                 claim.lease.release(store)  # no-op unless still ours
                 log.warning("task %s: finished without us (lease lost), outcome dropped",
