@@ -130,6 +130,7 @@ class Claimer:
         self._listings: dict[str, Listing] = {}
         self._list_locks: dict[str, threading.Lock] = {}  # queue -> held while listing it
         self._skip: dict[str, float] = {}  # key -> monotonic time until which to skip it
+        self._inflight: set[str] = set()  # keys a thread of this process is claiming now
         self._misses: dict[str, int] = {}  # key -> times in a row it was unusable
         self._floor: dict[str, tuple[str, float]] = {}  # queue -> (list after, until)
 
@@ -141,7 +142,12 @@ class Claimer:
                 picked = self._pick(queue)
                 if picked is None:
                     break
-                claim = self._try(*picked)
+                try:
+                    claim = self._try(*picked)
+                finally:  # then skipped a little longer: its marker's delete may be in flight
+                    self._skip_for(picked[0].key, 2.0)
+                    with self._lock:
+                        self._inflight.discard(picked[0].key)
                 if claim is not None:
                     with self._lock:
                         self.spread = max(self.min_spread, self.spread * self.shrink)
@@ -200,7 +206,8 @@ class Claimer:
                 if listing.paused:
                     return None
                 usable = [
-                    (info, m) for info, m in listing.items if self._skip.get(info.key, 0) <= now
+                    (info, m) for info, m in listing.items
+                    if self._skip.get(info.key, 0) <= now and info.key not in self._inflight
                 ]
                 if self.fleet is not None and usable:
                     usable, stealing, soonest = triable(self.fleet, listing, usable, store_now)
@@ -218,7 +225,7 @@ class Claimer:
                     listing.items.remove(choice)
                     if not listing.items:
                         listing.fetched = 0.0  # used up, not empty: list again next time
-                    self._skip[choice[0].key] = now + 2.0
+                    self._inflight.add(choice[0].key)  # no other thread of ours tries it
                     return choice
                 if listing.last_key is None:
                     return None  # the rest of the queue is empty
