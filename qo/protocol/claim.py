@@ -20,7 +20,7 @@ from typing import Any
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import CorruptRecord, FutureSchema, TaskRecord
 from qo.protocol import index, leases, records
-from qo.protocol.admission import Admission, Refusal
+from qo.protocol.admission import Admission, first_refusal
 from qo.protocol.cas import delete_outcome
 from qo.protocol.keys import Marker, parse_ready_key
 from qo.protocol.leases import HeldLease
@@ -313,7 +313,7 @@ class Claimer:
             self._listing_is_stale(marker.queue)
             self._skip_for(info.key, min(30.0, self.settings.lease_seconds / 2))
             return None
-        refusal = self._admit(marker, held, now)
+        refusal = first_refusal(self.admission, marker, held, now)
         if refusal is not None:
             held.release(self.store)
             with self._lock:
@@ -373,16 +373,6 @@ class Claimer:
         self.hooks.emit(Kind.CLAIMED, record.id, queue=record.queue, task_type=record.type,
                         attempt=claim.attempt, worker=self.owner)
         return claim
-
-    def _admit(self, marker: Marker, held: HeldLease, now: float) -> Refusal | None:
-        """Ask each admission check, in order; the first refusal wins."""
-        for check in self.admission:
-            refusal = check(marker, held, now)
-            if refusal is not None:
-                log.debug("task %s refused until %.3f: %s", marker.task_id, refusal.retry_at,
-                          refusal.reason)
-                return refusal
-        return None
 
     def _quarantine(self, info: ObjectInfo, marker: Marker, why: str) -> None:
         """Under the lease: park an unreadable record where ``qo doctor`` reports it.
