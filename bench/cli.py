@@ -21,7 +21,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "claims": 50, "idle": [(1, 1000.0, 1.2), (4, 1000.0, 1.2)], "submit": (10, 40),
         "latency": (2, 50.0, 0.6), "timeout": 60.0,
         "fleet": {"tasks": 20, "layouts": [(1, 1), (2, 2)], "scaling": [], "peer": [2],
-                  "timeout": 60.0},
+                  "timeout": 60.0, "peer_idle": (1.0, 2.0)},
     },
     "quick": {
         "tasks": 100, "workers": [1, 2, 4, 8, 16, 32], "layouts": ["independent", "shared"],
@@ -32,7 +32,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "submit": (50, 300),
         "latency": (8, 10.0, 10.0), "timeout": 120.0,
         "fleet": {"tasks": 150, "layouts": [(1, 8), (8, 1), (8, 4), (32, 1)],
-                  "scaling": [1, 2, 4, 8, 16], "peer": [8], "timeout": 180.0},
+                  "scaling": [1, 2, 4, 8, 16], "peer": [8], "timeout": 180.0,
+                  "peer_idle": (10.0, 30.0)},
     },
     "full": {
         "tasks": 500, "workers": [1, 2, 4, 8, 16, 32], "layouts": ["independent", "shared"],
@@ -43,14 +44,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "submit": (200, 2000),
         "latency": (8, 10.0, 30.0), "timeout": 300.0,
         "fleet": {"tasks": 500, "layouts": [(1, 8), (8, 1), (8, 4), (32, 1)],
-                  "scaling": [1, 2, 4, 8, 16, 32], "peer": [1, 8, 32], "timeout": 400.0},
+                  "scaling": [1, 2, 4, 8, 16, 32], "peer": [1, 8, 32], "timeout": 400.0,
+                  "peer_idle": (15.0, 60.0)},
     },
 }
 SCENARIOS = ("throughput", "claim", "idle", "submit", "latency", "fleet")
 #: ``idle`` entries are (concurrency, scale, seconds): intervals divided by scale, latency
 #: not (it must stay small against poll_max / scale); the runs go in parallel.
 #: ``fleet``: N tasks; (processes, slots) layouts; the P x 1 scaling series; buquet's
-#: process counts (one worker each); a bound per drain.
+#: process counts (one worker each); a bound per drain; buquet's idle run (settle, window s).
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             result["latency"] = scenarios.submit_to_start(backend, k, args.procs, rate, secs)
         if "fleet" in only:
             result["fleet"] = fleet.fleet(backend, fl["tasks"], fl["layouts"], fl["scaling"],
-                                          fl["peer"], fl["timeout"])
+                                          fl["peer"], fl["timeout"], fl.get("peer_idle"))
     finally:
         backend.close()
     result["meta"]["load_after"] = report.loadavg()

@@ -110,6 +110,8 @@ def _submit_buquet(endpoint: str, tasks: int) -> list[str]:
     async def submit() -> None:
         import buquet
 
+        if not tasks:
+            return
         q = await buquet.connect(endpoint=endpoint, bucket=BUQUET_BUCKET, region="us-east-1")
         for start in range(0, tasks, 100):
             await q.submit_many([(TASK_TYPE, {"seq": i})
@@ -256,9 +258,41 @@ def summarize(system: str, procs: int, concurrency: int, tasks: int,
     }
 
 
+def buquet_idle(backend: Backend, settle: float, window: float) -> dict[str, Any]:
+    """One idle buquet worker (its defaults) on the bench server: requests per hour,
+    counted on the wire over ``window`` seconds after ``settle`` seconds of running
+    (real time: buquet's intervals cannot be scaled from outside), times 3600 / window."""
+    backend.fresh()
+    _submit_buquet(backend.spec.endpoint, 0)
+    with ProcessFleet([ProcSpec("buquet", 0, 1, backend.spec, BUQUET_BUCKET,
+                                settle + window + 30)]) as procs:
+        procs.start()
+        procs.release()
+        time.sleep(settle)
+        c0 = backend.snapshot()
+        t0 = time.monotonic()
+        time.sleep(window)
+        c1 = backend.snapshot()
+        measured = time.monotonic() - t0
+        procs.collect(30.0)
+    made = c1 - c0
+    factor = 3600.0 / measured
+    per_hour = {k: round(v * factor, 1) for k, v in sorted(made.kinds.items())}
+    per_hour["billable"] = round(per_unit(made.kinds, 1)["billable"] * factor, 1)
+    row = {"system": "buquet", "concurrency": 1, "settle_seconds": settle,
+           "window_seconds": round(measured, 2), "measured_per_hour": per_hour,
+           "measured_by_family_per_hour": {k: round(v * factor, 1)
+                                           for k, v in sorted(made.families.items())},
+           "cost_per_worker_month_usd": round(cost_per_million(per_hour) / 1e6 * 730, 3)}
+    log(f"buquet idle: {per_hour['billable']} billable/hour ({row['measured_by_family_per_hour']})")
+    return row
+
+
 def fleet(backend: Backend, tasks: int, layouts: list[tuple[int, int]], scaling: list[int],
-          peer: list[int], timeout: float) -> dict[str, Any]:
-    """Every layout of qo, the single-slot scaling series, then buquet's layouts."""
+          peer: list[int], timeout: float, peer_idle: tuple[float, float] | None = None
+          ) -> dict[str, Any]:
+    """Every layout of qo, the single-slot scaling series, then buquet's layouts and,
+    if ``peer_idle`` = (settle, window) seconds, its idle cost."""
     if backend.in_process:
         return {"skipped": "the fleet needs worker processes: not on the memory backend"}
     out: dict[str, Any] = {"tasks": tasks, "rows": [], "scaling": [], "peer": []}
@@ -279,6 +313,8 @@ def fleet(backend: Backend, tasks: int, layouts: list[tuple[int, int]], scaling:
         out["peer_status"] = f"buquet {metadata.version('buquet')}"
         for p in peer:
             out["peer"].append(run_one(backend, "buquet", p, 1, tasks, timeout))
+        if peer_idle:
+            out["peer_idle"] = buquet_idle(backend, *peer_idle)
     by_procs = {r["processes"]: r for r in out["peer"]}
     for r in out["rows"] + out["scaling"]:
         b = by_procs.get(r["processes"])

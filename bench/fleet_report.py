@@ -56,6 +56,9 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
                                                      for c in wanted},
             "target": "<= 320 at concurrency 1, 4, 16 (per worker; the fleet's sweeps apart)",
             "met": len(wanted) == 3 and all(v <= 320 for v in per.values())}
+        if fl.get("peer_idle"):
+            out["idle: billable requests per worker-hour, 20 ms latency"]["buquet"] = (
+                fl["peer_idle"]["measured_per_hour"]["billable"])
     return out
 
 
@@ -74,6 +77,8 @@ def scaling_target(series: list[dict[str, Any]]) -> dict[str, Any]:
     return {"tasks_per_s": {r["processes"]: t for r, t in zip(series, tps, strict=True)},
             "requests_per_s": {r["processes"]: r["requests_per_s"] for r in series},
             "server_cpu_share": {r["processes"]: s for r, s in zip(series, share, strict=True)},
+            "machine_busy": {r["processes"]: (r.get("machine_cpu") or {}).get("busy")
+                             for r in series},
             "peak_at_processes": series[peak]["processes"],
             "server_saturated_at_processes": saturated_at,
             "falls_before_saturation_at": falls, "met": not falls}
@@ -93,7 +98,7 @@ def _rows(fl: dict[str, Any]) -> list[dict[str, Any]]:
 HEADER = ["system", "P x C", "tasks/s", "steady tasks/s", "buquet tasks/s", "qo/buquet",
           "req/s", "billable/task", "$/M tasks", "412/task", "412 % of writes",
           "CPU ms/task", "max rank inversion", "max priority inversion", "server CPU",
-          "ok"]
+          "machine busy", "ok"]
 
 
 def _cells(r: dict[str, Any]) -> list[Any]:
@@ -104,6 +109,7 @@ def _cells(r: dict[str, Any]) -> list[Any]:
             r["failed_per_task"], f"{r['failed_share']:.1%}", r["cpu_per_task_ms"],
             o["max_rank_inversion"], o.get("max_priority_inversion", "-"),
             "-" if r.get("server_cpu_share") is None else f"{r['server_cpu_share']:.0%}",
+            "-" if not r.get("machine_cpu") else f"{r['machine_cpu']['busy']:.0%}",
             r["ok"]]
 
 
@@ -130,6 +136,19 @@ def print_fleet(result: dict[str, Any]) -> None:
            HEADER, [_cells(r) for r in rows])
     _table("Fleet request mix (per task, submit + drain; 412 and 404 are counts of the drain)",
            MIX, [_mix(r) for r in rows])
+    idle = fl.get("peer_idle")
+    if idle:
+        _table(f"buquet idle worker, requests per hour (on the wire, {idle['window_seconds']} s "
+               f"after {idle['settle_seconds']} s)", IDLE, [_idle(idle)])
+
+
+IDLE = ["system", "LIST", "PUT", "GET", "HEAD", "DELETE", "billable", "$/worker-month"]
+
+
+def _idle(r: dict[str, Any]) -> list[Any]:
+    m = r["measured_per_hour"]
+    return [r["system"], *(m.get(k, 0) for k in ("LIST", "PUT", "GET", "HEAD", "DELETE")),
+            m["billable"], r["cost_per_worker_month_usd"]]
 
 
 def markdown_fleet(result: dict[str, Any]) -> str:
@@ -137,5 +156,7 @@ def markdown_fleet(result: dict[str, Any]) -> str:
     if not fl or fl.get("skipped"):
         return ""
     rows = _rows(fl)
-    return (_md(HEADER, [_cells(r) for r in rows]) + "\n\n"
-            + _md(MIX, [_mix(r) for r in rows]))
+    out = _md(HEADER, [_cells(r) for r in rows]) + "\n\n" + _md(MIX, [_mix(r) for r in rows])
+    if fl.get("peer_idle"):
+        out += "\n\n" + _md(IDLE, [_idle(fl["peer_idle"])])
+    return out

@@ -119,7 +119,8 @@ def test_tiny_fleet_on_the_bench_server(monkeypatch: pytest.MonkeyPatch) -> None
     backend = Backend("moto", latency=0.0)
     backend.start()
     try:
-        out = fleet.fleet(backend, 20, [(1, 1), (2, 2)], [1, 2], [2], timeout=120.0)
+        out = fleet.fleet(backend, 20, [(1, 1), (2, 2)], [1, 2], [2], timeout=120.0,
+                          peer_idle=(0.5, 1.0))
         if not installed:  # the peer's part must say why it is missing
             assert out["peer_status"] == fleet.NOT_INSTALLED and out["peer"] == []
         monkeypatch.setattr(fleet, "buquet_installed", lambda: False)
@@ -150,3 +151,7 @@ def test_tiny_fleet_on_the_bench_server(monkeypatch: pytest.MonkeyPatch) -> None
         assert two["buquet_tasks_per_s"] == peer["tasks_per_s"]
         assert two["ratio_tasks_per_s"] == round(two["tasks_per_s"] / peer["tasks_per_s"], 2)
         assert out["peer_status"].startswith("buquet ")
+        idle = out["peer_idle"]
+        assert idle["measured_per_hour"]["billable"] > 0 and idle["window_seconds"] >= 1.0
+    else:
+        assert "peer_idle" not in out
