@@ -63,6 +63,7 @@ def inversions(ideal: Sequence[Hashable], started: Sequence[Hashable],
     fen = _Fenwick(len(ideal))
     max_rank = 0
     worst: Hashable | None = None
+    worst_at = (0, 0)  # (ideal position, start position) of the worst task
     displacement = []
     higher: dict[int, int] = {}  # priority -> tasks of higher priority in ideal
     started_at_prio: dict[int, int] = {}
@@ -78,7 +79,7 @@ def inversions(ideal: Sequence[Hashable], started: Sequence[Hashable],
         r = rank[task]
         inv = r - fen.below(r)
         if inv > max_rank:
-            max_rank, worst = inv, task
+            max_rank, worst, worst_at = inv, task, (r, pos)
         fen.add(r)
         displacement.append(abs(pos - r))
         if priority is not None:
@@ -90,6 +91,7 @@ def inversions(ideal: Sequence[Hashable], started: Sequence[Hashable],
         "tasks": len(order),
         "max_rank_inversion": max_rank,
         "worst_task": None if worst is None else str(worst),
+        "worst_ideal_position": worst_at[0], "worst_start_position": worst_at[1],
         "max_displacement": max(displacement, default=0),
         "mean_displacement": round(sum(displacement) / len(displacement), 2)
         if displacement else 0.0,

@@ -27,6 +27,7 @@ def test_rank_inversion_counts_tasks_overtaken() -> None:
     assert late["max_rank_inversion"] == 1 and late["max_displacement"] == 3
     last_first = order.inversions(ideal, ["e", "d", "c", "b", "a"])
     assert last_first["max_rank_inversion"] == 4 and last_first["worst_task"] == "e"
+    assert (last_first["worst_ideal_position"], last_first["worst_start_position"]) == (4, 0)
     never = order.inversions(ideal, ["b", "c", "d", "e"])  # "a" never ran: it counts
     assert never["max_rank_inversion"] == 1 and never["tasks"] == 4
 
