@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import idle_cost, report, scenarios
+from bench import fleet, idle_cost, report, scenarios
 from bench.backends import Backend
 
 #: Scenario sizes per profile. ``tiny`` is for the smoke test (seconds, memory store).
@@ -20,29 +20,39 @@ PROFILES: dict[str, dict[str, Any]] = {
         "claim_memory": [(100, 50), (1000, 50), (100, 200)], "claim_remote": [(100, 50)],
         "claims": 50, "idle": [(1, 1000.0, 1.2), (4, 1000.0, 1.2)], "submit": (10, 40),
         "latency": (2, 50.0, 0.6), "timeout": 60.0,
+        "fleet": {"tasks": 20, "layouts": [(1, 1), (2, 2)], "scaling": [], "peer": [2],
+                  "timeout": 60.0, "peer_idle": (1.0, 2.0)},
     },
     "quick": {
         "tasks": 100, "workers": [1, 2, 4, 8, 16, 32], "layouts": ["independent", "shared"],
         "shared_workers": [8, 32],
         "claim_memory": [(100, 100), (10_000, 100), (100_000, 100), (100, 10_000)],
         "claim_remote": [(100, 50), (1000, 50), (100, 1000)],
-        "claims": 50, "idle": [(1, 20.0, 60.0), (4, 20.0, 60.0), (8, 20.0, 60.0)],
+        "claims": 50, "idle": [(1, 20.0, 60.0), (4, 20.0, 60.0), (16, 20.0, 60.0)],
         "submit": (50, 300),
         "latency": (8, 10.0, 10.0), "timeout": 120.0,
+        "fleet": {"tasks": 150, "layouts": [(1, 8), (8, 1), (8, 4), (32, 1)],
+                  "scaling": [1, 2, 4, 8, 16], "peer": [8], "timeout": 180.0,
+                  "peer_idle": (10.0, 30.0)},
     },
     "full": {
         "tasks": 500, "workers": [1, 2, 4, 8, 16, 32], "layouts": ["independent", "shared"],
         "shared_workers": None,
         "claim_memory": [(100, 100), (10_000, 100), (100_000, 100), (100, 10_000)],
         "claim_remote": [(100, 100), (10_000, 100), (100, 10_000)],
-        "claims": 100, "idle": [(1, 10.0, 180.0), (4, 10.0, 180.0), (8, 10.0, 180.0)],
+        "claims": 100, "idle": [(1, 10.0, 180.0), (4, 10.0, 180.0), (16, 10.0, 180.0)],
         "submit": (200, 2000),
         "latency": (8, 10.0, 30.0), "timeout": 300.0,
+        "fleet": {"tasks": 500, "layouts": [(1, 8), (8, 1), (8, 4), (32, 1)],
+                  "scaling": [1, 2, 4, 8, 16, 32], "peer": [1, 8, 32], "timeout": 400.0,
+                  "peer_idle": (15.0, 60.0)},
     },
 }
-SCENARIOS = ("throughput", "claim", "idle", "submit", "latency")
+SCENARIOS = ("throughput", "claim", "idle", "submit", "latency", "fleet")
 #: ``idle`` entries are (concurrency, scale, seconds): intervals divided by scale, latency
 #: not (it must stay small against poll_max / scale); the runs go in parallel.
+#: ``fleet``: N tasks; (processes, slots) layouts; the P x 1 scaling series; buquet's
+#: process counts (one worker each); a bound per drain; buquet's idle run (settle, window s).
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -66,12 +76,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency", type=float, default=0.02,
                    help="seconds added per request (moto server, memory store, and the "
                         "idle scenario's store whatever the backend)")
+    p.add_argument("--fleet-tasks", type=int, help="tasks per fleet drain (quick 150, full 500)")
+    p.add_argument("--fleet-layouts", metavar="PxC,...",
+                   help="the fleet's layouts, e.g. 8x4,32x1 (the scaling series is then "
+                        "skipped)")
+    p.add_argument("--peer", metavar="P,...", help="buquet's process counts, e.g. 8; 0: none")
     p.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--json-out", default="bench/results/latest.json")
     p.add_argument("--markdown", metavar="JSON",
                    help="print the markdown tables of an earlier run's JSON, run nothing")
     p.set_defaults(profile="quick")
     return p.parse_args(argv)
+
+
+def _layout(text: str) -> tuple[int, int]:
+    p, sep, c = text.strip().lower().partition("x")
+    if not sep or not p.isdigit() or not c.isdigit() or int(p) < 1 or int(c) < 1:
+        raise SystemExit(f"error: a fleet layout is PxC, e.g. 8x4, not {text.strip()!r}")
+    return int(p), int(c)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         prof["shared_workers"] = None
     if args.layout:
         prof["layouts"] = ["independent", "shared"] if args.layout == "both" else [args.layout]
+    fl = dict(prof["fleet"])
+    if args.fleet_tasks:
+        fl["tasks"] = args.fleet_tasks
+    if args.fleet_layouts:
+        fl["layouts"] = [_layout(x) for x in args.fleet_layouts.split(",") if x.strip()]
+        fl["scaling"] = []
+    if args.peer:
+        if not all(x.strip().isdigit() for x in args.peer.split(",")):
+            raise SystemExit(f"error: --peer takes process counts, e.g. 1,8; not {args.peer!r}")
+        fl["peer"] = [int(x) for x in args.peer.split(",") if int(x) > 0]
     only = set(args.only.split(",")) if args.only else set(SCENARIOS)
     unknown = only - set(SCENARIOS)
     if unknown:
@@ -133,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" in only:
             k, rate, secs = prof["latency"]
             result["latency"] = scenarios.submit_to_start(backend, k, args.procs, rate, secs)
+        if "fleet" in only:
+            result["fleet"] = fleet.fleet(backend, fl["tasks"], fl["layouts"], fl["scaling"],
+                                          fl["peer"], fl["timeout"], fl.get("peer_idle"))
     finally:
         backend.close()
     result["meta"]["load_after"] = report.loadavg()

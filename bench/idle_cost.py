@@ -65,8 +65,10 @@ def idle(concurrency: int, scale: float, seconds: float, latency: float = 0.02
     """An idle Worker with every interval divided by ``scale``, on a store that takes
     ``latency`` seconds per request; counts scaled to one hour.
 
-    One scaled hour lasts 3600/scale seconds; the run lasts ``seconds`` and is
-    extrapolated to a full (scaled) hour. Latency is *not* scaled: whether
+    One scaled hour lasts 3600/scale seconds; the run lasts ``seconds``. The
+    first 3 poll_max (scaled; at most half the run) are the back-off's ramp and
+    are left out: counts are taken over the window from then to the end, and
+    extrapolated from that window to a full (scaled) hour. Latency is *not* scaled: whether
     idle slots share a poll depends on how long a LIST takes against how
     closely the slots wake, both real times. Keep ``latency`` small against
     the scaled poll wait (poll_max / scale) or the hour stretches.
@@ -92,14 +94,22 @@ def idle(concurrency: int, scale: float, seconds: float, latency: float = 0.02
     thread = threading.Thread(target=worker.run, daemon=True)
     # The backoff climbs from poll_min to poll_max in about 2 poll_max (scaled); polls
     # that close together would merge, so LISTs per poll are counted after that.
-    settled = time.monotonic() + 3 * d.poll_max / scale
+    # Counts are taken over the window from then to the end of the run, and scaled
+    # from that window to an hour: the start-up ramp is left out.
+    settle = min(3 * d.poll_max / scale, seconds / 2)
+    started = time.monotonic()
+    settled = started + settle
     thread.start()
-    time.sleep(seconds)
-    snap, fsnap = counts.snapshot(), fams.snapshot()
+    time.sleep(max(0.0, settled - time.monotonic()))
+    base, fbase = counts.snapshot(), fams.snapshot()
+    time.sleep(max(0.0, started + seconds - time.monotonic()))
+    window = time.monotonic() - settled
+    snap = _minus(counts.snapshot(), base)
+    fsnap = _minus(fams.snapshot(), fbase)
     settled_lists, polls = clock.per_poll(settled)
     worker.stop()
     thread.join(30)
-    factor = (3600.0 / scale) / seconds
+    factor = (3600.0 / scale) / window
     measured = {k: round(v * factor, 1) for k, v in sorted(snap.items())}
     measured["billable"] = round(sum(snap.get(k, 0) for k in BILLABLE) * factor, 1)
     by_family = {k: round(v * factor, 1) for k, v in sorted(fsnap.items())}
@@ -111,9 +121,12 @@ def idle(concurrency: int, scale: float, seconds: float, latency: float = 0.02
         "LIST per full sweep": lps,
     }
     cost = sum(measured.get(k, 0) * p for k, p in PRICE_PER_REQUEST.items())
+    shared = round(sum(v for k, v in by_family.items() if fleet_shared(k)), 1)
     row = {"concurrency": concurrency, "scale": scale, "run_seconds": seconds,
-           "latency_s": latency,
-           "scaled_hours": round(seconds * scale / 3600, 3),
+           "latency_s": latency, "window_seconds": round(window, 2),
+           "scaled_hours": round(window * scale / 3600, 3),
+           "fleet_shared_per_hour": shared,
+           "per_worker_billable_per_hour": round(measured["billable"] - shared, 1),
            "defaults": {"poll_max": d.poll_max, "sweep_interval": d.sweep_interval,
                         "heartbeat_interval": d.heartbeat_interval},
            "measured_per_hour": measured, "measured_by_family_per_hour": by_family,
@@ -125,8 +138,26 @@ def idle(concurrency: int, scale: float, seconds: float, latency: float = 0.02
            "cost_per_worker_month_usd": round(cost * 730, 3)}
     log(f"idle concurrency={concurrency} latency={latency * 1000:g} ms: "
         f"{row['ready_lists_per_poll']} LIST of ready/ per poll, "
-        f"{measured['billable']} billable/hour; measured {by_family}, formula {formula}")
+        f"{measured['billable']} billable/hour ({row['per_worker_billable_per_hour']} without "
+        f"the fleet's sweeps); measured {by_family}, formula {formula}")
     return row
+
+
+def _minus(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a[k] - b.get(k, 0) for k in a if a[k] - b.get(k, 0)}
+
+
+def fleet_shared(name: str) -> bool:
+    """Whether a ``"KIND family"`` count is the fleet's sweep work, which one worker of a
+    fleet does for all: taking the sweep turn (PUT/GET of ``sweep/``) and the sweep's
+    LISTs (anything but ``ready/``). Each worker's own: the LIST of ``ready/`` of its
+    polls, its heartbeat record, and the HEAD of ``sweep/turn`` of each wake-up."""
+    kind, _, family = name.partition(" ")
+    if kind not in BILLABLE:
+        return False
+    if kind == "LIST":
+        return family != "ready"
+    return family == "sweep" and kind in ("PUT", "GET")
 
 
 def idle_all(runs: list[tuple[int, float, float]], latency: float) -> list[dict[str, Any]]:

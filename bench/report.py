@@ -99,6 +99,9 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
                                  "flat": max(per) - min(per) <= 0.02 * max(per)}
         out["claim_cost_flat"] = {"by_backend": flat,
                                   "met": all(v["flat"] for v in flat.values())}
+    from bench import fleet_report  # it imports this module's table helpers
+
+    out.update(fleet_report.targets(result))
     return out
 
 
@@ -250,12 +253,16 @@ def print_report(result: dict[str, Any]) -> None:
                [[lat["workers"], lat["rate_per_s"], lat["achieved_rate_per_s"], lat["tasks"],
                  lat["started"], lat["p50_ms"], lat["p90_ms"], lat["p99_ms"], lat["max_ms"],
                  lat["submit_call_p50_ms"]]])
+    from bench import fleet_report
+
+    fleet_report.print_fleet(result)
     tg = result.get("targets", {})
     if tg:
         print("\nTargets:")
         for name, t in tg.items():
             detail = {k: v for k, v in t.items() if k != "met"}
-            print(f"  {'MET ' if t['met'] else 'MISS'}  {name}: {detail}")
+            mark = "N/A " if t["met"] is None else "MET " if t["met"] else "MISS"
+            print(f"  {mark}  {name}: {detail}")
     if rows:
         happy = rows[0]
         print(f"\nS3 cost per million tasks, happy path ({happy['workers']} worker): "
@@ -325,4 +332,9 @@ def markdown(result: dict[str, Any]) -> str:
                        [[lat["workers"], lat["rate_per_s"], lat["tasks"], lat["p50_ms"],
                          lat["p90_ms"], lat["p99_ms"], lat["max_ms"],
                          lat["submit_call_p50_ms"]]]))
+    from bench import fleet_report
+
+    fleet_md = fleet_report.markdown_fleet(result)
+    if fleet_md:
+        out.append(fleet_md)
     return "\n\n".join(out) + "\n"

@@ -228,7 +228,7 @@ def throughput_one(backend: Backend, tasks: int, k: int, layout: str, procs: int
         "errors": res.errors[:5],
         "counts_submit": submit_c.to_json(), "counts_drain": drain_c.to_json(),
     }
-    steady = row["steady"] or {}
+    steady: dict[str, Any] = progress.window() or {}
     log(f"throughput {layout:11s} k={k:2d}: {row['tasks_per_s']} tasks/s in {seconds:.1f} s "
         f"(steady {steady.get('tasks_per_s')}), {gross['PUT']} PUT/task, failed writes "
         f"{fs['share']:.1%} (steady {steady.get('failed_writes', {}).get('share')}), "
