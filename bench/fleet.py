@@ -302,7 +302,9 @@ def fleet(backend: Backend, tasks: int, layouts: list[tuple[int, int]], scaling:
     for p in scaling:
         row = done.get((p, 1)) or run_one(backend, "qo", p, 1, tasks, timeout)
         out["scaling"].append(row)
-    if backend.kind != "moto":
+    if not peer:
+        out["peer_status"] = "buquet not run (no process counts for it)"
+    elif backend.kind != "moto":
         out["peer_status"] = "buquet runs on the moto backend only"
     elif not buquet_installed():
         out["peer_status"] = NOT_INSTALLED

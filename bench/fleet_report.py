@@ -35,7 +35,8 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
             "qo": big["tasks_per_s"], "buquet": peer, "ratio": big.get("ratio_tasks_per_s"),
             "target": ">= 2x", "met": None if peer is None or big.get("ratio_tasks_per_s") is None
             else big["ratio_tasks_per_s"] >= 2.0,
-            **({} if peer is not None else {"note": fl.get("peer_status")})}
+            **({} if peer is not None else {"note": fl.get("peer_status") if not fl.get("peer")
+                                            else "no buquet run with 8 processes"})}
     shares = {_layout(r): r["failed_share"] for r in rows
               if (r["processes"], r["concurrency"]) in ((8, 4), (32, 1))}
     if shares:

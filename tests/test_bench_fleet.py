@@ -87,6 +87,10 @@ def test_buquet_comparison_without_buquet_is_not_applicable() -> None:
     tg = fleet_report.targets({"fleet": {"rows": rows, "peer_status": fleet.NOT_INSTALLED}})
     t = tg["fleet 8x4: tasks/s against buquet, 8 processes"]
     assert t["met"] is None and t["note"] == fleet.NOT_INSTALLED
+    other = fleet_report.targets({"fleet": {"rows": rows, "peer": [_row(2, 1, 5.0, 0.0)],
+                                            "peer_status": "buquet 0.1.0"}})
+    assert other["fleet 8x4: tasks/s against buquet, 8 processes"]["note"] == (
+        "no buquet run with 8 processes")
 
 
 def test_conditional_failures_count_412_and_409_not_404() -> None:
@@ -126,9 +130,11 @@ def test_tiny_fleet_on_the_bench_server(monkeypatch: pytest.MonkeyPatch) -> None
             assert out["peer_status"] == fleet.NOT_INSTALLED and out["peer"] == []
         monkeypatch.setattr(fleet, "buquet_installed", lambda: False)
         alone = fleet.fleet(backend, 10, [(1, 2)], [], [2], timeout=120.0)
+        unasked = fleet.fleet(backend, 10, [(1, 1)], [], [], timeout=120.0, peer_idle=(0.5, 1))
     finally:
         backend.close()
     assert alone["peer_status"] == fleet.NOT_INSTALLED and alone["peer"] == []
+    assert unasked["peer_status"].startswith("buquet not run") and "peer_idle" not in unasked
     assert alone["rows"][0]["ok"], alone["rows"][0]["errors"]
 
     one, two = out["rows"]
