@@ -36,7 +36,7 @@ from qo.models import WorkerInfo, dumps
 from qo.protocol import keys, sweep
 from qo.protocol.cas import delete_quietly
 from qo.protocol.claim import Claim, Claimer
-from qo.protocol.ownership import Fleet
+from qo.protocol.ownership import Fleet, signature
 from qo.queue import Queue
 from qo.runner import Runner, TaskTimeout, WorkerDeadline, WorkerSummary
 from qo.shutdown import EXIT_ABANDONED
@@ -81,12 +81,10 @@ class Worker:
         self.hooks = self.queue.hooks
         self.settings = self.queue.settings
         self.options = options or WorkerOptions()
-        self.id = self.options.worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
         self.queues = self.options.queues or app.queues()
-        self.claimer = Claimer(
-            self.store, self.settings, queues=self.queues, task_types=set(app.tasks),
-            owner=self.id, spread=1, hooks=self.hooks, fleet=Fleet(self.store, self.id),
-        )
+        self.id = self.options.worker_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
+            f".s{signature(self.queues, set(app.tasks))}")
         self.summary = WorkerSummary()
         self.health = StoreHealth()
         self.notices = Notices()
@@ -99,6 +97,11 @@ class Worker:
                              summary=self.summary, abort=self._abort,
                              deadline=self.options.deadline,
                              deadline_error=self.options.deadline_error)
+        self.claimer = Claimer(
+            self.store, self.settings, queues=self.queues, task_types=set(app.tasks),
+            owner=self.id, spread=1, hooks=self.hooks,
+            fleet=Fleet(self.store, self.id, serves_like_me=self._info("running")),
+        )
         self._idle = self.options.poll_min  # the worker's idle backoff, shared by slots
         self._next_poll = 0.0  # monotonic time before which idle slots do not poll; 0: busy
         self._polling = False  # an idle slot is polling for all of them
@@ -323,17 +326,20 @@ class Worker:
                 self._write_heartbeat("running")
             self._stop.wait(max(0.05, min(next_sweep, next_beat) - time.monotonic()))
 
+    def _info(self, state: str) -> WorkerInfo:
+        """This worker's record: what it serves and does."""
+        summary = self.summary
+        return WorkerInfo(
+            id=self.id, host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
+            task_types=sorted(self.app.tasks), concurrency=self.options.concurrency,
+            started_at=self.started_at, seen_at=time.time(), running=self.runner.running(),
+            processed=summary.processed, failed=summary.failed, state=state,
+        )
+
     def _write_heartbeat(self, state: str, *, strict: bool = False) -> None:
         """PUT ``workers/{id}.json``: what this worker serves and does (for inspection
         and ``qo.protocol.fleet``). ``strict``: let a store error through."""
-        running = self.runner.running()
-        summary = self.summary
-        info = WorkerInfo(
-            id=self.id, host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
-            task_types=sorted(self.app.tasks), concurrency=self.options.concurrency,
-            started_at=self.started_at, seen_at=time.time(), running=running,
-            processed=summary.processed, failed=summary.failed, state=state,
-        )
+        info = self._info(state)
         try:
             self.store.put(keys.worker_key(self.id), dumps(info))
         except QoError as exc:

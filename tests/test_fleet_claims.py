@@ -16,7 +16,7 @@ from qo.app import App
 from qo.models import WorkerInfo, dumps
 from qo.protocol import keys, outcome
 from qo.protocol.claim import Claimer
-from qo.protocol.ownership import STEP, Fleet, score
+from qo.protocol.ownership import STALLED_AFTER, STEAL_MARGIN, STEP, Fleet, score
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.base import Store
@@ -89,14 +89,24 @@ def test_a_fleet_ranked_by_rendezvous_hashing_almost_never_collides() -> None:
     assert _wasted(claimers) / n > 0.3, _wasted(claimers)
 
 
-def test_keys_ranked_first_by_a_silent_worker_are_taken_one_step_later() -> None:
+def test_keys_ranked_first_by_a_silent_worker_are_taken_by_the_others() -> None:
     n = 60
     _, queue, clock, claimers = _fleet(3, ownership=True, ghosts=2)
     queue.submit_many([{"type": "t", "input": {"i": i}} for i in range(n)])
     start = clock()
-    _run_round_robin(queue, clock, claimers, n)
+    done = 0
+    while done < n and clock() - start < STALLED_AFTER:  # all but each silent one's last keys
+        held = [c for c in (claimer.claim() for claimer in claimers) if c is not None]
+        for claim in held:
+            outcome.succeed(queue.store, claim, None, queue.settings)
+        done += len(held)
+        if not held:
+            clock.advance(STEP)
+    silent_margin = 2 * STEAL_MARGIN  # two silent workers of one slot each
+    assert done >= n - silent_margin
+    _run_round_robin(queue, clock, claimers, n - done)  # the rest once they count as stalled
     assert sum(c.stats.claims for c in claimers) == n
-    assert clock() - start <= 2 * STEP + 1e-9  # two silent workers: at most two steps
+    assert clock() - start <= STALLED_AFTER + 2 * STEP + 1e-9
 
 
 def test_a_worker_serving_another_queue_does_not_hold_keys_back() -> None:
@@ -197,3 +207,32 @@ def test_slots_of_one_process_share_one_listing(threads: int) -> None:
     after = store.counts.snapshot()
     assert len(set(claimed)) == threads * 5 and claimer.stats.lease_conflicts == 0
     assert after.get("LIST", 0) - before.get("LIST", 0) == 2  # ready/ once, workers/ once
+
+
+def test_workers_serving_the_same_read_no_record_of_each_other() -> None:
+    store = MemoryStore()
+    queue = Queue(store, Settings())
+    app = App(queue)
+
+    @app.task
+    def t() -> None:
+        return None
+
+    workers = [Worker(app, queue, WorkerOptions(concurrency=1)) for _ in range(4)]
+    for w in workers:
+        w._write_heartbeat("running")
+    other = App(queue)
+
+    @other.task(name="other")
+    def o() -> None:
+        return None
+
+    odd = Worker(other, queue, WorkerOptions(concurrency=1))
+    odd._write_heartbeat("running")
+    fleet = workers[0].claimer.fleet
+    assert fleet is not None
+    store.counts.reset()
+    fleet.refresh_if_due()
+    assert store.counts.snapshot() == {"LIST": 1, "GET": 1}  # only the odd one is read
+    assert {w.id.rsplit(".s", 1)[1] for w in workers} == {workers[0].id.rsplit(".s", 1)[1]}
+    assert odd.id.rsplit(".s", 1)[1] != workers[0].id.rsplit(".s", 1)[1]

@@ -210,14 +210,12 @@ class Claimer:
                     if self._skip.get(info.key, 0) <= now and info.key not in self._inflight
                 ]
                 if self.fleet is not None and usable:
-                    usable, stealing, soonest = triable(self.fleet, listing, usable, store_now)
+                    usable, _, soonest = triable(self.fleet, listing, usable, store_now)
                     if soonest is not None and (self.next_try is None or self.next_try <= now
                                                 or now + soonest < self.next_try):
                         self.next_try = now + soonest
                     if not usable:
                         return None  # others' keys, not yet ours to try: see next_try
-                    if stealing:  # from the back, where the first-ranked worker comes last
-                        usable.reverse()
                 if usable:
                     best = usable[0][1].priority
                     same = [c for c in usable[: int(self.spread)] if c[1].priority == best]
@@ -305,8 +303,9 @@ class Claimer:
             seconds=self.settings.lease_seconds, now=now,
         )
         if held is None:
-            if self.fleet is not None:
-                self.fleet.refresh_if_due(conflict=True)
+            if self.fleet is not None:  # lost a key it ranked first: its view misses someone
+                self.fleet.refresh_if_due(conflict=True,
+                                          mine=self.fleet.wait(info.key, marker) == 0)
             with self._lock:
                 self.stats.lease_conflicts += 1
                 self.spread = min(self.listing_size, self.spread * 2)

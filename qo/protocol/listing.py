@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from qo.protocol import keys
 from qo.protocol.keys import Marker, parse_ready_key
-from qo.protocol.ownership import Fleet
+from qo.protocol.ownership import STALLED_AFTER, Fleet
 from qo.store.base import ObjectInfo, Store
 
 Candidate = tuple[ObjectInfo, Marker]
@@ -24,7 +24,7 @@ class Listing:
     paused: bool
     fetched: float
     last_key: str | None  # the last key listed when the page was full, else None
-    waits: dict[str, float] = field(default_factory=dict)  # key -> Fleet.wait, cached
+    waits: dict[str, tuple[float, str, int]] = field(default_factory=dict)  # key -> Fleet.rank
     fleet_view: int = -1  # which Fleet.refreshes the cached waits are of
 
 
@@ -59,18 +59,28 @@ def triable(
     """The keys this worker may try now, whether they are others' keys, and in how many
     seconds the next of the others' keys becomes triable (None: none left to wait for).
 
-    Keys it ranks first come first, best priority first; only with none of those at
-    the best priority does it take others' keys that have waited long enough.
+    Keys it ranks first come first, best priority first. Only with none of those at
+    the best priority does it take others' keys there: those that have waited
+    long enough for its rank, and whose first-ranked worker still has
+    ``STEAL_MARGIN`` keys of that priority ahead of them (or that have waited
+    ``STALLED_AFTER``), so that the two rarely meet on one key.
     """
     if listing.fleet_view != fleet.refreshes:
         listing.waits, listing.fleet_view = {}, fleet.refreshes
     own: list[Candidate] = []
     others: list[Candidate] = []
     soonest = None
+    ahead_of: dict[tuple[str, int], int] = {}  # (first-ranked worker, priority) -> keys seen
+    margin: dict[str, int] = {}  # key -> keys of its first-ranked worker ahead, less its margin
     for info, marker in usable:
-        wait = listing.waits.get(info.key)
-        if wait is None:
-            wait = listing.waits[info.key] = fleet.wait(info.key, marker)
+        ranked = listing.waits.get(info.key)
+        if ranked is None:
+            ranked = listing.waits[info.key] = fleet.rank(info.key, marker)
+        wait, first, needed = ranked
+        slot = (first, marker.priority)
+        seen = ahead_of.get(slot, 0)
+        ahead_of[slot] = seen + 1
+        margin[info.key] = seen - needed
         early = info.last_modified + wait - store_now
         if wait == 0:
             own.append((info, marker))
@@ -81,6 +91,15 @@ def triable(
     if own and (not others or own[0][1].priority >= others[0][1].priority):
         return own, False, soonest
     if others:
+        # Others' keys of the best priority: those this worker ranks best first (each
+        # thief has its own second-ranked keys), each rank from the back (where the
+        # first-ranked worker, going front to back, comes last).
         best = others[0][1].priority
-        return [c for c in others if c[1].priority == best], True, soonest
+        level = [c for c in others if c[1].priority == best and (
+            margin[c[0].key] >= 0
+            or store_now - c[0].last_modified >= STALLED_AFTER)]
+        order = sorted(range(len(level)), key=lambda i: (listing.waits[level[i][0].key][0], -i))
+        if level or not own:
+            return [level[i] for i in order], True, soonest
+        return own, False, soonest
     return [], False, soonest

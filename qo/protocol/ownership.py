@@ -19,7 +19,10 @@ keys, then at most every ``FLEET_TTL`` seconds, or after a lost race every
 
 Cost: 1 LIST of ``workers/`` per refresh, and 1 GET per worker record the
 first time its id is seen (queues and task types do not change while a
-worker runs). No write; correctness never depends on it: the lease decides.
+worker runs), except for ids that end with this worker's own signature
+(``.s`` + 8 hex digits of what it serves): those serve the same, so a
+homogeneous fleet reads no record at all. No write; correctness never
+depends on it: the lease decides.
 """
 
 from __future__ import annotations
@@ -39,8 +42,28 @@ from qo.store.base import Store
 STEP = 1.0
 #: How often a busy worker reads ``workers/`` again.
 FLEET_TTL = 30.0
+#: A worker takes another's key only while that worker has at least this many keys of the
+#: same priority ahead of it per slot, so that the two do not meet on the last ones ...
+STEAL_MARGIN = 2
+#: ... unless the key has waited this long (a worker that is hung or gone).
+STALLED_AFTER = 30.0
 #: How soon after a lost lease race it reads ``workers/`` again (a worker it does not know).
 CONFLICT_TTL = 5.0
+#: ... and after losing a key it ranked first (a worker started after its last read).
+MINE_TTL = 1.0
+
+
+def signature(queues: list[str], task_types: set[str] | list[str] | None) -> str:
+    """What a worker serves, as 8 hex digits; ``qo worker`` ends its id with ``.s`` and
+    this, so that workers serving the same as this one need no GET of their record."""
+    served = ",".join(sorted(queues)) + "|" + ",".join(sorted(task_types or ["*"]))
+    return hashlib.blake2b(served.encode(), digest_size=4).hexdigest()
+
+
+def signature_of(worker_id: str) -> str | None:
+    head, sep, sig = worker_id.rpartition(".s")
+    return sig if sep and head and len(sig) == 8 and all(c in "0123456789abcdef" for c in sig) \
+        else None
 
 
 def score(worker: str, key: str) -> int:
@@ -52,9 +75,13 @@ def score(worker: str, key: str) -> int:
 class Fleet:
     """This worker's view of the fleet, for ranking ready keys; thread-safe."""
 
-    def __init__(self, store: Store, me: str, *, stale_after: float = STALE_AFTER) -> None:
+    def __init__(self, store: Store, me: str, *, stale_after: float = STALE_AFTER,
+                 serves_like_me: WorkerInfo | None = None) -> None:
         self.store = store
         self.me = me
+        #: This worker's own record: any worker whose id carries the same signature
+        #: serves the same queues and types, so its record need not be read.
+        self.serves_like_me = serves_like_me
         self.stale_after = stale_after
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
@@ -65,16 +92,30 @@ class Fleet:
 
     def wait(self, key: str, marker: Marker) -> float:
         """Seconds ``key`` must have been ready before this worker tries it."""
+        return self.rank(key, marker)[0]
+
+    def rank(self, key: str, marker: Marker) -> tuple[float, str, int]:
+        """``wait`` for ``key``, the worker ranked first for it, and how many of that
+        worker's keys must be ahead of it before another takes it (``STEAL_MARGIN``
+        per slot of that worker)."""
         with self._lock:
             live = self._live
-        mine = score(self.me, key)
-        ahead = sum(1 for w in live if w.id != self.me and serves(w, marker.queue, marker.task_type)
-                    and score(w.id, key) > mine)
-        return ahead * STEP
+        mine = best = score(self.me, key)
+        ahead, first, slots = 0, self.me, 1
+        for w in live:
+            if w.id == self.me or not serves(w, marker.queue, marker.task_type):
+                continue
+            theirs = score(w.id, key)
+            if theirs > mine:
+                ahead += 1
+            if theirs > best:
+                best, first, slots = theirs, w.id, w.concurrency
+        return ahead * STEP, first, STEAL_MARGIN * max(1, slots)
 
-    def refresh_if_due(self, *, conflict: bool = False) -> None:
-        """Read ``workers/`` again if the view is older than its TTL."""
-        ttl = CONFLICT_TTL if conflict else FLEET_TTL
+    def refresh_if_due(self, *, conflict: bool = False, mine: bool = False) -> None:
+        """Read ``workers/`` again if the view is older than its TTL (``MINE_TTL`` after
+        losing a key this worker ranked first: the view surely misses a worker)."""
+        ttl = MINE_TTL if mine else CONFLICT_TTL if conflict else FLEET_TTL
         if time.monotonic() - self._fetched < ttl or not self._refreshing.acquire(blocking=False):
             return
         try:
@@ -92,7 +133,7 @@ class Fleet:
                 continue
             seen.add(worker_id)
             if worker_id not in self._known:
-                self._known[worker_id] = self._read(info.key)
+                self._known[worker_id] = self._like_me(worker_id) or self._read(info.key)
             record = self._known[worker_id]
             if record is not None:
                 live.append(record)
@@ -101,6 +142,13 @@ class Fleet:
             self._live = tuple(live)
             self._fetched = time.monotonic()
             self.refreshes += 1
+
+    def _like_me(self, worker_id: str) -> WorkerInfo | None:
+        mine = self.serves_like_me
+        sig = signature_of(worker_id)
+        if mine is None or sig is None or sig != signature_of(self.me):
+            return None
+        return mine.model_copy(update={"id": worker_id})
 
     def _read(self, key: str) -> WorkerInfo | None:
         obj = get_retrying(self.store, key)
