@@ -15,6 +15,7 @@ around the call into moto.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -38,6 +39,49 @@ BACKENDS = ["memory", "local", "moto", "moto_server"] + (["localstack"] if HAVE_
 SLOW_BACKENDS = {"localstack", "moto"}
 _bucket_ids = itertools.count()
 _moto_capabilities: dict[str, capabilities.Capabilities] = {}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_botocore_loader() -> Iterator[None]:
+    """Parse botocore's service models once per test session, not once per S3 client.
+
+    ``make_client`` gives every S3Store a fresh boto3 Session, and a fresh Session
+    reads and parses the S3 model files again (about 0.1 s of CPU); tests create
+    hundreds of stores. Every client is still built by ``make_client`` from its own
+    Session; only the read-only model data is shared, as clients of one Session share it.
+    """
+    import botocore.loaders
+    import botocore.session
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader",
+                      functools.cache(botocore.loaders.create_loader))
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_click_command_per_cli_app() -> Iterator[None]:
+    """Build the click command of a typer app once per test session, not once per invoke.
+
+    typer's ``CliRunner.invoke`` rebuilds the whole command tree of the app (every
+    command's signature and annotations) on each call, tens of milliseconds for
+    ``qo``; ``qo.cli.main`` builds it once per process too. Commands register on
+    import, so a tree counted as complete is reused.
+    """
+    import typer.testing
+
+    build = typer.testing._get_command
+    built: dict[tuple[int, int, int], tuple[object, object]] = {}
+
+    def get_command(app):  # type: ignore[no-untyped-def]
+        key = (id(app), len(app.registered_commands), len(app.registered_groups))
+        if key not in built:
+            built[key] = (app, build(app))  # holds the app, so its id is never reused
+        return built[key][1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(typer.testing, "_get_command", get_command)
+        yield
 
 
 @pytest.fixture(autouse=True)
