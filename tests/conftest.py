@@ -15,6 +15,7 @@ around the call into moto.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -36,8 +37,65 @@ BACKENDS = ["memory", "local", "moto", "moto_server"] + (["localstack"] if HAVE_
 #: Backends the fast development loop (``pytest -m "not slow"``) leaves to CI: the moto
 #: server stands for S3 there, memory and the local directory for the rest.
 SLOW_BACKENDS = {"localstack", "moto"}
+#: Suites that keep the moto server in the fast loop. Elsewhere the queue behaviour on
+#: S3 is left to the full run (it costs a few ms of CPU per request); memory and the
+#: local directory still run it, and the S3 code path keeps its own fast tests.
+MOTO_SERVER_FAST_SUITES = {"test_store_conformance.py"}
 _bucket_ids = itertools.count()
 _moto_capabilities: dict[str, capabilities.Capabilities] = {}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_botocore_loader() -> Iterator[None]:
+    """Parse botocore's service models once per test session, not once per S3 client.
+
+    ``make_client`` gives every S3Store a fresh boto3 Session, and a fresh Session
+    reads and parses the S3 model files again (about 0.1 s of CPU); tests create
+    hundreds of stores. Every client is still built by ``make_client`` from its own
+    Session; only the read-only model data is shared, as clients of one Session share it.
+    """
+    import botocore.loaders
+    import botocore.session
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader",
+                      functools.cache(botocore.loaders.create_loader))
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_click_command_per_cli_app() -> Iterator[None]:
+    """Build the click command of a typer app once per test session, not once per invoke.
+
+    typer's ``CliRunner.invoke`` rebuilds the whole command tree of the app (every
+    command's signature and annotations) on each call, tens of milliseconds for
+    ``qo``; ``qo.cli.main`` builds it once per process too. Commands register on
+    import, so a tree counted as complete is reused.
+    """
+    import typer.testing
+
+    build = typer.testing._get_command
+    built: dict[tuple[int, int, int], tuple[object, object]] = {}
+
+    def get_command(app):  # type: ignore[no-untyped-def]
+        key = (id(app), len(app.registered_commands), len(app.registered_groups))
+        if key not in built:
+            built[key] = (app, build(app))  # holds the app, so its id is never reused
+        return built[key][1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(typer.testing, "_get_command", get_command)
+        yield
+
+
+@pytest.fixture
+def no_backoff_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No real sleep between the retries of a failed store call (``qo.protocol.cas``).
+
+    For tests on a fake clock with nothing running concurrently, where that
+    randomized backoff changes nothing but the wall time; every retry still happens.
+    """
+    monkeypatch.setattr("qo.protocol.cas._pause", lambda attempt: None)
 
 
 @pytest.fixture(autouse=True)
@@ -146,6 +204,16 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path) -> Store:
         _known_capabilities(kind, store)
         return capabilities.require(store)  # the mode it needs: unconditional deletes
     raise ValueError(kind)
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` the moto server cases of ``store`` outside MOTO_SERVER_FAST_SUITES."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if (callspec is not None and callspec.params.get("store") == "moto_server"
+                and item.path.name not in MOTO_SERVER_FAST_SUITES):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(params=[pytest.param(b, marks=pytest.mark.slow) if b in SLOW_BACKENDS else b

@@ -25,6 +25,7 @@ def test_poll_clock_groups_lists_into_polls() -> None:
     assert len(clock.starts) == 8
 
 
+@pytest.mark.slow  # real time: a store with latency
 @pytest.mark.timeout(120)
 def test_idle_runs_on_a_store_with_latency() -> None:
     rows = idle_cost.idle_all([(1, 1000.0, 1.0), (2, 1000.0, 1.0)], latency=0.001)

@@ -477,6 +477,7 @@ def test_doctor_names_a_missing_bucket(s3_server: Any, monkeypatch: pytest.Monke
     assert report["ok"] is False and report["checks"][1]["status"] == "fail"
 
 
+@pytest.mark.slow  # real time: botocore's retry backoff
 def test_doctor_reports_an_unreachable_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as sock:  # a port nobody listens on once closed
         sock.bind(("127.0.0.1", 0))
@@ -492,6 +493,7 @@ def test_round_trip_on_s3(s3_queue: str) -> None:
     assert show(s3_queue, task_id)["result"] == 9
 
 
+@pytest.mark.slow  # real processes
 def test_python_dash_m_qo(tmp_path: Path) -> None:
     env = {**os.environ, "QO_QUEUE": f"file://{tmp_path / 'q'}"}
 
@@ -506,6 +508,7 @@ def test_python_dash_m_qo(tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stdout == ""
 
 
+@pytest.mark.slow  # a real process
 def test_worker_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     env = {**os.environ, "QO_QUEUE": f"file://{tmp_path / 'q'}"}
     code, out, err = sigterm_when_ready(

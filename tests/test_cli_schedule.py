@@ -294,7 +294,7 @@ def test_run_fires_a_due_slot_exactly_once() -> None:
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
     ok(sq(url, "run", "--max-rounds", "1"))  # a second daemon: nothing new
-    ok(sq(url, "run", "--max-rounds", "3", "--refresh", "1"))
+    ok(sq(url, "run", "--max-rounds", "3", "--refresh", "0.05"))
     assert task_ids(url) == [f"tasks/{expected}.json"]
     listing = as_json(sq(url, "list", "--json"))["schedules"]
     assert listing[0]["last_status"] == "pending" and listing[0]["next_slot"] == START + 600
@@ -334,6 +334,7 @@ def test_run_skips_paused_schedules() -> None:
     assert task_ids(url) == []
 
 
+@pytest.mark.slow  # a real process
 def test_run_stops_on_sigterm(tmp_path: Path) -> None:
     env = {**os.environ, "QO_QUEUE": f"file://{tmp_path / 'q'}"}
     env.pop("QO_DEBUG", None)

@@ -27,6 +27,8 @@ from .helpers import FakeClock, Runs, all_terminal
 
 PREFIXES = ["ready/", "tasks/", "leases/", "delayed/", "dead/"]
 
+pytestmark = pytest.mark.usefixtures("no_backoff_sleeps")  # a fake clock, one thread
+
 
 def build(clock: FakeClock) -> tuple[FaultyStore, Queue, App, Runs]:
     store = FaultyStore(MemoryStore(clock=clock))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from qo.heartbeat import LeaseKeeper, Renewal
 from qo.protocol import leases
 from qo.store.faulty import FaultyStore
 from qo.store.memory import MemoryStore
 
 from .helpers import FakeClock
+
+pytestmark = pytest.mark.usefixtures("no_backoff_sleeps")  # a fake clock, one thread
 
 
 def _keeper(seconds: float) -> tuple[FaultyStore, LeaseKeeper, FakeClock]:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,6 +25,7 @@ def readme_test_command() -> str:
     return command
 
 
+@pytest.mark.slow  # a real pytest process
 def test_readme_test_command_prints_pytests_summary_line(tmp_path: Path) -> None:
     """``-q`` in the command plus ``-q`` in addopts would be ``-qq``: no "N passed" line."""
     command = readme_test_command()

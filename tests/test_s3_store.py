@@ -468,6 +468,7 @@ def test_concurrent_increments_are_exact(server_store: S3Store, srv: S3TestServe
     assert counts["PUT"] - counts["PUT_412"] == 1 + threads * per_thread
 
 
+@pytest.mark.slow  # a real process
 def test_command_line_server(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "qo.testing.s3server", "--port", "0", "--bucket", "qo-cli"],

@@ -88,6 +88,7 @@ def test_an_ambiguous_decide_write_on_a_1s_schedule_loses_no_slot() -> None:
     assert slots == [START + i for i in range(1, 91 + int(SETTLE))]
 
 
+@pytest.mark.usefixtures("no_backoff_sleeps")  # a fake clock: backoff sleeps change nothing
 def test_unconfirmed_entries_are_bounded_and_reported_when_submits_keep_failing() -> None:
     queue, clock, store = setup()
     scheduler.add(queue, "fast", "t", every="1s")

@@ -291,6 +291,7 @@ def test_the_handlers_declared_timeout_counts_when_the_submitter_set_none(
     queue.store.close()
 
 
+@pytest.mark.slow  # real time: waits for the invocation deadline
 def test_handler_without_timeout_is_stopped_at_the_invocation_deadline(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QO_TASK_BUDGET", "0.5")
@@ -796,6 +797,7 @@ def test_event_keys_are_url_decoded_and_prefix_stripped() -> None:
     assert parsed.markers == [] and parsed.ignored == 1
 
 
+@pytest.mark.slow  # a real process
 def test_infra_local_s3_prints_the_environment() -> None:
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.Popen([str(ROOT / "infra" / "local-s3"), "--port", "0", "--bucket",
@@ -820,6 +822,7 @@ def test_infra_local_s3_prints_the_environment() -> None:
             proc.wait(10)
 
 
+@pytest.mark.slow  # a real process
 def test_infra_invoke_runs_the_handlers_against_a_queue(env: Env) -> None:
     url = f"s3://{env.bucket}/{PREFIX}"
     run_env = {**os.environ, "QO_QUEUE": url, "QO_APP": "qo.examples.demo:app",

@@ -95,7 +95,8 @@ def _blocking_app(queue: Queue, gate: threading.Event, started: threading.Event)
     return app
 
 
-@pytest.mark.parametrize("lease_seconds", [60.0, 6.0])  # outcome CAS / heartbeat finds it
+@pytest.mark.parametrize("lease_seconds", [  # outcome CAS / heartbeat finds it
+    60.0, pytest.param(6.0, marks=pytest.mark.slow)])  # real time: a heartbeat at 2 s
 def test_a_task_cancelled_while_running_says_it_ran_and_its_outcome_was_dropped(
     caplog: pytest.LogCaptureFixture, lease_seconds: float
 ) -> None:
