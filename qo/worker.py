@@ -25,10 +25,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from qo import eventlog
+from qo.aio_runner import AsyncRunner
 from qo.app import App
+from qo.calls import has_async_tasks, has_sync_tasks
 from qo.errors import ErrorKind, QoError
 from qo.health import Notices, StoreHealth
 from qo.ids import new_token
@@ -71,6 +74,14 @@ class WorkerOptions:
     #: invocation's end); a task stopped by it fails with ``deadline_error``.
     deadline: float | None = None
     deadline_error: type[TaskTimeout] = WorkerDeadline
+    #: Slot threads (each claims, and runs a sync handler itself). Default: the
+    #: concurrency, or ``ASYNC_SLOTS`` when every handler is ``async def`` (they
+    #: run on the worker's event loop, ``qo.aio_runner``, and a slot only claims).
+    threads: int | None = None
+
+
+#: Slot threads of a worker whose handlers are all async: they only claim.
+ASYNC_SLOTS = 4
 
 
 class Worker:
@@ -95,10 +106,16 @@ class Worker:
         self._abort = threading.Event()  # grace is over: give back what runs
         self._signals: list[int] = []  # noted by the signal handler, acted on by run()
         self._signals_handled = 0
-        self.runner = Runner(app, self.store, self.settings, hooks=self.hooks, health=self.health,
+        concurrency = self.options.concurrency
+        runner = AsyncRunner if has_async_tasks(app) else Runner
+        self.runner = runner(app, self.store, self.settings, hooks=self.hooks, health=self.health,
                              summary=self.summary, abort=self._abort,
                              deadline=self.options.deadline,
                              deadline_error=self.options.deadline_error)
+        self.threads = min(concurrency, self.options.threads or (
+            concurrency if has_sync_tasks(app) else ASYNC_SLOTS))
+        self._capacity = threading.BoundedSemaphore(concurrency)  # tasks in flight, any kind
+        self._on_loop: set[Future[None]] = set()  # attempts started on the event loop
         self._idle = self.options.poll_min  # the worker's idle backoff, shared by slots
         self._next_poll = 0.0  # monotonic time before which idle slots do not poll; 0: busy
         self._polling = False  # an idle slot is polling for all of them
@@ -130,7 +147,7 @@ class Worker:
         housekeeper = threading.Thread(target=self._housekeep, name="qo-housekeeper", daemon=True)
         housekeeper.start()
         slots = [threading.Thread(target=self._slot, name=f"qo-slot-{i}", daemon=True)
-                 for i in range(self.options.concurrency)]
+                 for i in range(self.threads)]
         for t in slots:
             t.start()
         try:
@@ -144,12 +161,16 @@ class Worker:
                 while t.is_alive() and time.monotonic() < deadline and not self._abort.is_set():
                     self._handle_signals()  # a second signal ends the grace period
                     t.join(min(0.2, max(0.0, deadline - time.monotonic())))
+            self._drain_loop(deadline)
             self._abort.set()
             # Slots now hand back what runs and record outcomes; each store write
             # is bounded by the lease it holds, so this ends.
             for t in [*slots, housekeeper]:
                 t.join()
+            self._drain_loop(None)
             self.runner.wait_for_handlers(self.options.cancel_wait)
+            if isinstance(self.runner, AsyncRunner):
+                self.runner.close()
             stop_logging()
             self._write_heartbeat("stopped")
             delete_quietly(self.store, keys.worker_key(self.id))
@@ -210,30 +231,74 @@ class Worker:
 
     # -- slots ----------------------------------------------------------------
 
+    def _drain_loop(self, deadline: float | None) -> None:
+        """Wait for the attempts on the event loop: until ``deadline`` (the grace
+        period; a second signal ends it), or, once aborted, until they have
+        handed back and written their outcomes (bounded by their leases)."""
+        while self._on_loop and (deadline is None or (
+                time.monotonic() < deadline and not self._abort.is_set())):
+            self._handle_signals()
+            end = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
+            with self._idle_cond:
+                self._idle_cond.wait(end)
+
     def _slot(self) -> None:
         while not self._stop.is_set():
-            if not self._may_poll():
-                continue
+            if not self._capacity.acquire(timeout=0.5):
+                continue  # every task this worker may run at once is running
             try:
-                claim = self.claimer.claim()
-            except QoError as exc:
-                self.health.failed(exc, "claim")
-                self._polled(found=False)
-                continue
-            self.health.ok()
-            self._report_seen()
-            if claim is None:
-                self._polled(found=False)
-                if self.options.burst and self._burst_done():
-                    return
-                continue
-            self._polled(found=True)
-            try:
-                self.runner.run(claim)
-            except QoError as exc:  # the store failed us; the lease will be reaped
-                log.warning("task %s: %s", claim.task_id, exc, extra={"event": "outcome_error"})
-            except Exception:  # never let one task kill the worker
-                log.exception("task %s: internal error", claim.task_id)
+                if not self._may_poll() or not self._claim_and_run():
+                    self._capacity.release()
+            except BaseException:
+                self._capacity.release()
+                raise
+
+    def _claim_and_run(self) -> bool:
+        """One claim, run here or started on the loop; True if it took the capacity
+        token with it (released when the attempt on the loop is over)."""
+        try:
+            claim = self.claimer.claim()
+        except QoError as exc:
+            self.health.failed(exc, "claim")
+            self._polled(found=False)
+            return False
+        self.health.ok()
+        self._report_seen()
+        if claim is None:
+            self._polled(found=False)
+            if self.options.burst:
+                self._burst_done()
+            return False
+        self._polled(found=True)
+        if isinstance(self.runner, AsyncRunner) and self.runner.runs_on_loop(claim):
+            self._start_on_loop(self.runner, claim)
+            return True
+        try:
+            self.runner.run(claim)
+        except Exception as exc:  # noqa: BLE001 - never let one task kill the worker
+            self._run_failed(claim, exc)
+        return False
+
+    def _start_on_loop(self, runner: AsyncRunner, claim: Claim) -> None:
+        future = runner.start(claim)
+        with self._idle_cond:
+            self._on_loop.add(future)
+
+        def over(done: Future[None]) -> None:
+            with self._idle_cond:
+                self._on_loop.discard(done)
+                self._idle_cond.notify_all()
+            self._capacity.release()
+            if not done.cancelled() and done.exception() is not None:
+                self._run_failed(claim, done.exception())
+
+        future.add_done_callback(over)
+
+    def _run_failed(self, claim: Claim, exc: BaseException | None) -> None:
+        if isinstance(exc, QoError):  # the store failed us; the lease will be reaped
+            log.warning("task %s: %s", claim.task_id, exc, extra={"event": "outcome_error"})
+        else:
+            log.error("task %s: internal error", claim.task_id, exc_info=exc)
 
     def _may_poll(self) -> bool:
         """May this slot claim now? While work flows, every free slot claims (they share
@@ -282,7 +347,7 @@ class Worker:
         try:
             sweep.promote(self.store)
             self.claimer.forget()
-            if self.runner.running() or self._others_pending():
+            if self.runner.running() or self._on_loop or self._others_pending():
                 return False
             claim = self.claimer.claim()
         except QoError as exc:

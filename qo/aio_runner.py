@@ -1,0 +1,144 @@
+"""The asyncio runner: many ``async def`` handlers at once on one event loop.
+
+``AsyncRunner`` is a ``qo.runner.Runner`` (it still runs any claim in the
+calling thread with ``run``) that can also ``start`` a claim on its event
+loop, a daemon thread it owns (``qo-loop``), and return at once. Each
+attempt started there is one coroutine that does what ``Runner.run`` does,
+with the same steps of the same class:
+
+- ``_begin`` (context, lease keeper), ``_heartbeat`` (lease renewal and the
+  cancellation check) and ``_end`` (the outcome, with its store-failure
+  retries) do blocking store requests, so they run in a bounded pool of
+  ``io_threads`` threads (``qo-aio-io``), never on the loop;
+- the waiting is the loop's: the handler's coroutine (behind the app's
+  middleware, ``qo.middleware.achain``) is a task, supervision awaits it
+  with the timeout ``_next_wait`` gives and asks ``_step`` what to do, like
+  the thread runner does. When supervision stops waiting (deadline, lease
+  lost, cancelled, handed back at shutdown) ``ctx.cancelled`` is set and the
+  coroutine is cancelled (``CancelledError`` at its next ``await``).
+
+So 200 async tasks in flight cost one loop thread and ``io_threads``
+threads, not 200. The requests are those of the thread runner: nothing
+changes in the protocol. A coroutine that blocks the loop (a synchronous
+``time.sleep``, a blocking client) stalls every async task of the worker,
+their heartbeats included: do blocking work with ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from qo.app import TaskDef
+from qo.calls import async_call, is_async_task
+from qo.context import StopReason
+from qo.middleware import TaskCall
+from qo.protocol.claim import Claim
+from qo.runner import Runner, Running, Step
+
+T = TypeVar("T")
+
+#: Threads for the store requests of async attempts (heartbeats, outcomes).
+IO_THREADS = 8
+
+
+class AsyncRunner(Runner):
+    """A ``Runner`` with an event loop for async handlers; thread-safe.
+
+    ``start(claim)`` runs an attempt on the loop and returns a future that
+    is done once its outcome is written (or given up, like ``run``). Call
+    ``close`` after ``wait_for_handlers``.
+    """
+
+    def __init__(self, *args: Any, io_threads: int = IO_THREADS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="qo-loop",
+                                             daemon=True)
+        self._pool = concurrent.futures.ThreadPoolExecutor(io_threads,
+                                                           thread_name_prefix="qo-aio-io")
+        self._coroutines: dict[asyncio.Task[None], str] = {}  # handlers not yet returned
+        self._loop_thread.start()
+
+    def runs_on_loop(self, claim: Claim) -> bool:
+        """Is this claim's handler an ``async def`` (``start`` it rather than ``run`` it)?"""
+        definition = self.app.tasks.get(claim.record.type)
+        return definition is not None and is_async_task(definition)
+
+    def start(self, claim: Claim) -> concurrent.futures.Future[None]:
+        """Run one claimed task to its outcome on the loop; returns at once."""
+        return asyncio.run_coroutine_threadsafe(self.arun(claim), self._loop)
+
+    async def arun(self, claim: Claim) -> None:
+        """``Runner.run`` as a coroutine on this runner's loop."""
+        begun = await self._io(self._begin, claim)
+        if begun is None:
+            return
+        running, definition = begun
+        try:
+            await self._supervise_on_loop(running, definition)
+        finally:
+            self._stopped_waiting(running)
+        await self._io(self._end, running, definition)
+
+    async def _supervise_on_loop(self, running: Running, definition: TaskDef) -> None:
+        """Await the handler's coroutine; renew the lease; enforce the deadline."""
+        call = async_call(self.app, definition)
+        handler_call = TaskCall(definition.name, running.claim.input, running.ctx)
+        ctx = running.ctx
+
+        async def target() -> None:
+            try:
+                running.result = await call(handler_call)
+            except BaseException as exc:  # noqa: BLE001 - reported as the task's error
+                running.error = exc
+            finally:
+                if not ctx.is_cancelled():  # once told to stop, what it returns is dropped
+                    running.done.set()
+
+        task = self._loop.create_task(target(), name=f"qo-task-{running.claim.task_id}")
+        self._coroutines[task] = running.claim.task_id
+        task.add_done_callback(self._coroutines.pop)
+        while not task.done():
+            await asyncio.wait({task}, timeout=self._next_wait(running))
+            if task.done():
+                return
+            step = self._step(running)
+            if step is Step.RENEW and await self._io(self._heartbeat, running):
+                continue
+            if step is not Step.WAIT:
+                ctx.cancel(StopReason.ABANDONED)  # (no-op when a reason was set)
+                task.cancel()
+                return
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking step (store requests) in the pool, off the loop."""
+        return await self._loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def _join_handlers(self, end: float) -> list[str]:
+        """Handler threads, then coroutines told to stop, until ``end``; those left."""
+        left = super()._join_handlers(end)
+
+        async def join() -> list[str]:
+            pending = list(self._coroutines)
+            if pending:
+                await asyncio.wait(pending, timeout=max(0.0, end - time.monotonic()))
+            return [task for t, task in self._coroutines.items() if not t.done()]
+
+        future = asyncio.run_coroutine_threadsafe(join(), self._loop)
+        try:  # a loop blocked by a handler never answers: its coroutines count as left
+            left += future.result(timeout=max(0.0, end - time.monotonic()) + 1.0)
+        except concurrent.futures.TimeoutError:
+            left += list(self._coroutines.copy().values())
+        return sorted(left)
+
+    def close(self) -> None:
+        """Stop the loop (coroutines still on it are left) and the request pool."""
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(5.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
