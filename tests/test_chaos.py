@@ -35,7 +35,8 @@ LONG = os.environ.get("QO_LONG_TESTS") == "1"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_sigkilled_worker_processes_lose_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("app", ["tests.apps.chaos_app:app", "tests.apps.aio_app:app"])
+def test_sigkilled_worker_processes_lose_nothing(tmp_path: Path, app: str) -> None:
     n = 2000 if LONG else 300
     url = f"file://{tmp_path / 'store'}"
     runs_dir = tmp_path / "runs"
@@ -48,7 +49,7 @@ def test_sigkilled_worker_processes_lose_nothing(tmp_path: Path) -> None:
     rng = random.Random(1)
 
     def spawn() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "tests.chaos_worker", url, str(lease)],
+        return subprocess.Popen([sys.executable, "-m", "tests.chaos_worker", url, str(lease), app],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
 
