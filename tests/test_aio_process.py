@@ -37,12 +37,13 @@ def _until(proc: subprocess.Popen[str], text: str) -> None:
 
 
 def _finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    """Wait for the worker to exit (killed if it hangs, and the test fails)."""
     try:
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
     return proc.returncode, out, err
 
 
