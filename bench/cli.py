@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import idle_cost, report, scenarios
+from bench import aio_io, idle_cost, report, scenarios
 from bench.backends import Backend
 
 #: Scenario sizes per profile. ``tiny`` is for the smoke test (seconds, memory store).
@@ -40,7 +40,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "latency": (8, 10.0, 30.0), "timeout": 300.0,
     },
 }
-SCENARIOS = ("throughput", "claim", "idle", "submit", "latency")
+SCENARIOS = ("throughput", "claim", "idle", "submit", "latency", "aio")
 #: ``idle`` entries are (concurrency, scale, seconds): intervals divided by scale, latency
 #: not (it must stay small against poll_max / scale); the runs go in parallel.
 
@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" in only:
             k, rate, secs = prof["latency"]
             result["latency"] = scenarios.submit_to_start(backend, k, args.procs, rate, secs)
+        if "aio" in only:  # async handler sleeping 100 ms, concurrency 1, 10, 200 (bench/aio_io.py)
+            result["aio_io"] = aio_io.run(backend, [1, 10, 200], 3, prof["timeout"])
     finally:
         backend.close()
     result["meta"]["load_after"] = report.loadavg()
