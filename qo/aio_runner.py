@@ -6,10 +6,12 @@ loop, a daemon thread it owns (``qo-loop``), and return at once. Each
 attempt started there is one coroutine that does what ``Runner.run`` does,
 with the same steps of the same class:
 
-- ``_begin`` (context, lease keeper), ``_heartbeat`` (lease renewal and the
-  cancellation check) and ``_end`` (the outcome, with its store-failure
-  retries) do blocking store requests, so they run in a bounded pool of
-  ``io_threads`` threads (``qo-aio-io``), never on the loop;
+- ``_begin`` (context, lease keeper) and ``_end`` (the outcome, with its
+  store-failure retries) do blocking store requests, so they run in a
+  bounded pool of ``IO_THREADS`` threads (``qo-aio-io``), never on the loop;
+  ``_heartbeat`` (lease renewal and the cancellation check) runs in a pool
+  of its own (``BEAT_THREADS``, ``qo-aio-beat``), so that renewals never
+  queue behind outcomes retrying through a store outage;
 - the waiting is the loop's: the handler's coroutine (behind the app's
   middleware, ``qo.middleware.achain``) is a task, supervision awaits it
   with the timeout ``_next_wait`` gives and asks ``_step`` what to do, like
@@ -17,8 +19,8 @@ with the same steps of the same class:
   lost, cancelled, handed back at shutdown) ``ctx.cancelled`` is set and the
   coroutine is cancelled (``CancelledError`` at its next ``await``).
 
-So 200 async tasks in flight cost one loop thread and ``io_threads``
-threads, not 200. The requests are those of the thread runner: nothing
+So 200 async tasks in flight cost one loop thread and 12 pool threads,
+not 200. The requests are those of the thread runner: nothing
 changes in the protocol. A coroutine that blocks the loop (a synchronous
 ``time.sleep``, a blocking client) stalls every async task of the worker,
 their heartbeats included: do blocking work with ``asyncio.to_thread``.
@@ -43,8 +45,10 @@ from qo.runner import Runner, Running, Step
 
 T = TypeVar("T")
 
-#: Threads for the store requests of async attempts (heartbeats, outcomes).
+#: Threads for the store requests of async attempts: starts and outcomes...
 IO_THREADS = 8
+#: ...and lease renewals.
+BEAT_THREADS = 4
 
 
 class AsyncRunner(Runner):
@@ -55,13 +59,15 @@ class AsyncRunner(Runner):
     ``close`` after ``wait_for_handlers``.
     """
 
-    def __init__(self, *args: Any, io_threads: int = IO_THREADS, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="qo-loop",
                                              daemon=True)
-        self._pool = concurrent.futures.ThreadPoolExecutor(io_threads,
+        self._pool = concurrent.futures.ThreadPoolExecutor(IO_THREADS,
                                                            thread_name_prefix="qo-aio-io")
+        self._beats = concurrent.futures.ThreadPoolExecutor(BEAT_THREADS,
+                                                            thread_name_prefix="qo-aio-beat")
         self._coroutines: dict[asyncio.Task[None], str] = {}  # handlers not yet returned
         self._loop_thread.start()
 
@@ -109,16 +115,17 @@ class AsyncRunner(Runner):
             if task.done():
                 return
             step = self._step(running)
-            if step is Step.RENEW and await self._io(self._heartbeat, running):
+            if step is Step.RENEW and await self._io(self._heartbeat, running, pool=self._beats):
                 continue
             if step is not Step.WAIT:
                 ctx.cancel(StopReason.ABANDONED)  # (no-op when a reason was set)
                 task.cancel()
                 return
 
-    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking step (store requests) in the pool, off the loop."""
-        return await self._loop.run_in_executor(self._pool, functools.partial(fn, *args))
+    async def _io(self, fn: Callable[..., T], *args: Any,
+                  pool: concurrent.futures.Executor | None = None) -> T:
+        """Run a blocking step (store requests) in a pool, off the loop."""
+        return await self._loop.run_in_executor(pool or self._pool, functools.partial(fn, *args))
 
     def _join_handlers(self, end: float) -> list[str]:
         """Handler threads, then coroutines told to stop, until ``end``; those left."""
@@ -138,7 +145,8 @@ class AsyncRunner(Runner):
         return sorted(left)
 
     def close(self) -> None:
-        """Stop the loop (coroutines still on it are left) and the request pool."""
+        """Stop the loop (coroutines still on it are left) and the request pools."""
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(5.0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._pool, self._beats):
+            pool.shutdown(wait=False, cancel_futures=True)

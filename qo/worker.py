@@ -167,7 +167,8 @@ class Worker:
             # is bounded by the lease it holds, so this ends.
             for t in [*slots, housekeeper]:
                 t.join()
-            self._drain_loop(None)
+            self._drain_loop(time.monotonic() + self.settings.lease_seconds
+                             + self.options.cancel_wait)
             self.runner.wait_for_handlers(self.options.cancel_wait)
             if isinstance(self.runner, AsyncRunner):
                 self.runner.close()
@@ -231,16 +232,17 @@ class Worker:
 
     # -- slots ----------------------------------------------------------------
 
-    def _drain_loop(self, deadline: float | None) -> None:
-        """Wait for the attempts on the event loop: until ``deadline`` (the grace
-        period; a second signal ends it), or, once aborted, until they have
-        handed back and written their outcomes (bounded by their leases)."""
-        while self._on_loop and (deadline is None or (
-                time.monotonic() < deadline and not self._abort.is_set())):
+    def _drain_loop(self, deadline: float) -> None:
+        """Wait for the attempts on the event loop until ``deadline``: during the
+        grace period (a second signal ends it), then, once aborted, while they hand
+        back and write their outcomes (bounded by their leases, unless a handler
+        blocks the loop: what is left then is reaped)."""
+        aborted = self._abort.is_set()
+        while self._on_loop and time.monotonic() < deadline and (
+                aborted or not self._abort.is_set()):
             self._handle_signals()
-            end = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
             with self._idle_cond:
-                self._idle_cond.wait(end)
+                self._idle_cond.wait(min(0.2, max(0.0, deadline - time.monotonic())))
 
     def _slot(self) -> None:
         while not self._stop.is_set():

@@ -215,7 +215,7 @@ def test_200_async_tasks_run_at_once_on_a_few_threads() -> None:
     qo_threads = [name for name in names if name.startswith("qo-")]
     assert not [name for name in qo_threads if name.startswith("qo-task-")]
     assert len([name for name in qo_threads if name.startswith("qo-slot-")]) == 4
-    assert len(qo_threads) <= 4 + 1 + 8 + 1  # slots, the loop, its request pool, housekeeping
+    assert len(qo_threads) <= 4 + 1 + 8 + 4 + 1  # slots, the loop, its two pools, housekeeping
 
 
 def test_sync_and_async_handlers_mix_in_one_worker() -> None:
@@ -286,3 +286,29 @@ def test_an_async_result_that_cannot_be_stored_fails_without_retry() -> None:
     record = queue.get(handle.id).record
     assert record.status == Status.DEAD and record.attempt == 1
     assert record.error is not None and record.error.type == "InvalidPayload"
+
+
+def test_heartbeats_keep_a_long_coroutine_leased_past_many_lease_lengths() -> None:
+    store = MemoryStore()
+    queue = Queue(store, Settings(lease_seconds=0.6, repair_lease_seconds=0.6))
+    app = App(queue)
+    renewals = []
+
+    @app.task
+    async def long(ctx: Context) -> int:
+        lease = keys.lease_key("default", ctx.task_id)
+        for _ in range(1200):  # until six renewals of a 0.6 s lease (2 s at the least)
+            if len(renewals) >= 6:
+                break
+            await asyncio.sleep(0.05)
+            now = store.head(lease)
+            if now is not None and (not renewals or renewals[-1] != now.etag):
+                renewals.append(now.etag)
+        return ctx.attempt
+
+    handle = app.submit("long")
+    worker = Worker(app, queue, WorkerOptions(concurrency=2, burst=True, sweep_interval=0.2))
+    summary = worker.run()  # its housekeeper reaps expired leases meanwhile
+    assert len(renewals) >= 6
+    assert handle.result(timeout=5) == 1  # never reaped: the first attempt succeeded
+    assert summary.succeeded == 1 and summary.fenced == 0
