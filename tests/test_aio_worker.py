@@ -312,3 +312,24 @@ def test_heartbeats_keep_a_long_coroutine_leased_past_many_lease_lengths() -> No
     assert len(renewals) >= 6
     assert handle.result(timeout=5) == 1  # never reaped: the first attempt succeeded
     assert summary.succeeded == 1 and summary.fenced == 0
+
+
+def test_an_async_handler_heartbeats_without_blocking_the_loop() -> None:
+    queue = Queue(MemoryStore())
+    app = App(queue)
+
+    seen: list[bool] = []
+
+    @app.task
+    async def beat(ctx: Context) -> None:
+        seen.append(await ctx.aheartbeat())
+        await queue_cancel(ctx.task_id)
+        seen.extend([await ctx.aheartbeat(), ctx.is_cancelled()])
+
+    async def queue_cancel(task_id: str) -> None:
+        await asyncio.to_thread(queue.cancel, task_id, "from inside")
+
+    handle = app.submit("beat")
+    summary = Worker(app, queue, WorkerOptions(concurrency=2, burst=True)).run()
+    assert seen == [True, False, True]  # the second heartbeat found the task cancelled
+    assert queue.get(handle.id).status == Status.CANCELLED and summary.cancelled == 1
