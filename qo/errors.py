@@ -98,9 +98,21 @@ class PreconditionFailed(StoreError):
 
     Every backend raises exactly this type, whatever its wire status (S3 uses
     412, and 409 ConditionalRequestConflict under concurrency).
+
+    ``sent_once``: the backend knows the request reached the store exactly
+    once (no client retry), so the 412 cannot be the echo of our own landed
+    write and ``qo.protocol.cas`` need not read the key back.
     """
 
     kind = ErrorKind.CONFLICT
+    sent_once = False
+
+    @classmethod
+    def first_try(cls, message: str) -> PreconditionFailed:
+        """A 412 to a request that was sent once (memory, local directory, S3 without retry)."""
+        error = cls(message)
+        error.sent_once = True
+        return error
 
 
 class StoreUnavailable(StoreError):

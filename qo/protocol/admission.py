@@ -10,7 +10,8 @@ here; see ``Claimer(admission=[...])`` and docs/protocol.md section 8.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from qo.protocol.keys import Marker
@@ -28,4 +29,19 @@ class Refusal:
 #: An admission check (see the module docstring).
 Admission = Callable[[Marker, HeldLease, float], "Refusal | None"]
 
-__all__ = ["Admission", "Refusal"]
+log = logging.getLogger("qo.protocol.claim")
+
+
+def first_refusal(checks: Sequence[Admission], marker: Marker, held: HeldLease,
+                  now: float) -> Refusal | None:
+    """Ask each admission check, in order; the first refusal wins."""
+    for check in checks:
+        refusal = check(marker, held, now)
+        if refusal is not None:
+            log.debug("task %s refused until %.3f: %s", marker.task_id, refusal.retry_at,
+                      refusal.reason)
+            return refusal
+    return None
+
+
+__all__ = ["Admission", "Refusal", "first_refusal"]

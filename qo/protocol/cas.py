@@ -27,10 +27,12 @@ def _pause(attempt: int) -> None:
 
 @dataclass(frozen=True)
 class Lost:
-    """A conditional put that lost: the 412, and what the key holds now (None: missing)."""
+    """A conditional put that lost: the 412, and what the key holds now (None: missing,
+    or not read: ``read`` False)."""
 
     error: PreconditionFailed
     current: StoredObject | None
+    read: bool = True
 
 
 def put_or_current(
@@ -40,13 +42,17 @@ def put_or_current(
     *,
     if_match: str | None = None,
     if_none_match: bool = False,
+    want_current: bool = True,
 ) -> str | Lost:
     """Conditional put; the etag it wrote, or ``Lost`` with the key's current object.
 
     1 PUT. On a 412, 1 GET: the key's current object, which tells our own
     landed write (the same bytes: its etag is returned) from someone else's.
     A caller that would read the key after losing uses ``Lost.current``
-    instead, so losing costs no request beyond that GET.
+    instead, so losing costs no request beyond that GET. A 412 to a request
+    sent once (``PreconditionFailed.sent_once``, and no earlier attempt of
+    ours that may have landed) cannot be our own write: without
+    ``want_current`` it costs no GET at all.
     """
     for attempt in range(ATTEMPTS):
         try:
@@ -54,6 +60,8 @@ def put_or_current(
         except PreconditionFailed as exc:
             if not (if_match or if_none_match):
                 raise
+            if attempt == 0 and exc.sent_once and not want_current:
+                return Lost(exc, None, read=False)
             current = get_retrying(store, key)
             if current is not None and current.body == body:
                 return current.etag  # our own write had landed
@@ -74,7 +82,8 @@ def put_checked(
     if_none_match: bool = False,
 ) -> str:
     """Conditional put; returns the etag, or raises PreconditionFailed if it lost."""
-    result = put_or_current(store, key, body, if_match=if_match, if_none_match=if_none_match)
+    result = put_or_current(store, key, body, if_match=if_match, if_none_match=if_none_match,
+                            want_current=False)
     if isinstance(result, Lost):
         raise result.error
     return result

@@ -20,7 +20,7 @@ from typing import Any
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import CorruptRecord, FutureSchema, TaskRecord
 from qo.protocol import index, leases, records
-from qo.protocol.admission import Admission, Refusal
+from qo.protocol.admission import Admission, first_refusal
 from qo.protocol.cas import delete_outcome
 from qo.protocol.keys import Marker, parse_ready_key
 from qo.protocol.leases import HeldLease
@@ -130,6 +130,7 @@ class Claimer:
         self._listings: dict[str, Listing] = {}
         self._list_locks: dict[str, threading.Lock] = {}  # queue -> held while listing it
         self._skip: dict[str, float] = {}  # key -> monotonic time until which to skip it
+        self._inflight: set[str] = set()  # keys a thread of this process is claiming now
         self._misses: dict[str, int] = {}  # key -> times in a row it was unusable
         self._floor: dict[str, tuple[str, float]] = {}  # queue -> (list after, until)
 
@@ -141,7 +142,12 @@ class Claimer:
                 picked = self._pick(queue)
                 if picked is None:
                     break
-                claim = self._try(*picked)
+                try:
+                    claim = self._try(*picked)
+                finally:  # then skipped a little longer: its marker's delete may be in flight
+                    self._skip_for(picked[0].key, 2.0)
+                    with self._lock:
+                        self._inflight.discard(picked[0].key)
                 if claim is not None:
                     with self._lock:
                         self.spread = max(self.min_spread, self.spread * self.shrink)
@@ -200,7 +206,8 @@ class Claimer:
                 if listing.paused:
                     return None
                 usable = [
-                    (info, m) for info, m in listing.items if self._skip.get(info.key, 0) <= now
+                    (info, m) for info, m in listing.items
+                    if self._skip.get(info.key, 0) <= now and info.key not in self._inflight
                 ]
                 if self.fleet is not None and usable:
                     usable, stealing, soonest = triable(self.fleet, listing, usable, store_now)
@@ -218,7 +225,7 @@ class Claimer:
                     listing.items.remove(choice)
                     if not listing.items:
                         listing.fetched = 0.0  # used up, not empty: list again next time
-                    self._skip[choice[0].key] = now + 2.0
+                    self._inflight.add(choice[0].key)  # no other thread of ours tries it
                     return choice
                 if listing.last_key is None:
                     return None  # the rest of the queue is empty
@@ -306,7 +313,7 @@ class Claimer:
             self._listing_is_stale(marker.queue)
             self._skip_for(info.key, min(30.0, self.settings.lease_seconds / 2))
             return None
-        refusal = self._admit(marker, held, now)
+        refusal = first_refusal(self.admission, marker, held, now)
         if refusal is not None:
             held.release(self.store)
             with self._lock:
@@ -366,16 +373,6 @@ class Claimer:
         self.hooks.emit(Kind.CLAIMED, record.id, queue=record.queue, task_type=record.type,
                         attempt=claim.attempt, worker=self.owner)
         return claim
-
-    def _admit(self, marker: Marker, held: HeldLease, now: float) -> Refusal | None:
-        """Ask each admission check, in order; the first refusal wins."""
-        for check in self.admission:
-            refusal = check(marker, held, now)
-            if refusal is not None:
-                log.debug("task %s refused until %.3f: %s", marker.task_id, refusal.retry_at,
-                          refusal.reason)
-                return refusal
-        return None
 
     def _quarantine(self, info: ObjectInfo, marker: Marker, why: str) -> None:
         """Under the lease: park an unreadable record where ``qo doctor`` reports it.

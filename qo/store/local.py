@@ -234,7 +234,7 @@ class LocalStore:
             if (if_none_match and current is not None) or (
                 if_match is not None and (current is None or current.etag != if_match)
             ):
-                raise PreconditionFailed(f"conditional put on {key!r} lost")
+                raise PreconditionFailed.first_try(f"conditional put on {key!r} lost")
             etag = f'"{uuid.uuid4().hex}"'
             header = b"%s%s %r\n" % (_MAGIC, etag.encode(), float(self.clock()))
             self._write(names, path, header + body)

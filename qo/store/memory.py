@@ -86,7 +86,7 @@ class MemoryStore:
                 if_match is not None and (current is None or current.etag != if_match)
             ):
                 self.counts.add("PUT_412")
-                raise PreconditionFailed(f"conditional put on {key!r} lost")
+                raise PreconditionFailed.first_try(f"conditional put on {key!r} lost")
             etag = f'"{uuid.uuid4().hex}"'
             self._objects[key] = StoredObject(key, body, etag, self.clock())
             if current is None:

@@ -153,7 +153,10 @@ class S3Store:
         except ClientError as exc:
             # If-Match on a missing key: S3 (and moto) answer 404 NoSuchKey.
             if lost_condition(exc) or (if_match is not None and is_missing(exc)):
-                raise PreconditionFailed(f"conditional put on {key!r} lost") from None
+                message = f"conditional put on {key!r} lost"
+                retries = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 1)
+                raise (PreconditionFailed.first_try(message) if retries == 0
+                       else PreconditionFailed(message)) from None
             raise self._error(exc, f"put {key!r}") from exc
         except BotoCoreError as exc:
             raise self._error(exc, f"put {key!r}") from exc
