@@ -18,8 +18,10 @@ So the poller's rate is at most ``min(n / interval, MAX_RATE)`` GETs per
 second for ``n`` distinct tasks watched, and nothing once none is watched
 (the thread exits). A waiter that gives up (a timeout, a cancelled await)
 cancels its future and its task is read no more once no one waits for it.
-A store failure during a round is retried at the next round; a missing or
-unreadable record fails its waiters with the error ``Queue.get`` raises.
+A store outage (``StoreUnavailable``) during a round is retried at the next
+round; any other error (access denied, no such bucket, a missing or
+unreadable record) fails the task's waiters with the error ``Queue.get``
+raises.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from qo.errors import QoError, StoreError
+from qo.errors import QoError, StoreUnavailable
 from qo.models import TaskRecord
 from qo.names import check_task_id
 from qo.protocol import records
@@ -145,10 +147,10 @@ class ResultPoller:
         """The terminal record, the error its waiters get, or None (not yet)."""
         try:
             current = records.read(self.store, task_id)
-        except StoreError as exc:
+        except StoreUnavailable as exc:  # an outage, a timeout: the next round looks again
             log.debug("polling %s: %s", task_id, exc)
             return None
-        except QoError as exc:  # unreadable: what Queue.get would raise
+        except QoError as exc:  # denied, no bucket, unreadable: what Queue.get would raise
             return exc
         if current is None:
             return TaskNotFound(f"no task with id {task_id}")

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from qo.aio import AsyncQueue
 from qo.app import App, UnknownTaskType
+from qo.errors import AccessDenied, StoreUnavailable
 from qo.models import Status
 from qo.protocol.admin import TaskNotFound
 from qo.queue import Queue, ResultTimeout, TaskCancelled, TaskFailed
@@ -204,3 +205,36 @@ def test_the_poller_rate_is_bounded_by_max_rate() -> None:
     # and the next may not begin before 50 / max_rate seconds have passed
     assert 50 * (poller.rounds - 1) < poller.reads <= 50 * poller.rounds
     assert poller._floor - poller._started == pytest.approx(50 / 1000.0)
+
+
+class Flaky(Delegating):
+    """Task record GETs fail with ``error`` while it is set."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.error: Exception | None = None
+        self.failed = 0
+
+    def get(self, key: str) -> Any:
+        if self.error is not None and key.startswith("tasks/"):
+            self.failed += 1
+            raise self.error
+        return self.inner.get(key)
+
+
+def test_an_outage_is_waited_out_and_a_denial_is_raised() -> None:
+    store = Flaky(MemoryStore())
+    queue = Queue(store)  # type: ignore[arg-type]
+    app = _app(queue)
+    handle = app.submit("double", {"x": 2})
+    denied = app.submit("double", {"x": 3})
+    store.error = StoreUnavailable("the store is down")
+    future = handle.future()
+    wait_for(lambda: store.failed >= 3, timeout=30)  # three rounds failed: still waiting
+    assert not future.done()
+    store.error = None
+    drain(queue, app, [handle.id])
+    assert future.result(timeout=30) == 4
+    store.error = AccessDenied("access denied to the bucket")
+    with pytest.raises(AccessDenied):
+        asyncio.run(denied.aresult(timeout=30))
