@@ -69,7 +69,7 @@ class AsyncRunner(Runner):
         self._beats = concurrent.futures.ThreadPoolExecutor(BEAT_THREADS,
                                                             thread_name_prefix="qo-aio-beat")
         self._coroutines: dict[asyncio.Task[None], str] = {}  # handlers not yet returned
-        self._loop_thread.start()
+        self._started = False  # the loop thread starts with the first async attempt
 
     def runs_on_loop(self, claim: Claim) -> bool:
         """Is this claim's handler an ``async def`` (``start`` it rather than ``run`` it)?"""
@@ -78,6 +78,10 @@ class AsyncRunner(Runner):
 
     def start(self, claim: Claim) -> concurrent.futures.Future[None]:
         """Run one claimed task to its outcome on the loop; returns at once."""
+        with self._lock:
+            if not self._started:
+                self._loop_thread.start()
+                self._started = True
         return asyncio.run_coroutine_threadsafe(self.arun(claim), self._loop)
 
     async def arun(self, claim: Claim) -> None:
@@ -130,6 +134,8 @@ class AsyncRunner(Runner):
     def _join_handlers(self, end: float) -> list[str]:
         """Handler threads, then coroutines told to stop, until ``end``; those left."""
         left = super()._join_handlers(end)
+        if not self._started:
+            return left
 
         async def join() -> list[str]:
             pending = list(self._coroutines)
@@ -146,7 +152,10 @@ class AsyncRunner(Runner):
 
     def close(self) -> None:
         """Stop the loop (coroutines still on it are left) and the request pools."""
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._loop_thread.join(5.0)
+        if self._started:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(5.0)
+            if not self._loop_thread.is_alive():  # (a handler blocking it keeps it open)
+                self._loop.close()
         for pool in (self._pool, self._beats):
             pool.shutdown(wait=False, cancel_futures=True)
