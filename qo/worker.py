@@ -80,8 +80,10 @@ class WorkerOptions:
     threads: int | None = None
 
 
-#: Slot threads of a worker whose handlers are all async: they only claim.
-ASYNC_SLOTS = 4
+#: Slot threads of a worker whose handlers are all async: they only claim. Measured
+#: (``python -m bench --only aio``, memory store, 2 ms a request, concurrency 200):
+#: 4 claimed 490 tasks/s, 8 claimed 800 and 16 no more (750).
+ASYNC_SLOTS = 8
 
 
 class Worker:

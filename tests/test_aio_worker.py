@@ -214,8 +214,8 @@ def test_200_async_tasks_run_at_once_on_a_few_threads() -> None:
     assert [h.result(timeout=5) for h in handles] == list(range(n))
     qo_threads = [name for name in names if name.startswith("qo-")]
     assert not [name for name in qo_threads if name.startswith("qo-task-")]
-    assert len([name for name in qo_threads if name.startswith("qo-slot-")]) == 4
-    assert len(qo_threads) <= 4 + 1 + 8 + 4 + 1  # slots, the loop, its two pools, housekeeping
+    assert len([name for name in qo_threads if name.startswith("qo-slot-")]) == 8
+    assert len(qo_threads) <= 8 + 1 + 8 + 4 + 1  # slots, the loop, its two pools, housekeeping
 
 
 def test_sync_and_async_handlers_mix_in_one_worker() -> None:

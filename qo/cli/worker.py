@@ -76,7 +76,7 @@ def worker(
     concurrency: Annotated[int, typer.Option(min=1, max=1024, help="Tasks run at once.")] = 4,
     threads: Annotated[int | None, typer.Option(
         min=1, max=1024, help="Slot threads (at most this many sync handlers at once; async "
-        "handlers run on the event loop). Default: the concurrency, or 4 if every handler "
+        "handlers run on the event loop). Default: the concurrency, or 8 if every handler "
         "is async.", show_default=False)] = None,
     burst: Annotated[bool, typer.Option("--burst", help="Exit once no task is ready.")] = False,
     poll_max: Annotated[float, typer.Option(
