@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,10 @@ from qo.context import Context
 from qo.middleware import TaskCall
 from qo.models import Status
 from qo.protocol import keys
+from qo.protocol.claim import Claimer
 from qo.queue import Queue, TaskHandle
+from qo.runner import Runner
+from qo.serverless.worker import InvocationDeadline
 from qo.settings import Settings
 from qo.store.memory import MemoryStore
 from qo.worker import Worker, WorkerOptions
@@ -333,3 +337,21 @@ def test_an_async_handler_heartbeats_without_blocking_the_loop() -> None:
     summary = Worker(app, queue, WorkerOptions(concurrency=2, burst=True)).run()
     assert seen == [True, False, True]  # the second heartbeat found the task cancelled
     assert queue.get(handle.id).status == Status.CANCELLED and summary.cancelled == 1
+
+
+def test_the_lambda_runner_cancels_an_async_handler_at_the_invocation_deadline() -> None:
+    """The Lambda worker's runner: the thread runner, with the invocation's deadline."""
+    queue = Queue(MemoryStore())
+    seen = Seen()
+    app = _app(queue, seen)
+    handle = app.submit("hold")
+    claim = Claimer(queue.store, queue.settings, queues=["default"], task_types=set(app.tasks),
+                    owner="lambda-test").claim()
+    assert claim is not None
+    runner = Runner(app, queue.store, queue.settings, deadline=time.monotonic() + 0.3,
+                    deadline_error=InvocationDeadline)
+    runner.run(claim)
+    record = queue.get(handle.id).record
+    assert record.error is not None and record.error.type == "InvocationDeadline"
+    wait_for(lambda: seen.cancelled == [handle.id], timeout=30)
+    assert seen.reasons[handle.id] == "timeout" and seen.started[handle.id].startswith("qo-task-")
