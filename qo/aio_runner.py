@@ -24,6 +24,8 @@ not 200. The requests are those of the thread runner: nothing
 changes in the protocol. A coroutine that blocks the loop (a synchronous
 ``time.sleep``, a blocking client) stalls every async task of the worker,
 their heartbeats included: do blocking work with ``asyncio.to_thread``.
+The runner measures how late its loop runs and logs ``loop_blocked`` (with
+the tasks that were on it) once it is ``LAG_WARNING`` seconds late.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +52,11 @@ T = TypeVar("T")
 IO_THREADS = 8
 #: ...and lease renewals.
 BEAT_THREADS = 4
+#: A loop late by this many seconds was blocked by a handler: logged (``loop_blocked``).
+LAG_WARNING = 1.0
+LAG_CHECK = 0.5  # how often the loop's lateness is measured
+
+log = logging.getLogger("qo.worker")
 
 
 class AsyncRunner(Runner):
@@ -70,6 +78,7 @@ class AsyncRunner(Runner):
                                                             thread_name_prefix="qo-aio-beat")
         self._coroutines: dict[asyncio.Task[None], str] = {}  # handlers not yet returned
         self._started = False  # the loop thread starts with the first async attempt
+        self._recent: set[str] = set()  # tasks on the loop since the last lag check
 
     def runs_on_loop(self, claim: Claim) -> bool:
         """Is this claim's handler an ``async def`` (``start`` it rather than ``run`` it)?"""
@@ -82,6 +91,7 @@ class AsyncRunner(Runner):
             if not self._started:
                 self._loop_thread.start()
                 self._started = True
+                asyncio.run_coroutine_threadsafe(self._watch_lag(), self._loop)
         return asyncio.run_coroutine_threadsafe(self.arun(claim), self._loop)
 
     async def arun(self, claim: Claim) -> None:
@@ -113,6 +123,7 @@ class AsyncRunner(Runner):
 
         task = self._loop.create_task(target(), name=f"qo-task-{running.claim.task_id}")
         self._coroutines[task] = running.claim.task_id
+        self._recent.add(running.claim.task_id)
         task.add_done_callback(self._coroutines.pop)
         while not task.done():
             await asyncio.wait({task}, timeout=self._next_wait(running))
@@ -125,6 +136,22 @@ class AsyncRunner(Runner):
                 ctx.cancel(StopReason.ABANDONED)  # (no-op when a reason was set)
                 task.cancel()
                 return
+
+    async def _watch_lag(self) -> None:
+        """Log when the loop ran late: a handler blocked it (and every other on it)."""
+        while True:
+            before = self._loop.time()
+            await asyncio.sleep(LAG_CHECK)
+            late = self._loop.time() - before - LAG_CHECK
+            suspects, self._recent = self._recent, set(self._coroutines.values())
+            if late >= LAG_WARNING:
+                tasks = sorted(suspects)
+                log.warning("the event loop was blocked for %.1f s (tasks on it: %s): an "
+                            "async handler made a blocking call; its heartbeats and every "
+                            "other async task waited. Use asyncio.to_thread for blocking work",
+                            late, ", ".join(tasks) or "none",
+                            extra={"event": "loop_blocked", "seconds": round(late, 1),
+                                   "tasks": tasks})
 
     async def _io(self, fn: Callable[..., T], *args: Any,
                   pool: concurrent.futures.Executor | None = None) -> T:

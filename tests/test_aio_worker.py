@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -355,3 +356,21 @@ def test_the_lambda_runner_cancels_an_async_handler_at_the_invocation_deadline()
     assert record.error is not None and record.error.type == "InvocationDeadline"
     wait_for(lambda: seen.cancelled == [handle.id], timeout=30)
     assert seen.reasons[handle.id] == "timeout" and seen.started[handle.id].startswith("qo-task-")
+
+
+def test_a_handler_that_blocks_the_loop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    queue = Queue(MemoryStore())
+    app = App(queue)
+
+    @app.task
+    async def blocking() -> str:
+        await asyncio.sleep(0)
+        time.sleep(2.0)  # noqa: ASYNC251 - the mistake: a blocking call on the loop
+        return "done"
+
+    handle = app.submit("blocking")
+    with caplog.at_level(logging.WARNING, logger="qo.worker"):
+        Worker(app, queue, WorkerOptions(concurrency=2, burst=True)).run()
+    assert handle.result(timeout=5) == "done"
+    blocked = [r for r in caplog.records if getattr(r, "event", None) == "loop_blocked"]
+    assert blocked and blocked[0].tasks == [handle.id]  # type: ignore[attr-defined]
