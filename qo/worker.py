@@ -25,13 +25,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 from qo import eventlog
-from qo.aio_runner import AsyncRunner
+from qo.aio_runner import AsyncRunner, slot_threads
 from qo.app import App
-from qo.calls import has_async_tasks, has_sync_tasks
+from qo.calls import has_async_tasks
 from qo.errors import ErrorKind, QoError
 from qo.health import Notices, StoreHealth
 from qo.ids import new_token
@@ -74,16 +73,9 @@ class WorkerOptions:
     #: invocation's end); a task stopped by it fails with ``deadline_error``.
     deadline: float | None = None
     deadline_error: type[TaskTimeout] = WorkerDeadline
-    #: Slot threads (each claims, and runs a sync handler itself). Default: the
-    #: concurrency, or ``ASYNC_SLOTS`` when every handler is ``async def`` (they
-    #: run on the worker's event loop, ``qo.aio_runner``, and a slot only claims).
+    #: Slot threads (each claims, and runs a sync handler itself); default:
+    #: ``qo.aio_runner.slot_threads`` (async handlers run on the worker's loop).
     threads: int | None = None
-
-
-#: Slot threads of a worker whose handlers are all async: they only claim. Measured
-#: (``python -m bench --only aio``, memory store, 2 ms a request, concurrency 200):
-#: 4 claimed 490 tasks/s, 8 claimed 800 and 16 no more (750).
-ASYNC_SLOTS = 8
 
 
 class Worker:
@@ -108,16 +100,14 @@ class Worker:
         self._abort = threading.Event()  # grace is over: give back what runs
         self._signals: list[int] = []  # noted by the signal handler, acted on by run()
         self._signals_handled = 0
-        concurrency = self.options.concurrency
         runner = AsyncRunner if has_async_tasks(app) else Runner
         self.runner = runner(app, self.store, self.settings, hooks=self.hooks, health=self.health,
                              summary=self.summary, abort=self._abort,
                              deadline=self.options.deadline,
                              deadline_error=self.options.deadline_error)
-        self.threads = min(concurrency, self.options.threads or (
-            concurrency if has_sync_tasks(app) else ASYNC_SLOTS))
-        self._capacity = threading.BoundedSemaphore(concurrency)  # tasks in flight, any kind
-        self._on_loop: set[Future[None]] = set()  # attempts started on the event loop
+        self.threads = slot_threads(app, self.options.concurrency, self.options.threads)
+        # tasks in flight, of any kind
+        self._capacity = threading.BoundedSemaphore(self.options.concurrency)
         self._idle = self.options.poll_min  # the worker's idle backoff, shared by slots
         self._next_poll = 0.0  # monotonic time before which idle slots do not poll; 0: busy
         self._polling = False  # an idle slot is polling for all of them
@@ -240,11 +230,14 @@ class Worker:
         back and write their outcomes (bounded by their leases, unless a handler
         blocks the loop: what is left then is reaped)."""
         aborted = self._abort.is_set()
-        while self._on_loop and time.monotonic() < deadline and (
-                aborted or not self._abort.is_set()):
+        while isinstance(self.runner, AsyncRunner) and self.runner.in_flight() and (
+                time.monotonic() < deadline and (aborted or not self._abort.is_set())):
             self._handle_signals()
-            with self._idle_cond:
-                self._idle_cond.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            self.runner.wait_over(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _in_flight(self) -> int:
+        """Attempts on the event loop (``qo.aio_runner``) whose outcome is not written."""
+        return self.runner.in_flight() if isinstance(self.runner, AsyncRunner) else 0
 
     def _slot(self) -> None:
         while not self._stop.is_set():
@@ -275,7 +268,7 @@ class Worker:
             return False
         self._polled(found=True)
         if isinstance(self.runner, AsyncRunner) and self.runner.runs_on_loop(claim):
-            self._start_on_loop(self.runner, claim)
+            self.runner.start(claim, lambda exc: self._over_on_loop(claim, exc))
             return True
         try:
             self.runner.run(claim)
@@ -283,22 +276,12 @@ class Worker:
             self._run_failed(claim, exc)
         return False
 
-    def _start_on_loop(self, runner: AsyncRunner, claim: Claim) -> None:
-        future = runner.start(claim)
-        with self._idle_cond:
-            self._on_loop.add(future)
+    def _over_on_loop(self, claim: Claim, exc: BaseException | None) -> None:
+        self._capacity.release()
+        if exc is not None:
+            self._run_failed(claim, exc)
 
-        def over(done: Future[None]) -> None:
-            with self._idle_cond:
-                self._on_loop.discard(done)
-                self._idle_cond.notify_all()
-            self._capacity.release()
-            if not done.cancelled() and done.exception() is not None:
-                self._run_failed(claim, done.exception())
-
-        future.add_done_callback(over)
-
-    def _run_failed(self, claim: Claim, exc: BaseException | None) -> None:
+    def _run_failed(self, claim: Claim, exc: BaseException) -> None:
         if isinstance(exc, QoError):  # the store failed us; the lease will be reaped
             log.warning("task %s: %s", claim.task_id, exc, extra={"event": "outcome_error"})
         else:
@@ -351,7 +334,7 @@ class Worker:
         try:
             sweep.promote(self.store)
             self.claimer.forget()
-            if self.runner.running() or self._on_loop or self._others_pending():
+            if self.runner.running() or self._in_flight() or self._others_pending():
                 return False
             claim = self.claimer.claim()
         except QoError as exc:
