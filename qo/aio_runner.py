@@ -90,6 +90,7 @@ class AsyncRunner(Runner):
                                                             thread_name_prefix="qo-aio-beat")
         self._coroutines: dict[asyncio.Task[None], str] = {}  # handlers not yet returned
         self._started = False  # the loop thread starts with the first async attempt
+        self._watcher: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._recent: set[str] = set()  # tasks on the loop since the last lag check
         self._starts: set[concurrent.futures.Future[None]] = set()  # started, not yet over
         self._over = threading.Condition(self._lock)
@@ -107,7 +108,7 @@ class AsyncRunner(Runner):
             if not self._started:
                 self._loop_thread.start()
                 self._started = True
-                asyncio.run_coroutine_threadsafe(self._watch_lag(), self._loop)
+                self._watcher = asyncio.run_coroutine_threadsafe(self._watch_lag(), self._loop)
             future = asyncio.run_coroutine_threadsafe(self.arun(claim), self._loop)
             self._starts.add(future)
 
@@ -214,10 +215,17 @@ class AsyncRunner(Runner):
             left += list(self._coroutines.copy().values())
         return sorted(left)
 
+    async def _stop_loop(self) -> None:
+        """On the loop: end the lag watcher, then the loop."""
+        self._watcher.cancel()  # (its task is cancelled by a callback: let it run)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self._loop.stop()
+
     def close(self) -> None:
         """Stop the loop (coroutines still on it are left) and the request pools."""
         if self._started:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            asyncio.run_coroutine_threadsafe(self._stop_loop(), self._loop)
             self._loop_thread.join(5.0)
             if not self._loop_thread.is_alive():  # (a handler blocking it keeps it open)
                 self._loop.close()
