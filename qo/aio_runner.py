@@ -74,8 +74,9 @@ def slot_threads(app: App, concurrency: int, threads: int | None) -> int:
 class AsyncRunner(Runner):
     """A ``Runner`` with an event loop for async handlers; thread-safe.
 
-    ``start(claim)`` runs an attempt on the loop and returns a future that
-    is done once its outcome is written (or given up, like ``run``). Call
+    ``start(claim, done)`` runs an attempt on the loop and returns at once;
+    ``done`` is called once its outcome is written (or given up, like
+    ``run``), and ``in_flight`` counts the attempts not yet over. Call
     ``close`` after ``wait_for_handlers``.
     """
 
