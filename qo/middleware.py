@@ -18,13 +18,16 @@ attempt's error, retried or not like any other). The first registered is the
 outermost. The outcome is written by the runner after the chain returns, so
 a middleware never sees or changes the protocol: it only shapes one call.
 
-Async handlers and async middleware (``achain``): an ``async def``
-middleware is awaited around the rest of the chain, for sync and async
-handlers alike (a sync handler's chain then runs on a loop of its own, in
-the handler's thread). A plain middleware around an ``async def`` handler
-runs around the creation of the coroutine, not its execution: it can change
-the call, refuse it or answer in its place, but to time or trace the run
-itself, write it as ``async def``::
+Async handlers and async middleware (``achain``, ``qo.calls``): an
+``async def`` middleware is awaited around the rest of the chain, for sync
+and async handlers alike. Around a sync handler a plain middleware's
+``call_next`` returns the handler's value, as always (an async middleware
+there runs on a loop of its own, the part of the chain below it in a thread
+of its own). Around an ``async def`` handler a plain middleware runs around
+the creation of the coroutine, not its execution: its ``call_next`` returns
+an awaitable, to be returned as it is; it can change the call, refuse it or
+answer in its place, but to time or trace the run itself, write it as
+``async def``::
 
     @app.middleware
     async def timed(call: TaskCall, call_next: AsyncNext) -> Any:

@@ -374,3 +374,29 @@ def test_a_handler_that_blocks_the_loop_is_logged(caplog: pytest.LogCaptureFixtu
     assert handle.result(timeout=5) == "done"
     blocked = [r for r in caplog.records if getattr(r, "event", None) == "loop_blocked"]
     assert blocked and blocked[0].tasks == [handle.id]  # type: ignore[attr-defined]
+
+
+def test_a_plain_middleware_gets_a_sync_handlers_value_beside_async_middleware() -> None:
+    queue = Queue(MemoryStore())
+    app = App(queue)
+
+    @app.middleware
+    def wrap(call: TaskCall, call_next: Any) -> Any:
+        return {"wrapped": call_next(call)}
+
+    @app.middleware
+    async def noted(call: TaskCall, call_next: Any) -> Any:
+        await asyncio.sleep(0)
+        return await call_next(call)
+
+    @app.task(max_attempts=1)
+    def plain(x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return x + 1
+
+    good, bad = app.submit("plain", {"x": 1}), app.submit("plain", {"x": -1})
+    Worker(app, queue, WorkerOptions(concurrency=2, burst=True)).run()
+    assert good.result(timeout=5) == {"wrapped": 2}
+    error = queue.get(bad.id).record.error
+    assert error is not None and error.type == "ValueError" and error.message == "negative"
