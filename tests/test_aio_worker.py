@@ -105,7 +105,7 @@ def test_a_timed_out_coroutine_is_cancelled_and_the_attempt_fails() -> None:
 
 
 @contextlib.contextmanager
-def _holding(lease_seconds: float = 0.6) -> Iterator[tuple[Queue, Seen, TaskHandle, Worker]]:
+def _holding(lease_seconds: float = 2.0) -> Iterator[tuple[Queue, Seen, TaskHandle, Worker]]:
     """A worker running the ``hold`` coroutine (a heartbeat every lease / 3); stopped after."""
     queue = Queue(MemoryStore(), Settings(lease_seconds=lease_seconds))
     seen = Seen()
@@ -295,14 +295,14 @@ def test_an_async_result_that_cannot_be_stored_fails_without_retry() -> None:
 
 def test_heartbeats_keep_a_long_coroutine_leased_past_many_lease_lengths() -> None:
     store = MemoryStore()
-    queue = Queue(store, Settings(lease_seconds=0.6, repair_lease_seconds=0.6))
+    queue = Queue(store, Settings(lease_seconds=1.5, repair_lease_seconds=1.5))
     app = App(queue)
     renewals = []
 
     @app.task
     async def long(ctx: Context) -> int:
         lease = keys.lease_key("default", ctx.task_id)
-        for _ in range(1200):  # until six renewals of a 0.6 s lease (2 s at the least)
+        for _ in range(2400):  # until six renewals of a 1.5 s lease (3 s at the least)
             if len(renewals) >= 6:
                 break
             await asyncio.sleep(0.05)
