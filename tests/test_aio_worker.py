@@ -208,10 +208,11 @@ def test_200_async_tasks_run_at_once_on_a_few_threads() -> None:
 
     handles = queue.submit_many([{"type": "wait_for_all", "input": {"i": i}} for i in range(n)])
     worker = Worker(app, queue, WorkerOptions(concurrency=n, poll_max=0.05))
+    before = set(threading.enumerate())  # (other tests may leave threads behind)
     thread = _start(worker)
     try:
         assert all_in.wait(120)  # all 200 are in flight at once
-        names = [t.name for t in threading.enumerate()]
+        names = [t.name for t in threading.enumerate() if t not in before and t is not thread]
     finally:
         wait_for(lambda: worker.summary.succeeded == n, timeout=120)
         worker.stop()
