@@ -24,6 +24,7 @@ from qo.runner import Runner
 from qo.serverless.worker import InvocationDeadline
 from qo.settings import Settings
 from qo.store.memory import MemoryStore
+from qo.testing import drain, immediate
 from qo.worker import Worker, WorkerOptions
 
 from .helpers import wait_for
@@ -401,3 +402,21 @@ def test_a_plain_middleware_gets_a_sync_handlers_value_beside_async_middleware()
     assert good.result(timeout=5) == {"wrapped": 2}
     error = queue.get(bad.id).record.error
     assert error is not None and error.type == "ValueError" and error.message == "negative"
+
+
+def test_async_handlers_run_under_the_testing_helpers() -> None:
+    app = App()
+
+    @app.task
+    async def triple(x: int) -> int:
+        await asyncio.sleep(0)
+        return 3 * x
+
+    with immediate(app):
+        handle = app.submit("triple", {"x": 5})
+        assert handle.status() is Status.SUCCEEDED and handle.result(timeout=0) == 15
+    queue = Queue(MemoryStore())
+    app.use(queue)
+    handles = [app.submit("triple", {"x": n}) for n in range(3)]
+    drain(queue, app, [h.id for h in handles])
+    assert [h.result(timeout=0) for h in handles] == [0, 3, 6]
