@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import fleet, idle_cost, report, scenarios
+from bench import aio_io, fleet, idle_cost, report, scenarios
 from bench.backends import Backend
 
 #: Scenario sizes per profile. ``tiny`` is for the smoke test (seconds, memory store).
@@ -48,7 +48,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "peer_idle": (15.0, 60.0)},
     },
 }
-SCENARIOS = ("throughput", "claim", "idle", "submit", "latency", "fleet")
+SCENARIOS = ("throughput", "claim", "idle", "submit", "latency", "fleet", "aio")
 #: ``idle`` entries are (concurrency, scale, seconds): intervals divided by scale, latency
 #: not (it must stay small against poll_max / scale); the runs go in parallel.
 #: ``fleet``: N tasks; (processes, slots) layouts; the P x 1 scaling series; buquet's
@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         if "fleet" in only:
             result["fleet"] = fleet.fleet(backend, fl["tasks"], fl["layouts"], fl["scaling"],
                                           fl["peer"], fl["timeout"], fl.get("peer_idle"))
+        if "aio" in only:  # async handler sleeping 100 ms, concurrency 1, 10, 200 (bench/aio_io.py)
+            result["aio_io"] = aio_io.run(backend, [1, 10, 200], 3, prof["timeout"])
     finally:
         backend.close()
     result["meta"]["load_after"] = report.loadavg()

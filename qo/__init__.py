@@ -1,18 +1,23 @@
 """qo: a serverless task queue whose only infrastructure is an object store."""
 
+from qo.aio import AsyncQueue, AsyncTaskHandle
 from qo.app import App, Fatal, TaskFunction
 from qo.context import Context, StopReason
 from qo.errors import QoError
 from qo.hooks import Event, Kind
-from qo.middleware import Next, TaskCall
+from qo.middleware import AsyncNext, Next, TaskCall
 from qo.models import RetryPolicy, Status
 from qo.protocol.submit import IdempotencyConflict, SubmitRequest
 from qo.queue import Queue, TaskCancelled, TaskFailed, TaskHandle
+from qo.results import wait
 from qo.retry import Retry, RetryDecision
 from qo.settings import Settings
 
 __all__ = [
     "App",
+    "AsyncNext",
+    "AsyncQueue",
+    "AsyncTaskHandle",
     "Context",
     "Event",
     "Fatal",
@@ -33,6 +38,7 @@ __all__ = [
     "TaskFailed",
     "TaskFunction",
     "TaskHandle",
+    "wait",
 ]
 
 __version__ = "0.1.0"

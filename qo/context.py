@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,11 @@ class Context:
         if self._heartbeat is None:
             return True
         return self._heartbeat()
+
+    async def aheartbeat(self) -> bool:
+        """``heartbeat`` for an ``async def`` handler: the requests run in a thread, so
+        the event loop (and every other task on it) keeps running meanwhile."""
+        return await asyncio.to_thread(self.heartbeat)
 
     def cancel(self, reason: StopReason) -> None:
         if not self.cancelled.is_set():

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace as dc_replace
 from typing import Any
 
+from qo import results
 from qo.errors import ErrorKind, QoError
 from qo.hooks import Hooks
 from qo.models import Status, TaskRecord
@@ -24,6 +28,9 @@ from qo.protocol.submit import (
 from qo.settings import Settings
 from qo.store.base import Store
 from qo.store.url import open_store
+
+#: Threads behind ``Queue.submit_async``.
+SUBMIT_THREADS = 8
 
 
 class TaskFailed(QoError):
@@ -83,19 +90,24 @@ class TaskHandle:
             time.sleep(wait)
             poll = min(max_poll, poll * 1.5)
 
-    async def aresult(self, timeout: float | None = None, poll: float = 0.05,
-                      max_poll: float = 1.0) -> Any:
-        """The asyncio variant of ``result``; store calls run in a thread."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            view = await asyncio.to_thread(self.view)
-            if view.record.terminal:
-                return await asyncio.to_thread(self._outcome, view.record)
-            if deadline is not None and loop.time() >= deadline:
-                raise ResultTimeout(f"task {self.id} did not finish within {timeout} s")
-            await asyncio.sleep(poll)
-            poll = min(max_poll, poll * 1.5)
+    async def aresult(self, timeout: float | None = None) -> Any:
+        """The asyncio variant of ``result``, waiting on the queue's shared poller
+        (``qo.results``): any number of awaiters cost one read per task per round."""
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self.future()), timeout)
+        except TimeoutError:
+            raise ResultTimeout(f"task {self.id} did not finish within {timeout} s") from None
+
+    def future(self) -> Future[Any]:
+        """A ``concurrent.futures.Future`` of the task's result (or of the error ``result``
+        raises), resolved by the queue's shared poller (``qo.results``); cancel it to
+        stop waiting."""
+        return results.chain(self.queue.results.watch(self.id), self._outcome)
+
+    def add_done_callback(self, fn: Callable[[TaskHandle], object]) -> None:
+        """Call ``fn(handle)`` once the task has ended (in the poller's thread; keep it
+        short). ``handle.result()`` then answers at once."""
+        self.future().add_done_callback(lambda _: fn(self))
 
     def _outcome(self, record: TaskRecord) -> Any:
         if record.status == Status.SUCCEEDED:
@@ -115,6 +127,26 @@ class Queue:
         self.hooks = Hooks()
         self._store_checked = False
         self._firer: Firer | None = None
+        self._results: results.ResultPoller | None = None
+        self._submitter: ThreadPoolExecutor | None = None
+        self._lazy = threading.Lock()
+
+    @property
+    def results(self) -> results.ResultPoller:
+        """The poller every waiter of this queue shares (``qo.results``)."""
+        with self._lazy:
+            if self._results is None:
+                self._results = results.ResultPoller(self.store)
+            return self._results
+
+    def submit_async(self, task_type: str, input: Any = None, **options: Any) -> Future[TaskHandle]:
+        """``submit`` in one of ``SUBMIT_THREADS`` background threads; returns at once.
+        The future raises what ``submit`` would."""
+        with self._lazy:
+            if self._submitter is None:
+                self._submitter = ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="qo-submit")
+            pool = self._submitter
+        return pool.submit(self.submit, task_type, input, **options)
 
     def check_store(self) -> Queue:
         """Refuse a store that cannot keep qo's guarantees; once per Queue.

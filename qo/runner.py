@@ -9,8 +9,12 @@ the lease lives. Whenever it stops waiting for a handler that has not
 returned (handed back, timed out, cancelled, lease lost) it sets
 ``ctx.cancelled``: the handler is told to stop.
 
-There is one implementation today, threads; the worker runs one per slot and
-the Lambda worker one per invocation. An asyncio runner belongs beside it.
+This is the thread runner; the worker runs it in each slot and the Lambda
+worker once per invocation. It runs an ``async def`` handler too, on a loop
+of the handler thread's own (``qo.calls``). ``qo.aio_runner.AsyncRunner``
+extends it to run many async handlers on one event loop, sharing every step
+but the waiting: ``_begin`` (context, lease keeper), ``_step`` (deadline,
+shutdown, renewal), ``_heartbeat`` and ``_end`` (the outcome).
 What happened is told by lifecycle events (``qo.eventlog`` logs them) and
 counted in a ``WorkerSummary``.
 """
@@ -22,15 +26,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, TypeVar
 
 from qo.app import App, TaskDef
+from qo.calls import sync_call
 from qo.context import Context, StopReason
 from qo.errors import PreconditionFailed, QoError, StoreError
 from qo.health import StoreHealth
 from qo.heartbeat import MAX_BACKOFF, LeaseKeeper, Renewal
 from qo.hooks import NO_HOOKS, Hooks
-from qo.middleware import TaskCall, chain
+from qo.middleware import TaskCall
 from qo.models import ErrorInfo, Status, TaskRecord
 from qo.protocol import outcome, records
 from qo.protocol.claim import Claim
@@ -78,6 +84,14 @@ class Running:
     over: bool = False  # the attempt is settled: heartbeats from the handler are refused
 
 
+class Step(Enum):
+    """What supervision does after a wait (``Runner._step``)."""
+
+    WAIT = "wait"
+    RENEW = "renew"  # the lease is due for renewal (a heartbeat, which may find it lost)
+    STOP = "stop"
+
+
 class Runner:
     """Runs claimed tasks to their outcome, one per calling thread; thread-safe.
 
@@ -108,26 +122,43 @@ class Runner:
 
     def wait_for_handlers(self, cancel_wait: float) -> None:
         """Give handlers told to stop ``cancel_wait`` seconds to return; count the rest."""
-        end = time.monotonic() + cancel_wait
+        left = self._join_handlers(time.monotonic() + cancel_wait)
         with self._lock:
-            threads = list(self._handlers)
-        for t in threads:
-            t.join(max(0.0, end - time.monotonic()))
-        with self._lock:
-            left = sorted(task for t, task in self._handlers.items() if t.is_alive())
             self.summary.abandoned = len(left)
         if left:
             log.warning("%d handler(s) still running after being told to stop (tasks %s); their "
                         "outcomes will be dropped", len(left), ", ".join(left),
                         extra={"event": "handlers_abandoned", "tasks": left})
 
+    def _join_handlers(self, end: float) -> list[str]:
+        """Wait for handler threads until ``end``; the task ids of those still running."""
+        with self._lock:
+            threads = list(self._handlers)
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        with self._lock:
+            return sorted(task for t, task in self._handlers.items() if t.is_alive())
+
     def run(self, claim: Claim) -> None:
         """Run one claimed task to its outcome in the calling thread."""
+        begun = self._begin(claim)
+        if begun is None:
+            return
+        running, definition = begun
+        try:
+            self._supervise(running, definition)
+        finally:
+            self._stopped_waiting(running)
+        self._end(running, definition)
+
+    def _begin(self, claim: Claim) -> tuple[Running, TaskDef] | None:
+        """The attempt's context and lease keeper, or None once a task that cannot run
+        (an unknown type, an unreadable payload) has had its outcome written."""
         record = claim.record
         definition = self.app.tasks.get(record.type)
         if definition is None:
             outcome.release(self.store, claim, hooks=self.hooks)
-            return
+            return None
         declared = _declared(record, definition)
         keeper = LeaseKeeper.for_claim(self.store, claim.lease)
         timeout = record.timeout if record.timeout is not None else definition.timeout
@@ -146,16 +177,20 @@ class Runner:
             self._settle(running, lambda: outcome.fail(
                 self.store, claim, error, retryable=False, declared=declared, hooks=self.hooks))
             self._count("failed")
-            return
+            return None
         with self._lock:
             self._running[record.id] = running
-        try:
-            self._supervise(running, definition)
-        finally:
-            with self._lock:
-                self._running.pop(record.id, None)
-            if not running.done.is_set():  # handed back, timed out, lost: tell it to stop
-                ctx.cancel(StopReason.ABANDONED)
+        return running, definition
+
+    def _stopped_waiting(self, running: Running) -> None:
+        """Supervision is over: forget the attempt; a handler still running is told to stop."""
+        with self._lock:
+            self._running.pop(running.claim.task_id, None)
+        if not running.done.is_set():  # handed back, timed out, lost: tell it to stop
+            running.ctx.cancel(StopReason.ABANDONED)
+
+    def _end(self, running: Running, definition: TaskDef) -> None:
+        """Write the attempt's outcome; from then on the handler's heartbeats are refused."""
         try:
             self._finish(running, definition)
         finally:
@@ -164,7 +199,7 @@ class Runner:
     def _supervise(self, running: Running, definition: TaskDef) -> None:
         """Run the handler in its own thread; renew the lease; enforce the deadline."""
         task_id = running.claim.task_id
-        call = chain(self.app.middleware_stack, definition.run)
+        call = sync_call(self.app, definition)
         handler_call = TaskCall(definition.name, running.claim.input, running.ctx)
 
         def target() -> None:
@@ -181,23 +216,33 @@ class Runner:
         with self._lock:
             self._handlers[thread] = task_id
         thread.start()
-        keeper, ctx = running.keeper, running.ctx
         while not running.done.is_set():
-            now = time.monotonic()
-            waits = [keeper.next_renew - now, 0.5]
-            if ctx.deadline is not None:
-                waits.append(ctx.deadline - now)
-            running.done.wait(max(0.0, min(waits)))
-            if running.done.is_set() or ctx.cancel_reason in (StopReason.CANCELLED, StopReason.LEASE_LOST):
-                return  # (a heartbeat the handler made itself can find these)
-            if self.abort.is_set():
-                ctx.cancel(StopReason.SHUTTING_DOWN)
+            running.done.wait(self._next_wait(running))
+            step = self._step(running)
+            if step is Step.STOP or (step is Step.RENEW and not self._heartbeat(running)):
                 return
-            if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
-                ctx.cancel(StopReason.TIMEOUT)
-                return
-            if keeper.due() and not self._heartbeat(running):
-                return
+
+    def _next_wait(self, running: Running) -> float:
+        """How long supervision may wait for the handler before it looks again."""
+        now = time.monotonic()
+        waits = [running.keeper.next_renew - now, 0.5]
+        if running.ctx.deadline is not None:
+            waits.append(running.ctx.deadline - now)
+        return max(0.0, min(waits))
+
+    def _step(self, running: Running) -> Step:
+        """After a wait: stop supervising (with ``ctx.cancel_reason`` saying why, unless
+        the handler returned), renew the lease, or wait on. No request."""
+        ctx = running.ctx
+        if running.done.is_set() or ctx.cancel_reason in (StopReason.CANCELLED, StopReason.LEASE_LOST):
+            return Step.STOP  # (a heartbeat the handler made itself can find these)
+        if self.abort.is_set():
+            ctx.cancel(StopReason.SHUTTING_DOWN)
+            return Step.STOP
+        if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
+            ctx.cancel(StopReason.TIMEOUT)
+            return Step.STOP
+        return Step.RENEW if running.keeper.due() else Step.WAIT
 
     def _heartbeat(self, running: Running) -> bool:
         """Renew the lease and look for a cancellation; False if the task is lost.

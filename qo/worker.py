@@ -28,7 +28,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from qo import eventlog
+from qo.aio_runner import AsyncRunner, slot_threads
 from qo.app import App
+from qo.calls import has_async_tasks
 from qo.errors import ErrorKind, QoError
 from qo.health import Notices, StoreHealth
 from qo.ids import new_token
@@ -71,6 +73,9 @@ class WorkerOptions:
     #: invocation's end); a task stopped by it fails with ``deadline_error``.
     deadline: float | None = None
     deadline_error: type[TaskTimeout] = WorkerDeadline
+    #: Slot threads (each claims, and runs a sync handler itself); default:
+    #: ``qo.aio_runner.slot_threads`` (async handlers run on the worker's loop).
+    threads: int | None = None
 
 
 class Worker:
@@ -93,7 +98,8 @@ class Worker:
         self._abort = threading.Event()  # grace is over: give back what runs
         self._signals: list[int] = []  # noted by the signal handler, acted on by run()
         self._signals_handled = 0
-        self.runner = Runner(app, self.store, self.settings, hooks=self.hooks, health=self.health,
+        runner = AsyncRunner if has_async_tasks(app) else Runner
+        self.runner = runner(app, self.store, self.settings, hooks=self.hooks, health=self.health,
                              summary=self.summary, abort=self._abort,
                              deadline=self.options.deadline,
                              deadline_error=self.options.deadline_error)
@@ -102,6 +108,9 @@ class Worker:
             owner=self.id, spread=1, hooks=self.hooks,
             fleet=Fleet(self.store, self.id, serves_like_me=self._info("running")),
         )
+        self.threads = slot_threads(app, self.options.concurrency, self.options.threads)
+        # tasks in flight, of any kind
+        self._capacity = threading.BoundedSemaphore(self.options.concurrency)
         self._idle = self.options.poll_min  # the worker's idle backoff, shared by slots
         self._next_poll = 0.0  # monotonic time before which idle slots do not poll; 0: busy
         self._polling = False  # an idle slot is polling for all of them
@@ -133,7 +142,7 @@ class Worker:
         housekeeper = threading.Thread(target=self._housekeep, name="qo-housekeeper", daemon=True)
         housekeeper.start()
         slots = [threading.Thread(target=self._slot, name=f"qo-slot-{i}", daemon=True)
-                 for i in range(self.options.concurrency)]
+                 for i in range(self.threads)]
         for t in slots:
             t.start()
         try:
@@ -147,12 +156,17 @@ class Worker:
                 while t.is_alive() and time.monotonic() < deadline and not self._abort.is_set():
                     self._handle_signals()  # a second signal ends the grace period
                     t.join(min(0.2, max(0.0, deadline - time.monotonic())))
+            self._drain_loop(deadline)
             self._abort.set()
             # Slots now hand back what runs and record outcomes; each store write
             # is bounded by the lease it holds, so this ends.
             for t in [*slots, housekeeper]:
                 t.join()
+            self._drain_loop(time.monotonic() + self.settings.lease_seconds
+                             + self.options.cancel_wait)
             self.runner.wait_for_handlers(self.options.cancel_wait)
+            if isinstance(self.runner, AsyncRunner):
+                self.runner.close()
             stop_logging()
             self._write_heartbeat("stopped")
             delete_quietly(self.store, keys.worker_key(self.id))
@@ -213,30 +227,68 @@ class Worker:
 
     # -- slots ----------------------------------------------------------------
 
+    def _drain_loop(self, deadline: float) -> None:
+        """Wait for the attempts on the event loop until ``deadline``: during the
+        grace period (a second signal ends it), then, once aborted, while they hand
+        back and write their outcomes (bounded by their leases, unless a handler
+        blocks the loop: what is left then is reaped)."""
+        aborted = self._abort.is_set()
+        while isinstance(self.runner, AsyncRunner) and self.runner.in_flight() and (
+                time.monotonic() < deadline and (aborted or not self._abort.is_set())):
+            self._handle_signals()
+            self.runner.wait_over(min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _in_flight(self) -> int:
+        """Attempts on the event loop (``qo.aio_runner``) whose outcome is not written."""
+        return self.runner.in_flight() if isinstance(self.runner, AsyncRunner) else 0
+
     def _slot(self) -> None:
         while not self._stop.is_set():
-            if not self._may_poll():
-                continue
+            if not self._capacity.acquire(timeout=0.5):
+                continue  # every task this worker may run at once is running
             try:
-                claim = self.claimer.claim()
-            except QoError as exc:
-                self.health.failed(exc, "claim")
-                self._polled(found=False)
-                continue
-            self.health.ok()
-            self._report_seen()
-            if claim is None:
-                self._polled(found=False)
-                if self.options.burst and self._burst_done():
-                    return
-                continue
-            self._polled(found=True)
-            try:
-                self.runner.run(claim)
-            except QoError as exc:  # the store failed us; the lease will be reaped
-                log.warning("task %s: %s", claim.task_id, exc, extra={"event": "outcome_error"})
-            except Exception:  # never let one task kill the worker
-                log.exception("task %s: internal error", claim.task_id)
+                if not self._may_poll() or not self._claim_and_run():
+                    self._capacity.release()
+            except BaseException:
+                self._capacity.release()
+                raise
+
+    def _claim_and_run(self) -> bool:
+        """One claim, run here or started on the loop; True if it took the capacity
+        token with it (released when the attempt on the loop is over)."""
+        try:
+            claim = self.claimer.claim()
+        except QoError as exc:
+            self.health.failed(exc, "claim")
+            self._polled(found=False)
+            return False
+        self.health.ok()
+        self._report_seen()
+        if claim is None:
+            self._polled(found=False)
+            if self.options.burst:
+                self._burst_done()
+            return False
+        self._polled(found=True)
+        if isinstance(self.runner, AsyncRunner) and self.runner.runs_on_loop(claim):
+            self.runner.start(claim, lambda exc: self._over_on_loop(claim, exc))
+            return True
+        try:
+            self.runner.run(claim)
+        except Exception as exc:  # noqa: BLE001 - never let one task kill the worker
+            self._run_failed(claim, exc)
+        return False
+
+    def _over_on_loop(self, claim: Claim, exc: BaseException | None) -> None:
+        self._capacity.release()
+        if exc is not None:
+            self._run_failed(claim, exc)
+
+    def _run_failed(self, claim: Claim, exc: BaseException) -> None:
+        if isinstance(exc, QoError):  # the store failed us; the lease will be reaped
+            log.warning("task %s: %s", claim.task_id, exc, extra={"event": "outcome_error"})
+        else:
+            log.error("task %s: internal error", claim.task_id, exc_info=exc)
 
     def _may_poll(self) -> bool:
         """May this slot claim now? While work flows, every free slot claims (they share
@@ -285,7 +337,7 @@ class Worker:
         try:
             sweep.promote(self.store)
             self.claimer.forget()
-            if self.runner.running() or self._others_pending():
+            if self.runner.running() or self._in_flight() or self._others_pending():
                 return False
             claim = self.claimer.claim()
         except QoError as exc:

@@ -35,7 +35,8 @@ LONG = os.environ.get("QO_LONG_TESTS") == "1"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_sigkilled_worker_processes_lose_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("app", ["tests.apps.chaos_app:app", "tests.apps.aio_app:app"])
+def test_sigkilled_worker_processes_lose_nothing(tmp_path: Path, app: str) -> None:
     n = 2000 if LONG else 300
     url = f"file://{tmp_path / 'store'}"
     runs_dir = tmp_path / "runs"
@@ -48,7 +49,7 @@ def test_sigkilled_worker_processes_lose_nothing(tmp_path: Path) -> None:
     rng = random.Random(1)
 
     def spawn() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "tests.chaos_worker", url, str(lease)],
+        return subprocess.Popen([sys.executable, "-m", "tests.chaos_worker", url, str(lease), app],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
 
@@ -86,7 +87,8 @@ def test_sigkilled_worker_processes_lose_nothing(tmp_path: Path) -> None:
             assert record.result["attempt"] == record.attempt
 
 
-def test_random_store_faults_lose_nothing_and_fenced_results_never_win() -> None:
+@pytest.mark.parametrize("handler", ["sync", "async"])
+def test_random_store_faults_lose_nothing_and_fenced_results_never_win(handler: str) -> None:
     n = 1000 if LONG else 200
     inner = MemoryStore()
     store = FaultyStore(inner, rates={"before": 0.03, "after": 0.03, "slow": 0.03},
@@ -97,12 +99,20 @@ def test_random_store_faults_lose_nothing_and_fenced_results_never_win() -> None
     lock = threading.Lock()
     results: dict[str, list[tuple[str, int]]] = {}
 
-    @app.task(max_attempts=50, retry={"base": 0.01, "cap": 0.05})
-    def job(ctx, n: int) -> dict:
+    def run_once(ctx) -> dict:
         run = f"{ctx.task_id}:{ctx.attempt}:{threading.get_ident()}:{time.monotonic_ns()}"
         with lock:
             results.setdefault(ctx.task_id, []).append((run, ctx.attempt))
         return {"run": run, "attempt": ctx.attempt}
+
+    async def on_the_loop(ctx, n: int) -> dict:
+        return run_once(ctx)
+
+    def in_a_thread(ctx, n: int) -> dict:
+        return run_once(ctx)
+
+    app.task(name="job", max_attempts=50, retry={"base": 0.01, "cap": 0.05})(
+        on_the_loop if handler == "async" else in_a_thread)
 
     clean = Queue(inner, settings)
     ids = []

@@ -74,6 +74,10 @@ def worker(
         metavar="A,B",
         help="Queue names to serve (default: the queues of the app's tasks).")] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=1024, help="Tasks run at once.")] = 4,
+    threads: Annotated[int | None, typer.Option(
+        min=1, max=1024, help="Slot threads (at most this many sync handlers at once; async "
+        "handlers run on the event loop). Default: the concurrency, or 8 if every handler "
+        "is async.", show_default=False)] = None,
     burst: Annotated[bool, typer.Option("--burst", help="Exit once no task is ready.")] = False,
     poll_max: Annotated[float, typer.Option(
         parser=common.as_param(common.parse_duration), metavar="SECONDS",
@@ -105,7 +109,7 @@ def worker(
         raise CliError("--poll-max must be positive")
     options = WorkerOptions(queues=names, concurrency=concurrency, burst=burst,
                             poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace,
-                            cancel_wait=cancel_wait)
+                            cancel_wait=cancel_wait, threads=threads)
     with _restored_process_state():
         logs.setup(log_level.value, json=log_format == LogFormat.json)
         summary = Worker(app, q, options).run()
