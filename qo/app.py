@@ -16,14 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from pydantic import ConfigDict, ValidationError, validate_call
+from pydantic import ConfigDict, ValidationError, create_model, validate_call
 
 from qo.context import Context
 from qo.errors import ConfigError, ErrorKind, QoError
 from qo.middleware import Middleware, TaskCall
 from qo.models import RetryPolicy
 from qo.names import check_name
+from qo.protocol.registry import PublishReport, TypeDefinition, publish
+from qo.protocol.submit import SubmitRequest
 from qo.queue import Queue, TaskHandle
+from qo.store.base import Store
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,6 +97,18 @@ class TaskDef:
     no_retry: tuple[type[BaseException], ...] = ()
     wants_ctx: bool = False
     params: list[str] = field(default_factory=list)
+    version: int = 1
+    labels: tuple[str, ...] = ()
+
+    def published(self, default_queue: str) -> TypeDefinition:
+        """What a worker publishes about this handler (``qo.protocol.registry``)."""
+        doc = inspect.getdoc(self.fn)
+        return TypeDefinition(
+            name=self.name, version=self.version, queue=self.queue or default_queue,
+            priority=self.priority, max_attempts=self.max_attempts, retry=self.retry,
+            timeout=self.timeout, input_schema=input_schema(self.fn), labels=list(self.labels),
+            doc=doc[:4096] if doc else None,
+        )
 
     def retryable(self, exc: BaseException) -> bool:
         """May this error be retried at all? Not ``Fatal``, a validation error or
@@ -170,6 +185,35 @@ class TaskDef:
         return dict(bound.arguments)
 
 
+def input_schema(fn: Callable[..., Any]) -> dict[str, Any] | None:
+    """The handler's keyword arguments as the JSON schema pydantic derives, or None.
+
+    None when pydantic cannot describe them (unresolvable hints, types with no
+    JSON form): submitters then check nothing, and the worker validates as always.
+    """
+    try:
+        sig = inspect.signature(fn, eval_str=True)
+    except Exception:  # noqa: BLE001 - unresolvable hints: nothing to publish
+        return None
+    fields: dict[str, Any] = {}
+    extra = "forbid"
+    for name, p in sig.parameters.items():
+        if name == "ctx" or p.kind is inspect.Parameter.VAR_POSITIONAL:
+            continue
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            extra = "allow"
+            continue
+        annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
+        fields[name] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
+    try:
+        config = ConfigDict(extra=extra, arbitrary_types_allowed=True)  # type: ignore[typeddict-item]
+        model = create_model(f"{fn.__name__}_input", __config__=config, **fields)
+        schema: dict[str, Any] = model.model_json_schema()
+    except Exception:  # noqa: BLE001 - pydantic cannot describe it: publish no schema
+        return None
+    return schema
+
+
 class TaskFunction(Generic[P, R]):
     """The decorated function: call it directly, or ``.submit()`` it to the queue."""
 
@@ -240,6 +284,8 @@ class App:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         no_retry: tuple[type[BaseException], ...] = (),
+        version: int = 1,
+        labels: tuple[str, ...] | list[str] = (),
     ) -> Any:
         def register(f: Callable[P, R]) -> TaskFunction[P, R]:
             task_name = check_name(name or f.__name__, "task type")
@@ -251,6 +297,7 @@ class App:
                 priority=priority, max_attempts=max_attempts, retry=retry or RetryPolicy(),
                 timeout=timeout, no_retry=no_retry,
                 wants_ctx="ctx" in inspect.signature(f).parameters, params=params,
+                version=version, labels=tuple(labels),
             )
             self.tasks[task_name] = definition
             return TaskFunction(self, definition)
@@ -258,9 +305,21 @@ class App:
         return register(fn) if fn is not None else register
 
     def submit(self, task_type: str, input: Any = None, **options: Any) -> TaskHandle:
-        """Submit with the task's registered defaults; unknown types are refused."""
+        """Submit with the task's registered defaults; unknown types are refused.
+
+        The app's own definition is used, never the bucket's registry.
+        """
         defaults = self.submit_defaults(self.definition(task_type))
-        return self.queue.submit(task_type, input, **(defaults | options))
+        req = SubmitRequest(type=task_type, input=input, **(defaults | options))
+        return self.queue.submit_request(req)
+
+    def type_definitions(self) -> list[TypeDefinition]:
+        """What a worker of this app publishes to the registry, one per handler."""
+        return [d.published(self.default_queue) for _, d in sorted(self.tasks.items())]
+
+    def publish(self, store: Store, owner: str) -> PublishReport:
+        """Publish the handlers' definitions that changed (``qo.protocol.registry.publish``)."""
+        return publish(store, self.type_definitions(), owner=owner)
 
     def definition(self, task_type: str) -> TaskDef:
         """The registered task type, or a one-line UnknownTaskType."""

@@ -122,6 +122,7 @@ class Worker:
             error = StoreCheckFailed(f"cannot start the worker on {self.store.url}: {exc}")
             error.kind = exc.kind  # a missing bucket stays a misconfiguration, an outage an outage
             raise error from None
+        self._publish_types()
         self._install_signals()
         stop_logging = eventlog.connect(self.hooks, self.id)
         log.info("worker %s started on %s, queues %s, concurrency %d",
@@ -156,6 +157,18 @@ class Worker:
             log.info("worker %s stopped: %s", self.id, self.summary,
                      extra={"event": "worker_stopped", "worker": self.id})
         return self.summary
+
+    def _publish_types(self) -> None:
+        """Publish the app's task types that changed (``qo.protocol.registry``): 1 GET each,
+        + 1 PUT for each that changed. A failure is logged; the worker runs on."""
+        try:
+            report = self.app.publish(self.store, self.id)
+        except QoError as exc:
+            self.health.failed(exc, "publishing task types")
+            return
+        if report.written:
+            log.info("published task type(s) %s", ", ".join(report.written),
+                     extra={"event": "types_published", "keys": report.written})
 
     def stop(self) -> None:
         self._stop.set()

@@ -26,6 +26,7 @@ def setup(n_finished: int = 0) -> tuple[MemoryStore, Queue, Claimer, FakeClock]:
                          status=Status.SUCCEEDED, created_at=0, available_at=0)
         store.put(keys.task_key(rec.id), dumps(rec))
     claimer = Claimer(store, queue.settings, queues=["default"], task_types={"t"}, owner="w")
+    queue.registry.listing()  # the first submit's LIST of types/ (tests/test_registry_requests.py)
     return store, queue, claimer, clock
 
 

@@ -12,6 +12,7 @@
     workers/{worker_id}.json                         worker heartbeats
     quarantine/{queue}/{id}                          unreadable records, for qo doctor
     schedules/{name}.json                            a schedule and its state
+    types/{type}/{version}.json                      a published task type (registry)
     sweep/turn, sweep/retention-cursor, sweep/audit-cursor   housekeeping state
     doctor/...                                       qo doctor's scratch objects
     meta/capabilities.json, meta/delete-failures/*   store checks and failure reports
@@ -30,6 +31,8 @@ PAYLOADS = "payloads/"
 WORKERS = "workers/"
 QUARANTINE = "quarantine/"
 SCHEDULES = "schedules/"
+#: Task type definitions workers publish (qo/protocol/registry.py).
+TYPES = "types/"
 DOCTOR = "doctor/"  # qo doctor's scratch objects, deleted after each check
 #: Which worker swept last (qo/protocol/sweep.py: take_sweep_turn).
 SWEEP_TURN = "sweep/turn"
@@ -86,6 +89,21 @@ def worker_id_of(key: str) -> str | None:
         return None
     worker_id = key[len(WORKERS):-len(".json")]
     return worker_id if worker_id and "/" not in worker_id else None
+
+
+def type_key(task_type: str, version: int) -> str:
+    return f"{TYPES}{task_type}/{version}.json"
+
+
+def parse_type_key(key: str) -> tuple[str, int] | None:
+    """The (task type, version) a ``types/{type}/{version}.json`` key names, or None."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != TYPES[:-1] or not parts[2].endswith(".json"):
+        return None
+    version = parts[2][: -len(".json")]
+    if not parts[1] or not version.isdigit() or not 1 <= int(version) <= 1_000_000:
+        return None
+    return parts[1], int(version)
 
 
 def input_key(task_id: str) -> str:
