@@ -8,10 +8,10 @@ import orjson
 import pytest
 
 from qo.app import App
-from qo.queue import Queue
-from qo.store.metrics import diff
-from qo.store.memory import MemoryStore
 from qo.protocol import typeview
+from qo.queue import Queue
+from qo.store.memory import MemoryStore
+from qo.store.metrics import diff
 from qo.worker import Worker, WorkerOptions
 
 from .test_cli import qo as run_qo
