@@ -23,12 +23,16 @@ from qo.errors import ConfigError, ErrorKind, QoError
 from qo.middleware import Middleware, TaskCall
 from qo.models import RetryPolicy
 from qo.names import check_name
+from qo.protocol.keys import handler_name
 from qo.protocol.registry import PublishReport, TypeDefinition, publish
 from qo.protocol.submit import SubmitRequest
 from qo.queue import Queue, TaskHandle
 from qo.store.base import Store
 
 P = ParamSpec("P")
+#: The highest handler version (``@app.task(version=N)``); a migrating handler accepts
+#: every lower one, so keep versions small and consecutive.
+MAX_VERSION = 1000
 R = TypeVar("R")
 
 
@@ -99,6 +103,18 @@ class TaskDef:
     params: list[str] = field(default_factory=list)
     version: int = 1
     labels: tuple[str, ...] = ()
+    #: ``migrate(input, from_version) -> input``: lets this handler run tasks submitted
+    #: for any older version, their input upgraded first (``run``).
+    migrate: Callable[[Any, int], Any] | None = None
+
+    @property
+    def key(self) -> str:
+        """Its name in ``App.tasks``, worker records and markers: ``type`` or ``type@N``."""
+        return handler_name(self.name, self.version)
+
+    def accepts(self, version: int) -> bool:
+        """Runs tasks of ``version``: its own, or an older one when it can migrate."""
+        return version == self.version or (self.migrate is not None and version < self.version)
 
     def published(self, default_queue: str) -> TypeDefinition:
         """What a worker publishes about this handler (``qo.protocol.registry``)."""
@@ -116,8 +132,15 @@ class TaskDef:
         return not isinstance(exc, (Fatal, ValidationError, *self.no_retry))
 
     def run(self, call: TaskCall) -> Any:
-        """The innermost step of the middleware chain: the handler itself."""
-        return self.call(call.input, call.ctx)
+        """The innermost step of the middleware chain: the handler itself (an older
+        version's input migrated first)."""
+        payload = call.input
+        if call.ctx.version != self.version:
+            if self.migrate is None or call.ctx.version > self.version:
+                raise Fatal(f"task {self.name!r} of version {call.ctx.version} cannot run on "
+                            f"the handler of version {self.version}")
+            payload = self.migrate(payload, call.ctx.version)
+        return self.call(payload, call.ctx)
 
     def call(self, payload: Any, ctx: Context) -> Any:
         """Invoke the handler with a task's input (validated against its hints)."""
@@ -285,21 +308,29 @@ class App:
         timeout: float | None = None,
         no_retry: tuple[type[BaseException], ...] = (),
         version: int = 1,
+        migrate: Callable[[Any, int], Any] | None = None,
         labels: tuple[str, ...] | list[str] = (),
     ) -> Any:
+        """Register a handler. Several versions of one type may be registered side by
+        side (``version=``); ``migrate(input, from_version)`` lets one run older ones."""
+        if not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+            raise QoError(f"invalid handler version {version!r}: a whole number from 1 to "
+                          f"{MAX_VERSION}")
+
         def register(f: Callable[P, R]) -> TaskFunction[P, R]:
             task_name = check_name(name or f.__name__, "task type")
-            if task_name in self.tasks:
-                raise QoError(f"task type {task_name!r} is registered twice")
+            if handler_name(task_name, version) in self.tasks:
+                what = f"task type {task_name!r}" + (f" version {version}" if version > 1 else "")
+                raise QoError(f"{what} is registered twice")
             params = [p for p in inspect.signature(f).parameters if p != "ctx"]
             definition = TaskDef(
                 name=task_name, fn=f, queue=queue and check_name(queue, "queue name"),
                 priority=priority, max_attempts=max_attempts, retry=retry or RetryPolicy(),
                 timeout=timeout, no_retry=no_retry,
                 wants_ctx="ctx" in inspect.signature(f).parameters, params=params,
-                version=version, labels=tuple(labels),
+                version=version, labels=tuple(labels), migrate=migrate,
             )
-            self.tasks[task_name] = definition
+            self.tasks[definition.key] = definition
             return TaskFunction(self, definition)
 
         return register(fn) if fn is not None else register
@@ -322,12 +353,38 @@ class App:
         return publish(store, self.type_definitions(), owner=owner)
 
     def definition(self, task_type: str) -> TaskDef:
-        """The registered task type, or a one-line UnknownTaskType."""
-        definition = self.tasks.get(task_type)
+        """The registered task type (its highest version), or a one-line UnknownTaskType."""
+        definition = self.latest(task_type)
         if definition is None:
-            registered = ", ".join(sorted(self.tasks)) or "none"
+            registered = ", ".join(self.type_names()) or "none"
             raise UnknownTaskType(f"unknown task type {task_type!r}; registered: {registered}")
         return definition
+
+    def latest(self, task_type: str) -> TaskDef | None:
+        """The highest version registered for ``task_type``: what a submit targets."""
+        found = [d for d in self.tasks.values() if d.name == task_type]
+        return max(found, key=lambda d: d.version) if found else None
+
+    def type_names(self) -> list[str]:
+        return sorted({d.name for d in self.tasks.values()})
+
+    def handler_for(self, task_type: str, version: int = 1) -> TaskDef | None:
+        """The handler that runs a task of this type and version: the one of exactly that
+        version, else the lowest newer one that migrates; None if none accepts it."""
+        exact = self.tasks.get(handler_name(task_type, version))
+        if exact is not None:
+            return exact
+        newer = [d for d in self.tasks.values() if d.name == task_type and d.accepts(version)]
+        return min(newer, key=lambda d: d.version) if newer else None
+
+    def accepted(self) -> set[str]:
+        """Every ``type[@version]`` some handler runs (markers name a task this way), for the
+        claimer's filter and the worker's record."""
+        names = set(self.tasks)
+        for d in self.tasks.values():
+            if d.migrate is not None:
+                names |= {handler_name(d.name, v) for v in range(1, d.version)}
+        return names
 
     def submit_defaults(self, definition: TaskDef) -> dict[str, Any]:
         """The SubmitRequest fields a registered task type fills in by default."""
@@ -337,6 +394,7 @@ class App:
             "max_attempts": definition.max_attempts,
             "retry": definition.retry,
             "timeout": definition.timeout,
+            "version": definition.version,
         }
 
     def queues(self) -> list[str]:

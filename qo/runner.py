@@ -124,8 +124,8 @@ class Runner:
     def run(self, claim: Claim) -> None:
         """Run one claimed task to its outcome in the calling thread."""
         record = claim.record
-        definition = self.app.tasks.get(record.type)
-        if definition is None:
+        definition = self.app.handler_for(record.type, record.version)
+        if definition is None:  # no handler accepts this version: back to the queue
             outcome.release(self.store, claim, hooks=self.hooks)
             return
         declared = _declared(record, definition)
@@ -136,7 +136,7 @@ class Runner:
         if capped:
             deadline = self.deadline
         ctx = Context(task_id=record.id, task_type=record.type, queue=record.queue,
-                      attempt=claim.attempt, deadline=deadline,
+                      attempt=claim.attempt, deadline=deadline, version=record.version,
                       max_attempts=declared.get("max_attempts", record.max_attempts))
         running = Running(claim, ctx, keeper, timeout, declared, capped=capped)
         ctx._heartbeat = lambda: self._heartbeat(running)

@@ -47,7 +47,8 @@ def test_types_lists_versions_workers_and_waiting_tasks(tmp_path: Path) -> None:
     assert set(rows) == {"send", "resize", "legacy"}
     assert rows["send"] == {"type": "send", "versions": [1], "registered": True,
                             "queue": "emails", "doc": "Send one email.", "workers": [],
-                            "ready": 1, "delayed": 1, "unserved": True}
+                            "ready": 1, "delayed": 1, "unserved": True,
+                            "unserved_versions": [1]}
     assert rows["legacy"]["registered"] is False and rows["legacy"]["versions"] == []
 
     worker = Worker(app, queue, WorkerOptions(concurrency=1, worker_id="w-send"))

@@ -60,7 +60,9 @@ def types(
     common.console().print(table)
     unserved = [r for r in rows if r.unserved]
     if unserved:
-        shown = ", ".join(f"{r.name!r} ({r.ready + r.delayed} waiting)" for r in unserved)
+        shown = ", ".join(f"{r.name!r} ({r.ready + r.delayed} waiting)" if r.unserved_versions
+                          == [1] else f"{r.name!r} version(s) "
+                          f"{','.join(map(str, r.unserved_versions))}" for r in unserved)
         note(f"warning: no live worker serves {shown}")
     elif not any(r.workers for r in rows):
         note("no live worker record (Lambda workers publish none)")

@@ -158,7 +158,7 @@ class Claimer:
         marker = parse_ready_key(key)
         if marker is None or marker.queue not in self.queues:
             return None
-        if self.task_types is not None and marker.task_type not in self.task_types:
+        if self.task_types is not None and marker.handler not in self.task_types:
             return None
         seen = self.store.now() if last_modified is None else last_modified
         return self._try(ObjectInfo(key, "", 0, seen), marker)

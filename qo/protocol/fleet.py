@@ -71,7 +71,7 @@ def ready_counts(store: Store, limit: int | None = None) -> Counter[tuple[str, s
     for info in store.list(keys.READY, limit=limit):
         marker = parse_ready_key(info.key)
         if marker is not None:
-            counts[(marker.queue, marker.task_type)] += 1
+            counts[(marker.queue, marker.handler)] += 1  # type@version for versions > 1
     return counts
 
 

@@ -3,9 +3,9 @@
 ::
 
     tasks/{id}.json                                  record: the truth
-    ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}   claimable now
+    ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}[@{version}]   claimable now
     ready/{queue}/!paused                            queue is paused (sorts first)
-    delayed/{due_us:016d}/{queue}/{255-prio:03d}/{id}-{type}   claimable later
+    delayed/{due_us:016d}/{queue}/{255-prio:03d}/{id}-{type}[@{version}]   claimable later
     leases/{queue}/{id}                              who works on a task
     dead/{queue}/{id}                                dead-letter index
     payloads/{id}/input, payloads/{id}/result-{n}    large bodies
@@ -114,6 +114,20 @@ def result_key(task_id: str, attempt: int) -> str:
     return f"{PAYLOADS}{task_id}/result-{attempt}"
 
 
+def handler_name(task_type: str, version: int = 1) -> str:
+    """What a worker serves, as markers and worker records name it: ``type``, or
+    ``type@N`` for handler version N > 1 (``@`` never occurs in a task type)."""
+    return task_type if version == 1 else f"{task_type}@{version}"
+
+
+def split_handler_name(name: str) -> tuple[str, int]:
+    """``handler_name`` read back: ``(type, version)``; a malformed suffix stays in the type."""
+    base, sep, version = name.rpartition("@")
+    if sep and base and version.isdigit() and version[0] != "0" and int(version) > 1:
+        return base, int(version)
+    return name, 1
+
+
 @dataclass(frozen=True, slots=True)
 class Marker:
     """What an index key says about a task, parsed without reading the record."""
@@ -123,19 +137,25 @@ class Marker:
     available_at: float
     task_id: str
     task_type: str
+    version: int = 1  # the handler version the task was submitted for
+
+    @property
+    def handler(self) -> str:
+        """What a worker must serve to run it (``handler_name``)."""
+        return handler_name(self.task_type, self.version)
 
     @property
     def ready_key(self) -> str:
         return (
             f"{READY}{self.queue}/{255 - self.priority:03d}/"
-            f"{micros(self.available_at):016d}-{self.task_id}-{self.task_type}"
+            f"{micros(self.available_at):016d}-{self.task_id}-{self.handler}"
         )
 
     @property
     def delayed_key(self) -> str:
         return (
             f"{DELAYED}{micros(self.available_at):016d}/{self.queue}/"
-            f"{255 - self.priority:03d}/{self.task_id}-{self.task_type}"
+            f"{255 - self.priority:03d}/{self.task_id}-{self.handler}"
         )
 
 
@@ -148,7 +168,8 @@ def parse_ready_key(key: str) -> Marker | None:
     fields = rest.split("-", 2)
     if len(fields) != 3 or not inv.isdigit() or not fields[0].isdigit():
         return None
-    return Marker(queue, 255 - int(inv), int(fields[0]) / 1_000_000, fields[1], fields[2])
+    return Marker(queue, 255 - int(inv), int(fields[0]) / 1_000_000, fields[1],
+                  *split_handler_name(fields[2]))
 
 
 def parse_delayed_key(key: str) -> Marker | None:
@@ -159,4 +180,5 @@ def parse_delayed_key(key: str) -> Marker | None:
     fields = rest.split("-", 1)
     if len(fields) != 2 or not inv.isdigit() or not due.isdigit():
         return None
-    return Marker(queue, 255 - int(inv), int(due) / 1_000_000, fields[0], fields[1])
+    return Marker(queue, 255 - int(inv), int(due) / 1_000_000, fields[0],
+                  *split_handler_name(fields[1]))

@@ -45,8 +45,8 @@ def read_page(
         marker = parse_ready_key(info.key)
         if marker is None or marker.queue != queue:
             continue
-        if task_types is not None and marker.task_type not in task_types:
-            skipped.add((queue, marker.task_type))
+        if task_types is not None and marker.handler not in task_types:  # type and version
+            skipped.add((queue, marker.handler))
             continue
         items.append((info, marker))
     full = len(infos) >= limit

@@ -104,7 +104,8 @@ class TypeDefinition(BaseModel):
     def submit_defaults(self) -> dict[str, Any]:
         """The ``SubmitRequest`` fields this definition fills in when the caller did not."""
         defaults: dict[str, Any] = {"queue": self.queue, "priority": self.priority,
-                                    "max_attempts": self.max_attempts, "retry": self.retry}
+                                    "max_attempts": self.max_attempts, "retry": self.retry,
+                                    "version": self.version}
         if self.timeout is not None:
             defaults["timeout"] = self.timeout
         return defaults

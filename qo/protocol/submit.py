@@ -58,6 +58,8 @@ class SubmitRequest(BaseModel):
     retry: RetryPolicy = RetryPolicy()
     timeout: float | None = Field(None, gt=0, le=7 * 86_400)
     tags: dict[str, str] = Field(default_factory=dict)
+    #: The handler version to run it (``@app.task(version=N)``); the registry fills it in.
+    version: int = Field(1, ge=1, le=1_000_000)
 
     @field_validator("type", "queue", "key_scope")
     @classmethod
@@ -157,6 +159,7 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
         id=task_id,
         queue=queue,
         type=req.type,
+        version=req.version,
         input=None if ref else inline,
         input_ref=ref,
         input_hash=records.input_hash(req.type, encoded),

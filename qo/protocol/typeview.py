@@ -26,9 +26,11 @@ class TypeRow:
     versions: list[int] = field(default_factory=list)  # registered versions, ascending
     queue: str | None = None  # its highest version's queue
     doc: str | None = None  # the first line of its docstring
-    workers: list[str] = field(default_factory=list)  # live workers serving it
+    workers: list[str] = field(default_factory=list)  # live workers serving a waiting version
     ready: int = 0
     delayed: int = 0
+    #: Versions tasks wait for that no live worker serves (the flag of ``unserved``).
+    unserved_versions: list[int] = field(default_factory=list)
 
     @property
     def registered(self) -> bool:
@@ -37,12 +39,13 @@ class TypeRow:
     @property
     def unserved(self) -> bool:
         """Tasks wait for it and no live worker serves it."""
-        return (self.ready + self.delayed) > 0 and not self.workers
+        return bool(self.unserved_versions)
 
     def as_dict(self) -> dict[str, object]:
         return {"type": self.name, "versions": self.versions, "registered": self.registered,
                 "queue": self.queue, "doc": self.doc, "workers": self.workers,
-                "ready": self.ready, "delayed": self.delayed, "unserved": self.unserved}
+                "ready": self.ready, "delayed": self.delayed, "unserved": self.unserved,
+                "unserved_versions": self.unserved_versions}
 
 
 def overview(store: Store) -> list[TypeRow]:
@@ -55,23 +58,28 @@ def overview(store: Store) -> list[TypeRow]:
         if definition is not None:
             row.queue = definition.queue
             row.doc = definition.doc.splitlines()[0] if definition.doc else None
-    waiting: Counter[tuple[str, str]] = Counter()
+    waiting: Counter[tuple[str, str, int]] = Counter()  # (queue, type, version)
     for info in store.list(keys.READY):
         marker = parse_ready_key(info.key)
         if marker is not None:
             rows.setdefault(marker.task_type, TypeRow(marker.task_type)).ready += 1
-            waiting[(marker.queue, marker.task_type)] += 1
+            waiting[(marker.queue, marker.task_type, marker.version)] += 1
     for info in store.list(keys.DELAYED):
         marker = parse_delayed_key(info.key)
         if marker is not None:
             rows.setdefault(marker.task_type, TypeRow(marker.task_type)).delayed += 1
-            waiting[(marker.queue, marker.task_type)] += 1
+            waiting[(marker.queue, marker.task_type, marker.version)] += 1
     workers = fleet.live_workers(store)
     for row in rows.values():
-        queues = {q for q, t in waiting if t == row.name} | ({row.queue} if row.queue else set())
-        row.workers = sorted(w.id for w in workers if _serves_any(w, queues, row.name))
+        wanted = {(q, v) for q, t, v in waiting if t == row.name}
+        if not wanted and row.queue and row.versions:
+            wanted = {(row.queue, row.versions[-1])}
+        serving = {w.id for w in workers for q, v in wanted if _serves(w, q, row.name, v)}
+        row.workers = sorted(serving)
+        row.unserved_versions = sorted({v for q, t, v in waiting if t == row.name
+                                        and not any(_serves(w, q, t, v) for w in workers)})
     return sorted(rows.values(), key=lambda r: r.name)
 
 
-def _serves_any(worker: WorkerInfo, queues: set[str], name: str) -> bool:
-    return any(fleet.serves(worker, q, name) for q in queues)
+def _serves(worker: WorkerInfo, queue: str, name: str, version: int) -> bool:
+    return fleet.serves(worker, queue, keys.handler_name(name, version))

@@ -130,9 +130,9 @@ def _submit_request(rt: Runtime, fields: Any, where: str = "") -> SubmitRequest:
         except QoError as exc:
             raise HttpError.of(exc.kind, _at(where, str(exc))) from None
     else:
-        definition = app.tasks.get(fields["type"]) if isinstance(fields["type"], str) else None
+        definition = app.latest(fields["type"]) if isinstance(fields["type"], str) else None
         if definition is None:
-            registered = ", ".join(sorted(app.tasks)) or "none"
+            registered = ", ".join(app.type_names()) or "none"
             raise bad_request(_at(
                 where, f"unknown task type {shorten(fields['type'])}; registered: {registered}"))
         fields = app.submit_defaults(definition) | fields
