@@ -16,10 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from pydantic import ConfigDict, ValidationError, create_model, validate_call
+from pydantic import ConfigDict, ValidationError, validate_call
 
 from qo.context import Context
 from qo.errors import ConfigError, ErrorKind, QoError
+from qo.handler_schema import input_schema
+from qo.lifecycle import WHEN, Hook, LifecycleHooks
 from qo.middleware import Middleware, TaskCall
 from qo.models import RetryPolicy
 from qo.names import check_name
@@ -27,6 +29,7 @@ from qo.protocol.keys import handler_name
 from qo.protocol.registry import PublishReport, TypeDefinition, publish
 from qo.protocol.submit import SubmitRequest
 from qo.queue import Queue, TaskHandle
+from qo.retry import RetryDecider
 from qo.store.base import Store
 
 P = ParamSpec("P")
@@ -106,6 +109,8 @@ class TaskDef:
     #: ``migrate(input, from_version) -> input``: lets this handler run tasks submitted
     #: for any older version, their input upgraded first (``run``).
     migrate: Callable[[Any, int], Any] | None = None
+    #: ``@app.task(retry=fn)``: a callable retry policy (``qo.retry.RetryDecider``).
+    retry_decider: RetryDecider | None = None
 
     @property
     def key(self) -> str:
@@ -208,35 +213,6 @@ class TaskDef:
         return dict(bound.arguments)
 
 
-def input_schema(fn: Callable[..., Any]) -> dict[str, Any] | None:
-    """The handler's keyword arguments as the JSON schema pydantic derives, or None.
-
-    None when pydantic cannot describe them (unresolvable hints, types with no
-    JSON form): submitters then check nothing, and the worker validates as always.
-    """
-    try:
-        sig = inspect.signature(fn, eval_str=True)
-    except Exception:  # noqa: BLE001 - unresolvable hints: nothing to publish
-        return None
-    fields: dict[str, Any] = {}
-    extra = "forbid"
-    for name, p in sig.parameters.items():
-        if name == "ctx" or p.kind is inspect.Parameter.VAR_POSITIONAL:
-            continue
-        if p.kind is inspect.Parameter.VAR_KEYWORD:
-            extra = "allow"
-            continue
-        annotation = Any if p.annotation is inspect.Parameter.empty else p.annotation
-        fields[name] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
-    try:
-        config = ConfigDict(extra=extra, arbitrary_types_allowed=True)  # type: ignore[typeddict-item]
-        model = create_model(f"{fn.__name__}_input", __config__=config, **fields)
-        schema: dict[str, Any] = model.model_json_schema()
-    except Exception:  # noqa: BLE001 - pydantic cannot describe it: publish no schema
-        return None
-    return schema
-
-
 class TaskFunction(Generic[P, R]):
     """The decorated function: call it directly, or ``.submit()`` it to the queue."""
 
@@ -254,6 +230,10 @@ class TaskFunction(Generic[P, R]):
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         return self.app.submit(self.name, self.definition.input_for(args, kwargs))
+
+    def on(self, when: str, fn: Hook | None = None) -> Any:
+        """A lifecycle hook for this task type only (``App.on(when, task=...)``)."""
+        return self.app.on(when, fn, task=self.name)
 
     def options(self, **options: Any) -> _BoundOptions[P, R]:
         """``fn.options(priority=200, delay=60, key="x").submit(...)``."""
@@ -281,6 +261,20 @@ class App:
         self.tasks: dict[str, TaskDef] = {}
         #: Around every handler call, first outermost (``qo.middleware``).
         self.middleware_stack: list[Middleware] = list(middleware or [])
+        #: ``start``, ``success``, ``failure``, ``retry``, ``dead``, ``cancel`` (``qo.lifecycle``).
+        self.lifecycle = LifecycleHooks()
+
+    def on(self, when: str, fn: Hook | None = None, *, task: str | None = None) -> Any:
+        """Call ``fn(event)`` at each ``when`` transition a worker of this app records, for
+        every task type or only ``task``; usable as a decorator (see ``qo.lifecycle``)."""
+        if when not in WHEN:
+            raise QoError(f"unknown hook {when!r}: one of {', '.join(WHEN)}")
+
+        def register(f: Hook) -> Hook:
+            self.lifecycle.add(when, f, task)
+            return f
+
+        return register(fn) if fn is not None else register
 
     def middleware(self, fn: Middleware) -> Middleware:
         """Register ``fn`` as the innermost middleware so far; usable as a decorator."""
@@ -304,7 +298,7 @@ class App:
         queue: str | None = None,
         priority: int = 128,
         max_attempts: int = 3,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy | RetryDecider | None = None,
         timeout: float | None = None,
         no_retry: tuple[type[BaseException], ...] = (),
         version: int = 1,
@@ -325,7 +319,10 @@ class App:
             params = [p for p in inspect.signature(f).parameters if p != "ctx"]
             definition = TaskDef(
                 name=task_name, fn=f, queue=queue and check_name(queue, "queue name"),
-                priority=priority, max_attempts=max_attempts, retry=retry or RetryPolicy(),
+                priority=priority, max_attempts=max_attempts,
+                retry=RetryPolicy() if retry is None or callable(retry)
+                else RetryPolicy.model_validate(retry),
+                retry_decider=retry if callable(retry) else None,
                 timeout=timeout, no_retry=no_retry,
                 wants_ctx="ctx" in inspect.signature(f).parameters, params=params,
                 version=version, labels=tuple(labels), migrate=migrate,

@@ -267,7 +267,8 @@ class Runner:
             retryable = definition.retryable(error)
         decision = RetryDecision.decide(retryable=retryable, attempt=claim.attempt,
                                         max_attempts=running.ctx.max_attempts,
-                                        policy=claim.record.retry, error=error)
+                                        policy=claim.record.retry, error=error,
+                                        decider=definition.retry_decider)
         info = outcome.error_info(error, claim.attempt, retryable)
         result = self._settle(running, lambda: outcome.fail(
             self.store, claim, info, decision=decision, declared=running.declared,

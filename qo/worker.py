@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from qo import eventlog
+from qo import eventlog, lifecycle
 from qo.app import App
 from qo.errors import ErrorKind, QoError
 from qo.health import Notices, StoreHealth
@@ -125,6 +125,8 @@ class Worker:
         self._publish_types()
         self._install_signals()
         stop_logging = eventlog.connect(self.hooks, self.id)
+        stop_hooks = lifecycle.connect(self.app.lifecycle, self.hooks, self.id,
+                                       self.app.type_names())
         log.info("worker %s started on %s, queues %s, concurrency %d",
                  self.id, self.store.url, ",".join(self.queues), self.options.concurrency,
                  extra={"event": "worker_started", "worker": self.id})
@@ -152,6 +154,7 @@ class Worker:
                 t.join()
             self.runner.wait_for_handlers(self.options.cancel_wait)
             stop_logging()
+            stop_hooks()
             self._write_heartbeat("stopped")
             delete_quietly(self.store, keys.worker_key(self.id))
             log.info("worker %s stopped: %s", self.id, self.summary,
@@ -194,10 +197,13 @@ class Worker:
     def _logging(self) -> Iterator[None]:
         """Log this worker's task events (``qo.eventlog``) while the block runs."""
         disconnect = eventlog.connect(self.hooks, self.id)
+        stop_hooks = lifecycle.connect(self.app.lifecycle, self.hooks, self.id,
+                                       self.app.type_names())
         try:
             yield
         finally:
             disconnect()
+            stop_hooks()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():

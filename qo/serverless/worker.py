@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qo import eventlog
+from qo import eventlog, lifecycle
 from qo.app import App
 from qo.errors import ErrorKind, QoError
 from qo.protocol import keys, outcome
@@ -118,10 +118,12 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         runner=Runner(app, q.store, q.settings, hooks=q.hooks, deadline=deadline,
                       deadline_error=InvocationDeadline))
     disconnect = eventlog.connect(q.hooks, owner)
+    stop_hooks = lifecycle.connect(app.lifecycle, q.hooks, owner, app.type_names())
     try:
         _work(invocation, parsed, rt.config, report)
     finally:
         disconnect()
+        stop_hooks()
     summary = invocation.runner.summary
     report.succeeded, report.failed = summary.succeeded, summary.failed
     report.fenced = summary.fenced
