@@ -13,34 +13,29 @@ import importlib
 import inspect
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from pydantic import ConfigDict, ValidationError, validate_call
-
-from qo.context import Context
 from qo.errors import ConfigError, ErrorKind, QoError
-from qo.handler_schema import input_schema
 from qo.lifecycle import WHEN, Hook, LifecycleHooks
-from qo.middleware import Middleware, TaskCall
+from qo.middleware import Middleware
 from qo.models import RetryPolicy
-from qo.names import check_name
+from qo.names import check_labels, check_name
+from qo.protocol import identity as identities
+from qo.protocol.identity import Identity
+from qo.protocol.identity import check as check_identity
 from qo.protocol.keys import handler_name
 from qo.protocol.registry import PublishReport, TypeDefinition, publish
 from qo.protocol.submit import SubmitRequest
 from qo.queue import Queue, TaskHandle
 from qo.retry import RetryDecider
 from qo.store.base import Store
+from qo.taskdef import MAX_VERSION, Fatal, TaskDef
+
+__all__ = ["MAX_VERSION", "App", "AppLoadError", "Fatal", "TaskDef", "TaskFunction",
+           "UnknownTaskType", "load_app"]
 
 P = ParamSpec("P")
-#: The highest handler version (``@app.task(version=N)``); a migrating handler accepts
-#: every lower one, so keep versions small and consecutive.
-MAX_VERSION = 1000
 R = TypeVar("R")
-
-
-class Fatal(Exception):
-    """Raise (or subclass) to fail a task at once, without retries."""
 
 
 class UnknownTaskType(QoError):
@@ -88,129 +83,6 @@ def load_app(spec: str) -> App:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
-
-
-@dataclass(eq=False)
-class TaskDef:
-    """How to run one task type, and its submit defaults."""
-
-    name: str
-    fn: Callable[..., Any]
-    queue: str | None = None
-    priority: int = 128
-    max_attempts: int = 3
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeout: float | None = None
-    no_retry: tuple[type[BaseException], ...] = ()
-    wants_ctx: bool = False
-    params: list[str] = field(default_factory=list)
-    version: int = 1
-    labels: tuple[str, ...] = ()
-    #: ``migrate(input, from_version) -> input``: lets this handler run tasks submitted
-    #: for any older version, their input upgraded first (``run``).
-    migrate: Callable[[Any, int], Any] | None = None
-    #: ``@app.task(retry=fn)``: a callable retry policy (``qo.retry.RetryDecider``).
-    retry_decider: RetryDecider | None = None
-
-    @property
-    def key(self) -> str:
-        """Its name in ``App.tasks``, worker records and markers: ``type`` or ``type@N``."""
-        return handler_name(self.name, self.version)
-
-    def accepts(self, version: int) -> bool:
-        """Runs tasks of ``version``: its own, or an older one when it can migrate."""
-        return version == self.version or (self.migrate is not None and version < self.version)
-
-    def published(self, default_queue: str) -> TypeDefinition:
-        """What a worker publishes about this handler (``qo.protocol.registry``)."""
-        doc = inspect.getdoc(self.fn)
-        return TypeDefinition(
-            name=self.name, version=self.version, queue=self.queue or default_queue,
-            priority=self.priority, max_attempts=self.max_attempts, retry=self.retry,
-            timeout=self.timeout, input_schema=input_schema(self.fn), labels=list(self.labels),
-            doc=doc[:4096] if doc else None,
-        )
-
-    def retryable(self, exc: BaseException) -> bool:
-        """May this error be retried at all? Not ``Fatal``, a validation error or
-        ``no_retry``. The app's part of the retry decision (``qo.retry``)."""
-        return not isinstance(exc, (Fatal, ValidationError, *self.no_retry))
-
-    def run(self, call: TaskCall) -> Any:
-        """The innermost step of the middleware chain: the handler itself (an older
-        version's input migrated first)."""
-        payload = call.input
-        if call.ctx.version != self.version:
-            if self.migrate is None or call.ctx.version > self.version:
-                raise Fatal(f"task {self.name!r} of version {call.ctx.version} cannot run on "
-                            f"the handler of version {self.version}")
-            payload = self.migrate(payload, call.ctx.version)
-        return self.call(payload, call.ctx)
-
-    def call(self, payload: Any, ctx: Context) -> Any:
-        """Invoke the handler with a task's input (validated against its hints)."""
-        validated = self._validated()
-        extra = {"ctx": ctx} if self.wants_ctx else {}
-        if isinstance(payload, dict):
-            return validated(**payload, **extra)
-        if payload is None and self._all_optional():
-            return validated(**extra)
-        if len(self.params) == 1:
-            return validated(payload, **extra)
-        raise Fatal(
-            f"task {self.name!r} takes keyword arguments {self.params}; "
-            f"its input must be a JSON object, got {type(payload).__name__}"
-        )
-
-    def _all_optional(self) -> bool:
-        sig = inspect.signature(self.fn)
-        return all(sig.parameters[p].default is not inspect.Parameter.empty for p in self.params)
-
-    @functools.cache  # noqa: B019 - one wrapper per TaskDef, kept for its lifetime
-    def _validated(self) -> Callable[..., Any]:
-        """Validate the arguments with pydantic, then call the handler from Python.
-
-        ``validate_call(fn)`` would call ``fn`` from inside pydantic-core, which
-        keeps a native frame on the handler thread's stack while it runs; a
-        daemon thread woken during interpreter shutdown is stopped by unwinding
-        its stack, and that frame turns the unwinding into an abort (exit 134,
-        see ``qo.shutdown``). Here pydantic validates the same signature and
-        returns, and the handler runs in plain Python frames.
-        """
-        # arbitrary types: a ``ctx: Context`` annotation is checked with isinstance
-        config = ConfigDict(arbitrary_types_allowed=True)
-        fn = self.fn
-        try:
-            sig = inspect.signature(fn, eval_str=True)
-        except Exception:  # noqa: BLE001 - unresolvable hints: let pydantic report them
-            return validate_call(config=config)(fn)
-
-        def arguments(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            return args, kwargs
-
-        arguments.__signature__ = sig.replace(  # type: ignore[attr-defined]
-            return_annotation=inspect.Signature.empty)
-        arguments.__annotations__ = {n: p.annotation for n, p in sig.parameters.items()
-                                     if p.annotation is not inspect.Parameter.empty}
-        arguments.__name__, arguments.__qualname__ = fn.__name__, fn.__qualname__
-        arguments.__module__ = fn.__module__
-        check = validate_call(config=config)(arguments)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            valid_args, valid_kwargs = check(*args, **kwargs)
-            return fn(*valid_args, **valid_kwargs)
-
-        return call
-
-    def input_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Map a Python call to the JSON input a worker will pass back."""
-        sig = inspect.signature(self.fn)
-        params = [p for p in sig.parameters.values() if p.name != "ctx"]
-        try:
-            bound = sig.replace(parameters=params).bind(*args, **kwargs)
-        except TypeError as exc:
-            raise QoError(f"bad arguments for task {self.name!r}: {exc}") from None
-        return dict(bound.arguments)
 
 
 class TaskFunction(Generic[P, R]):
@@ -304,12 +176,19 @@ class App:
         version: int = 1,
         migrate: Callable[[Any, int], Any] | None = None,
         labels: tuple[str, ...] | list[str] = (),
+        identity: Identity | None = None,
+        unique_for: float | None = None,
     ) -> Any:
         """Register a handler. Several versions of one type may be registered side by
         side (``version=``); ``migrate(input, from_version)`` lets one run older ones."""
         if not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
             raise QoError(f"invalid handler version {version!r}: a whole number from 1 to "
                           f"{MAX_VERSION}")
+
+        required = check_labels(list(labels))
+        check_identity(identity)
+        if unique_for is not None and not 0 < unique_for <= 366 * 86_400:
+            raise QoError(f"unique_for must be between 0 s and 366 days, got {unique_for!r}")
 
         def register(f: Callable[P, R]) -> TaskFunction[P, R]:
             task_name = check_name(name or f.__name__, "task type")
@@ -325,7 +204,8 @@ class App:
                 retry_decider=retry if callable(retry) else None,
                 timeout=timeout, no_retry=no_retry,
                 wants_ctx="ctx" in inspect.signature(f).parameters, params=params,
-                version=version, labels=tuple(labels), migrate=migrate,
+                version=version, labels=tuple(required), migrate=migrate,
+                identity=identity, unique_for=unique_for,
             )
             self.tasks[definition.key] = definition
             return TaskFunction(self, definition)
@@ -337,7 +217,12 @@ class App:
 
         The app's own definition is used, never the bucket's registry.
         """
-        defaults = self.submit_defaults(self.definition(task_type))
+        definition = self.definition(task_type)
+        defaults = self.submit_defaults(definition)
+        if definition.identity is not None and options.get("key") is None:
+            defaults["key"] = identities.derive_key(definition.identity, input, task_type)
+            if definition.unique_for is not None:
+                defaults["retention"] = definition.unique_for
         req = SubmitRequest(type=task_type, input=input, **(defaults | options))
         return self.queue.submit_request(req)
 
@@ -392,6 +277,7 @@ class App:
             "retry": definition.retry,
             "timeout": definition.timeout,
             "version": definition.version,
+            "labels": list(definition.labels),
         }
 
     def queues(self) -> list[str]:

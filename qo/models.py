@@ -95,7 +95,7 @@ class TaskRecord(BaseModel):
     omit_unset: ClassVar[frozenset[str]] = frozenset({"max_attempts"})
     #: Fields of schema version 2, left out at their default: a record that does not
     #: use them is written as version 1, byte for byte what qo before them wrote.
-    since_v2: ClassVar[dict[str, Any]] = {"version": 1}
+    since_v2: ClassVar[dict[str, Any]] = {"version": 1, "labels": []}
 
     v: int = 2  # the schema version (see the module docstring and ``body_version``)
     id: str
@@ -103,6 +103,8 @@ class TaskRecord(BaseModel):
     type: str
     #: The handler version the task was submitted for (``@app.task(version=N)``).
     version: int = Field(1, ge=1, le=1_000_000)
+    #: Labels a worker needs to run it (``qo worker --label``), sorted; in its marker key.
+    labels: list[str] = Field(default_factory=list)
     input: Any = None
     input_ref: str | None = None
     input_hash: str
@@ -172,8 +174,10 @@ class WorkerInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: Written without ``v`` at version 1: qo before schema versions refuses it here.
     unversioned_v1: ClassVar[bool] = True
+    #: Version 2 adds ``labels``; a worker without labels still writes version 1.
+    since_v2: ClassVar[dict[str, Any]] = {"labels": []}
 
-    v: int = 1
+    v: int = 2
     id: str
     host: str
     pid: int
@@ -184,6 +188,8 @@ class WorkerInfo(BaseModel):
     started_at: float
     seen_at: float
     running: list[str] = Field(default_factory=list)
+    #: Its capability labels (``qo worker --label``): it runs tasks needing a subset.
+    labels: list[str] = Field(default_factory=list)
     processed: int = 0
     failed: int = 0
     state: str = "running"

@@ -71,6 +71,8 @@ class WorkerOptions:
     #: invocation's end); a task stopped by it fails with ``deadline_error``.
     deadline: float | None = None
     deadline_error: type[TaskTimeout] = WorkerDeadline
+    #: Capability labels (``--label gpu``): it claims only tasks needing a subset of them.
+    labels: list[str] | None = None
 
 
 class Worker:
@@ -86,6 +88,7 @@ class Worker:
         self.claimer = Claimer(
             self.store, self.settings, queues=self.queues, task_types=app.accepted(),
             owner=self.id, spread=1, hooks=self.hooks, fleet=Fleet(self.store, self.id),
+            labels=frozenset(self.options.labels or ()),
         )
         self.summary = WorkerSummary()
         self.health = StoreHealth()
@@ -352,6 +355,7 @@ class Worker:
             task_types=sorted(self.app.accepted()), concurrency=self.options.concurrency,
             started_at=self.started_at, seen_at=time.time(), running=running,
             processed=summary.processed, failed=summary.failed, state=state,
+            labels=sorted(self.options.labels or ()),
         )
         try:
             self.store.put(keys.worker_key(self.id), dumps(info))

@@ -3,9 +3,9 @@
 ::
 
     tasks/{id}.json                                  record: the truth
-    ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}[@{version}]   claimable now
+    ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}[@{version}][~{label}...]   claimable now
     ready/{queue}/!paused                            queue is paused (sorts first)
-    delayed/{due_us:016d}/{queue}/{255-prio:03d}/{id}-{type}[@{version}]   claimable later
+    delayed/{due_us:016d}/{queue}/{255-prio:03d}/{id}-{type}[@{version}][~{label}...]   later
     leases/{queue}/{id}                              who works on a task
     dead/{queue}/{id}                                dead-letter index
     payloads/{id}/input, payloads/{id}/result-{n}    large bodies
@@ -138,6 +138,7 @@ class Marker:
     task_id: str
     task_type: str
     version: int = 1  # the handler version the task was submitted for
+    labels: tuple[str, ...] = ()  # capabilities a worker needs to run it, sorted
 
     @property
     def handler(self) -> str:
@@ -145,18 +146,38 @@ class Marker:
         return handler_name(self.task_type, self.version)
 
     @property
+    def needs(self) -> str:
+        """The handler and its required labels, as the key ends: ``type[@N][~label...]``."""
+        return self.handler + "".join(LABEL_SEP + label for label in self.labels)
+
+    def runnable_with(self, labels: frozenset[str] | None) -> bool:
+        """Does a worker with these labels have what it needs (None: no labels checked)?"""
+        return labels is None or labels.issuperset(self.labels)
+
+    @property
     def ready_key(self) -> str:
         return (
             f"{READY}{self.queue}/{255 - self.priority:03d}/"
-            f"{micros(self.available_at):016d}-{self.task_id}-{self.handler}"
+            f"{micros(self.available_at):016d}-{self.task_id}-{self.needs}"
         )
 
     @property
     def delayed_key(self) -> str:
         return (
             f"{DELAYED}{micros(self.available_at):016d}/{self.queue}/"
-            f"{255 - self.priority:03d}/{self.task_id}-{self.handler}"
+            f"{255 - self.priority:03d}/{self.task_id}-{self.needs}"
         )
+
+
+#: Separates required labels in a marker key (it never occurs in a type or a label).
+LABEL_SEP = "~"
+
+
+def split_needs(tail: str) -> tuple[str, int, tuple[str, ...]]:
+    """A key's ``type[@N][~label...]`` read back as (type, version, labels)."""
+    head, *labels = tail.split(LABEL_SEP)
+    task_type, version = split_handler_name(head)
+    return task_type, version, tuple(labels)
 
 
 def parse_ready_key(key: str) -> Marker | None:
@@ -169,7 +190,7 @@ def parse_ready_key(key: str) -> Marker | None:
     if len(fields) != 3 or not inv.isdigit() or not fields[0].isdigit():
         return None
     return Marker(queue, 255 - int(inv), int(fields[0]) / 1_000_000, fields[1],
-                  *split_handler_name(fields[2]))
+                  *split_needs(fields[2]))
 
 
 def parse_delayed_key(key: str) -> Marker | None:
@@ -181,4 +202,4 @@ def parse_delayed_key(key: str) -> Marker | None:
     if len(fields) != 2 or not inv.isdigit() or not due.isdigit():
         return None
     return Marker(queue, 255 - int(inv), int(due) / 1_000_000, fields[0],
-                  *split_handler_name(fields[1]))
+                  *split_needs(fields[1]))

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qo.errors import ErrorKind, QoError, shorten
 from qo.ids import new_token
 from qo.models import CorruptRecord, FutureSchema, RetryPolicy, dumps, loads
-from qo.protocol import input_schema, keys
+from qo.protocol import identity, input_schema, keys
 from qo.protocol.cas import Lost, get_retrying, put_or_current
 from qo.protocol.submit import SubmitRequest
 from qo.store.base import Store
@@ -88,6 +88,10 @@ class TypeDefinition(BaseModel):
     input_schema: dict[str, Any] | None = None
     labels: list[str] = Field(default_factory=list)
     doc: str | None = None
+    #: How a task's key is derived from its input (``qo.protocol.identity``), and for how
+    #: long it stays unique; None: a random id unless the caller gives a key.
+    identity: str | list[str] | None = None
+    unique_for: float | None = Field(None, gt=0, le=366 * 86_400)
     published_by: str | None = None
     published_at: float | None = None
     rev: str | None = None
@@ -105,7 +109,7 @@ class TypeDefinition(BaseModel):
         """The ``SubmitRequest`` fields this definition fills in when the caller did not."""
         defaults: dict[str, Any] = {"queue": self.queue, "priority": self.priority,
                                     "max_attempts": self.max_attempts, "retry": self.retry,
-                                    "version": self.version}
+                                    "version": self.version, "labels": self.labels}
         if self.timeout is not None:
             defaults["timeout"] = self.timeout
         return defaults
@@ -271,7 +275,12 @@ class Registry:
         given = {k: v for k, v in fields.items() if v is not None or k == "input"}
         SubmitRequest.model_validate(given)  # the request's own fields first (ValidationError)
         definition.check_input(fields.get("input"))
-        return definition.submit_defaults() | given
+        defaults = definition.submit_defaults()
+        if definition.identity is not None and given.get("key") is None:
+            defaults["key"] = identity.derive_key(definition.identity, fields.get("input"), name)
+            if definition.unique_for is not None:
+                defaults["retention"] = definition.unique_for
+        return defaults | given
 
 
 __all__ = ["InvalidInput", "Registry", "TypeDefinition", "UnregisteredType", "publish"]

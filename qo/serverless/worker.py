@@ -114,7 +114,7 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
     invocation = Invocation(
         app=app, deadline=deadline,
         claimer=Claimer(q.store, q.settings, queues=queues, task_types=app.accepted(),
-                        owner=owner, spread=1, hooks=q.hooks),
+                        owner=owner, spread=1, hooks=q.hooks, labels=frozenset()),
         runner=Runner(app, q.store, q.settings, hooks=q.hooks, deadline=deadline,
                       deadline_error=InvocationDeadline))
     disconnect = eventlog.connect(q.hooks, owner)
