@@ -370,3 +370,22 @@ def test_settings_give_the_ttl() -> None:
     queue = Queue(MemoryStore(), Settings(registry_ttl=5))
     assert queue.registry.ttl == 5
     assert Status.PENDING  # the module's imports are used
+
+
+def test_the_lambda_worker_publishes_once_per_container_at_its_first_work() -> None:
+    from qo.serverless import Config
+    from qo.serverless import worker as lambda_worker
+
+    store = MemoryStore()
+    queue = Queue(store)
+    app = make_app(queue)
+    serverless.reset()
+    try:
+        serverless.configure(queue=queue, app=app, config=Config(queues=["emails", "default"]))
+        lambda_worker.handler({"qo": "kick"})
+        assert sorted(registry.list_types(store)) == [("plot", 1), ("send", 1)]
+        before = store.counts.snapshot()
+        lambda_worker.handler({"qo": "kick"})  # warm: no GET of the definitions again
+        assert diff(store.counts.snapshot(), before).get("GET", 0) == 0
+    finally:
+        serverless.reset()

@@ -108,6 +108,12 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         report.stopped = "no ready marker in the event"
         _log(report, started)
         return asdict(report)
+    if not rt.published:  # first work of a container: the registry (1 GET per type, a PUT if changed)
+        rt.published = True
+        try:
+            app.publish(rt.queue.store, owner="lambda-worker")
+        except QoError as exc:
+            log.warning("publishing the task types failed: %s", exc)
     request_id = getattr(context, "aws_request_id", None) or "local"
     owner = f"lambda-{str(request_id)[:36]}"
     q = rt.queue
