@@ -28,6 +28,7 @@ def check_name(value: object, what: str = "name") -> str:
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}(=[A-Za-z0-9_.:-]{1,64})?")
 MAX_LABELS = 8
+MAX_LABELS_LENGTH = 256  # with one separator each: a marker key stays under 1,024 bytes
 
 
 def check_label(value: object) -> str:
@@ -47,6 +48,8 @@ def check_labels(values: object) -> list[str]:
     labels = sorted({check_label(v) for v in values})
     if len(labels) > MAX_LABELS:
         raise InvalidName(f"at most {MAX_LABELS} labels, got {len(labels)}")
+    if sum(len(label) + 1 for label in labels) > MAX_LABELS_LENGTH:  # they end marker keys
+        raise InvalidName(f"labels too long: at most {MAX_LABELS_LENGTH} characters together")
     return labels
 
 

@@ -151,3 +151,15 @@ def test_invalid_labels_are_refused_before_anything_is_written(tmp_path: Any) ->
     done = run_qo("-q", f"file://{tmp_path / 's'}", "worker", "--app",
                   "tests.apps.registry_app:app", "--label", "bad~label", "--burst")
     assert done.exit_code == 2 and done.stderr.startswith("error: invalid label")
+
+
+def test_cli_submit_takes_labels_and_long_label_lists_are_refused(tmp_path: Any) -> None:
+    url = f"file://{tmp_path / 's'}"
+    done = run_qo("-q", url, "submit", "t", "--label", "gpu", "--label", "region=eu", "--json")
+    assert done.exit_code == 0, done.output
+    record = Queue.from_url(url).get(orjson.loads(done.stdout)["id"]).record
+    assert record.labels == ["gpu", "region=eu"]
+    bad = run_qo("-q", url, "submit", "t", "--label", "no spaces")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: invalid label")
+    with pytest.raises(InvalidName, match="labels too long"):
+        Queue(MemoryStore()).submit("t", labels=[f"{c}" * 60 for c in "abcde"])

@@ -135,6 +135,9 @@ def submit(
         help="Per-attempt time limit.")] = None,
     tag: Annotated[list[str] | None, typer.Option(
         metavar="NAME=VALUE", help="A tag (repeatable).")] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", metavar="NAME[=VALUE]",
+        help="A label a worker needs to run it (repeatable; default: the type's).")] = None,
     app_spec: Annotated[str | None, typer.Option(
         "--app", metavar="MODULE:OBJ",
         help="Use this App's task defaults and refuse types it does not know.")] = None,
@@ -168,7 +171,7 @@ def submit(
     options: dict[str, Any] = {
         "priority": priority, "delay": delay, "at": at, "key": key, "key_scope": key_scope,
         "queue": queue_name, "max_attempts": max_attempts, "timeout": timeout,
-        "tags": parse_tags(tag) or None,
+        "tags": parse_tags(tag) or None, "labels": label or None,
     }
     options = {k: v for k, v in options.items() if v is not None}
     if batch is not None:

@@ -6,7 +6,8 @@ Requests arrive in payload format 2.0. Routes:
 ``POST /tasks``             submit one task: a ``SubmitRequest`` object        201, or 200
                             (``type``, ``input``, ``priority``, ``delay``,      for an
                             ``at``, ``key``, ``key_scope``, ``queue``,          idempotent
-                            ``max_attempts``, ``retry``, ``timeout``, ``tags``) duplicate
+                            ``max_attempts``, ``retry``, ``timeout``, ``tags``, duplicate
+                            ``version``, ``labels``, ``allow_unregistered``)
 ``POST /tasks/batch``       ``{"tasks": [SubmitRequest, ...]}`` (at most 1000)  201 (200 if
                                                                                 none is new)
 ``GET /tasks``              newest tasks; ``?status=&queue=&limit=&after=``     200
