@@ -389,3 +389,19 @@ def test_the_lambda_worker_publishes_once_per_container_at_its_first_work() -> N
         assert diff(store.counts.snapshot(), before).get("GET", 0) == 0
     finally:
         serverless.reset()
+
+
+def test_a_definition_of_a_newer_qo_is_not_a_reason_to_refuse() -> None:
+    store = MemoryStore()
+    store.put(keys.type_key("future", 1), orjson.dumps({"v": 99, "name": "future"}))
+    store.put(keys.type_key("other", 1), b"not json")
+    queue = Queue(store)
+    assert queue.get(queue.submit("future", {"x": 1}).id).record.type == "future"
+    assert queue.get(queue.submit("other").id).record.type == "other"  # listed, unreadable
+    with pytest.raises(UnregisteredType, match="registered: future, other"):
+        queue.submit("nosuch")
+    # a worker replaces the unreadable one, and leaves the newer one alone
+    app = App(Queue(store))
+    app.task(name="other")(lambda: None)
+    app.task(name="future")(lambda: None)
+    assert app.publish(store, owner="w").written == ["types/other/1.json"]

@@ -261,8 +261,9 @@ class Registry:
         version = fields.get("version")
         definition = self.definition(name, version if isinstance(version, int) else None)
         if definition is None:
-            if allow_unregistered:
-                return fields
+            listed = listing.versions(name)
+            if allow_unregistered or (listed and (version is None or version in listed)):
+                return fields  # allowed, or listed but unreadable (a newer qo's): as given
             known = listing.types()
             shown = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20
                                               else "")
