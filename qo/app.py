@@ -12,7 +12,7 @@ import functools
 import importlib
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from qo.errors import ConfigError, ErrorKind, QoError
@@ -259,11 +259,16 @@ class App:
         newer = [d for d in self.tasks.values() if d.name == task_type and d.accepts(version)]
         return min(newer, key=lambda d: d.version) if newer else None
 
-    def accepted(self) -> set[str]:
+    def accepted(self, labels: Collection[str] | None = None) -> set[str]:
         """Every ``type[@version]`` some handler runs (markers name a task this way), for the
-        claimer's filter and the worker's record."""
-        names = set(self.tasks)
+        claimer's filter and the worker's record. With a worker's ``labels``, only the
+        handlers whose type's labels it has: it never claims a type it cannot run, whatever
+        a task's marker says."""
+        names: set[str] = set()
         for d in self.tasks.values():
+            if labels is not None and not set(d.labels).issubset(labels):
+                continue
+            names.add(d.key)
             if d.migrate is not None:
                 names |= {handler_name(d.name, v) for v in range(1, d.version)}
         return names

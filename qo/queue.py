@@ -240,7 +240,7 @@ class Queue:
         The Firer lives on this Queue, so a warm process keeps its etag cache.
         """
         if self._firer is None:
-            self._firer = Firer(self.store, self.settings, self.hooks)
+            self._firer = Firer(self.store, self.settings, self.hooks, self.registry)
         return self._firer.fire_due()
 
     def sweep(self, owner: str = "sweeper", schedules: bool = True) -> sweep.SweepReport:

@@ -86,7 +86,8 @@ class Worker:
         self.id = self.options.worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
         self.queues = self.options.queues or app.queues()
         self.claimer = Claimer(
-            self.store, self.settings, queues=self.queues, task_types=app.accepted(),
+            self.store, self.settings, queues=self.queues,
+            task_types=app.accepted(self.options.labels or ()),
             owner=self.id, spread=1, hooks=self.hooks, fleet=Fleet(self.store, self.id),
             labels=frozenset(self.options.labels or ()),
         )
@@ -352,7 +353,8 @@ class Worker:
         summary = self.summary
         info = WorkerInfo(
             id=self.id, host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
-            task_types=sorted(self.app.accepted()), concurrency=self.options.concurrency,
+            task_types=sorted(self.app.accepted(self.options.labels or ())),
+            concurrency=self.options.concurrency,
             started_at=self.started_at, seen_at=time.time(), running=running,
             processed=summary.processed, failed=summary.failed, state=state,
             labels=sorted(self.options.labels or ()),

@@ -163,3 +163,38 @@ def test_cli_submit_takes_labels_and_long_label_lists_are_refused(tmp_path: Any)
     assert bad.exit_code == 2 and bad.stderr.startswith("error: invalid label")
     with pytest.raises(InvalidName, match="labels too long"):
         Queue(MemoryStore()).submit("t", labels=[f"{c}" * 60 for c in "abcde"])
+
+
+def test_a_worker_without_a_types_labels_never_serves_that_type_whatever_the_marker() -> None:
+    store = MemoryStore()
+    queue = Queue(store)
+    who = {"now": "cpu"}
+    ran: list[tuple[str, str]] = []
+    app = make_app(queue, ran, who)
+    assert app.accepted(()) == {"plain"} and app.accepted(["gpu"]) == {"plain", "render"}
+    bare = queue.submit("render", {"n": 1})  # no registry here: its marker names no label
+    workers = fleet_of(queue, app, cpu=[], gpu=["gpu"])
+    before = store.counts.snapshot()
+    assert run_all(workers, who, "cpu") == 0
+    assert diff(store.counts.snapshot(), before) == {"LIST": 1}
+    assert run_all(workers, who, "gpu") == 1 and ran == [("render", "gpu")]
+    assert bare.result(timeout=5) == 1
+
+
+def test_schedule_slots_get_the_types_current_version_and_labels() -> None:
+    from qo import scheduler
+    from qo.testing import FakeClock
+
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    app = App(Queue(store))
+    app.task(name="render", version=2, labels=["gpu"])(lambda n: n)
+    app.publish(store, owner="w")
+    queue = Queue(store)
+    scheduler.add(queue, "nightly", "render", every=60, input={"n": 1})
+    clock.advance(61)
+    report = queue.fire_schedules()
+    assert len(report.fired) == 1
+    record = queue.get(report.fired[0][2]).record
+    assert (record.version, record.labels) == (2, ["gpu"])
+    assert Status.PENDING in (record.status, Status.SCHEDULED)

@@ -161,7 +161,7 @@ def _stuck(rt: Runtime) -> bool:
     types = None
     if rt.app is not None:
         queues = rt.worker_queues()
-        types = rt.app.accepted()
+        types = rt.app.accepted(())
     return unclaimed_ready_work(rt.queue, older_than=rt.config.kick_after, queues=queues,
                                 task_types=types)
 

@@ -103,7 +103,7 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
     parsed = parse_worker_event(event, bucket=getattr(store, "bucket", None),
                                 prefix=getattr(store, "prefix", ""))
     report = InvocationReport(records=parsed.records, ignored=parsed.ignored, kick=parsed.kick)
-    _drop_foreign(parsed, queues, app.accepted(), report)
+    _drop_foreign(parsed, queues, app.accepted(()), report)
     if not parsed.markers and not parsed.kick:
         report.stopped = "no ready marker in the event"
         _log(report, started)
@@ -119,7 +119,7 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
     q = rt.queue
     invocation = Invocation(
         app=app, deadline=deadline,
-        claimer=Claimer(q.store, q.settings, queues=queues, task_types=app.accepted(),
+        claimer=Claimer(q.store, q.settings, queues=queues, task_types=app.accepted(()),
                         owner=owner, spread=1, hooks=q.hooks, labels=frozenset()),
         runner=Runner(app, q.store, q.settings, hooks=q.hooks, deadline=deadline,
                       deadline_error=InvocationDeadline))
