@@ -172,3 +172,22 @@ def test_the_registry_targets_the_highest_version_and_its_schema() -> None:
     assert queue.get(old.id).record.version == 1
     with pytest.raises(registry.UnregisteredType, match="unknown version 7 of task type"):
         queue.submit("resize", {}, version=7)
+
+
+def test_qo_types_flags_a_version_no_live_worker_serves() -> None:
+    from qo.protocol import typeview
+
+    store = MemoryStore()
+    queue = Queue(store)
+    ran: list[tuple[int, Any]] = []
+    both = two_versions(queue, ran)
+    both.publish(store, owner="w")
+    v1_only = App(queue)
+    v1_only.task(name="resize")(lambda size: size)
+    Worker(v1_only, queue, WorkerOptions(concurrency=1, worker_id="old"))._write_heartbeat(
+        "running")
+    queue.submit("resize", {"width": 1, "height": 1})  # the registry's highest: version 2
+    queue.submit("resize", {"size": 1}, version=1)
+    (row,) = typeview.overview(store)
+    assert (row.name, row.versions, row.ready) == ("resize", [1, 2], 2)
+    assert row.workers == ["old"] and row.unserved_versions == [2] and row.unserved
