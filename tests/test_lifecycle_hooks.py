@@ -105,8 +105,25 @@ def test_a_hook_that_raises_is_logged_and_changes_nothing(caplog: pytest.LogCapt
                for r in caplog.records if r.exc_text)
 
 
-def test_across_a_lease_expiry_and_a_fenced_outcome_each_transition_calls_once() -> None:
-    clock, queue, app = setup(Settings(lease_seconds=10))
+@pytest.fixture(params=["memory", "moto_server"])
+def clocked(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[FakeClock, Queue, App]:
+    """A queue on a store whose clock the test moves (from now: S3 stamps LastModified)."""
+    import time
+
+    from qo.testing import ClockedStore
+
+    from .conftest import make_store
+
+    clock = FakeClock(start=time.time())
+    store = ClockedStore(make_store(request.param, request, tmp_path), clock)
+    queue = Queue(store, Settings(lease_seconds=10))  # type: ignore[arg-type]
+    return clock, queue, App(queue)
+
+
+def test_across_a_lease_expiry_and_a_fenced_outcome_each_transition_calls_once(
+    clocked: tuple[FakeClock, Queue, App],
+) -> None:
+    clock, queue, app = clocked
     app.task(name="t")(lambda: "done")
     seen = Seen(app)
     first, second = worker(app, queue, "w1"), worker(app, queue, "w2")
