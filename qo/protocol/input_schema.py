@@ -23,6 +23,8 @@ import re
 from typing import Any
 
 _MAX_DEPTH = 64
+#: String formats pydantic also reads from a JSON number (epoch seconds, seconds).
+_NUMERIC_FORMATS = {"date-time", "date", "time", "duration"}
 _BOOL_WORDS = {"1", "true", "yes", "on", "y", "t", "0", "false", "no", "off", "n", "f"}
 
 
@@ -135,11 +137,15 @@ def _check(schema: Any, value: Any, root: dict[str, Any], where: str, depth: int
                        if not deeper else f"matches none of the allowed forms ({reasons[0]})")
     if "const" in schema and value != schema["const"]:
         return _at(where, f"must be {schema['const']!r}")
-    if "enum" in schema and value not in schema["enum"]:
+    if "enum" in schema and value not in schema["enum"] and _number(value) not in [
+            e for e in schema["enum"] if isinstance(e, (int, float)) and not isinstance(e, bool)]:
         allowed = ", ".join(repr(v) for v in schema["enum"][:10])
         return _at(where, f"must be one of {allowed}")
     kind = schema.get("type")
     kinds = kind if isinstance(kind, list) else [kind] if isinstance(kind, str) else []
+    if kinds == ["string"] and schema.get("format") in _NUMERIC_FORMATS and \
+            _number(value) is not None and not isinstance(value, str):
+        return None  # pydantic reads a datetime, date, time or timedelta from a number too
     if kinds and not any(_fits_type(k, value) for k in kinds):
         return _at(where, f"expected {' or '.join(kinds)}, got {_json_type(value)}")
     return _bounds(schema, value, where) or _structure(schema, value, root, where, depth)
