@@ -79,3 +79,28 @@ def test_the_cases_cover_both_answers() -> None:
     assert schema is not None
     answers = [check_call(schema, p) is None for p in CASES]
     assert answers.count(True) == 10 and answers.count(False) == len(CASES) - 10
+
+
+def test_random_inputs_accepted_by_pydantic_are_never_refused() -> None:
+    import random
+
+    rng = random.Random(16)
+    pool: list[Any] = [0, 1, 2, 3, 11, -1, 1.5, 2.0, "1", "2", "2.0", "x", "", "yes", "off",
+                       True, False, None, [], [1, "x"], ["x", 1], {}, {"a": 1},
+                       {"name": "x", "qty": 2}, [{"name": "ab", "qty": "4"}], "PT1S",
+                       "2030-01-01", "2030-01-01T00:00:00", 1_900_000_000, "a", "b",
+                       {"a": "true"}]
+    schema = input_schema(handler)
+    assert schema is not None
+    accepted = 0
+    for _ in range(3000):
+        payload = {k: v for k, v in GOOD.items()}
+        for name in rng.sample(sorted(GOOD), rng.randint(1, 3)):
+            payload[name] = rng.choice(pool)
+        try:
+            validate_call(handler)(**payload)
+        except (ValidationError, TypeError):
+            continue
+        accepted += 1
+        assert check_call(schema, payload) is None, payload
+    assert accepted > 100  # the property was exercised

@@ -71,9 +71,7 @@ def _json_type(value: Any) -> str:
 
 
 def _number(value: Any) -> float | None:
-    """The number pydantic would read from ``value`` in lax mode, else None."""
-    if isinstance(value, bool):
-        return None
+    """The number pydantic would read from ``value`` in lax mode (a bool is 0 or 1), else None."""
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
@@ -144,7 +142,7 @@ def _check(schema: Any, value: Any, root: dict[str, Any], where: str, depth: int
     kind = schema.get("type")
     kinds = kind if isinstance(kind, list) else [kind] if isinstance(kind, str) else []
     if kinds == ["string"] and schema.get("format") in _NUMERIC_FORMATS and \
-            _number(value) is not None and not isinstance(value, str):
+            isinstance(value, (int, float)):  # (a bool too: pydantic reads it as 0 or 1)
         return None  # pydantic reads a datetime, date, time or timedelta from a number too
     if kinds and not any(_fits_type(k, value) for k in kinds):
         return _at(where, f"expected {' or '.join(kinds)}, got {_json_type(value)}")
