@@ -12,25 +12,30 @@ import functools
 import importlib
 import inspect
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from pydantic import ConfigDict, ValidationError, validate_call
-
-from qo.context import Context
 from qo.errors import ConfigError, ErrorKind, QoError
-from qo.middleware import Middleware, TaskCall
+from qo.lifecycle import WHEN, Hook, LifecycleHooks
+from qo.middleware import Middleware
 from qo.models import RetryPolicy
-from qo.names import check_name
+from qo.names import check_labels, check_name
+from qo.protocol import identity as identities
+from qo.protocol.identity import Identity
+from qo.protocol.identity import check as check_identity
+from qo.protocol.keys import handler_name
+from qo.protocol.registry import PublishReport, TypeDefinition, publish
+from qo.protocol.submit import SubmitRequest
 from qo.queue import Queue, TaskHandle
+from qo.retry import RetryDecider
+from qo.store.base import Store
+from qo.taskdef import MAX_VERSION, Fatal, TaskDef
+
+__all__ = ["MAX_VERSION", "App", "AppLoadError", "Fatal", "TaskDef", "TaskFunction",
+           "UnknownTaskType", "load_app"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class Fatal(Exception):
-    """Raise (or subclass) to fail a task at once, without retries."""
 
 
 class UnknownTaskType(QoError):
@@ -80,96 +85,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-@dataclass(eq=False)
-class TaskDef:
-    """How to run one task type, and its submit defaults."""
-
-    name: str
-    fn: Callable[..., Any]
-    queue: str | None = None
-    priority: int = 128
-    max_attempts: int = 3
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    timeout: float | None = None
-    no_retry: tuple[type[BaseException], ...] = ()
-    wants_ctx: bool = False
-    params: list[str] = field(default_factory=list)
-
-    def retryable(self, exc: BaseException) -> bool:
-        """May this error be retried at all? Not ``Fatal``, a validation error or
-        ``no_retry``. The app's part of the retry decision (``qo.retry``)."""
-        return not isinstance(exc, (Fatal, ValidationError, *self.no_retry))
-
-    def run(self, call: TaskCall) -> Any:
-        """The innermost step of the middleware chain: the handler itself."""
-        return self.call(call.input, call.ctx)
-
-    def call(self, payload: Any, ctx: Context) -> Any:
-        """Invoke the handler with a task's input (validated against its hints)."""
-        validated = self._validated()
-        extra = {"ctx": ctx} if self.wants_ctx else {}
-        if isinstance(payload, dict):
-            return validated(**payload, **extra)
-        if payload is None and self._all_optional():
-            return validated(**extra)
-        if len(self.params) == 1:
-            return validated(payload, **extra)
-        raise Fatal(
-            f"task {self.name!r} takes keyword arguments {self.params}; "
-            f"its input must be a JSON object, got {type(payload).__name__}"
-        )
-
-    def _all_optional(self) -> bool:
-        sig = inspect.signature(self.fn)
-        return all(sig.parameters[p].default is not inspect.Parameter.empty for p in self.params)
-
-    @functools.cache  # noqa: B019 - one wrapper per TaskDef, kept for its lifetime
-    def _validated(self) -> Callable[..., Any]:
-        """Validate the arguments with pydantic, then call the handler from Python.
-
-        ``validate_call(fn)`` would call ``fn`` from inside pydantic-core, which
-        keeps a native frame on the handler thread's stack while it runs; a
-        daemon thread woken during interpreter shutdown is stopped by unwinding
-        its stack, and that frame turns the unwinding into an abort (exit 134,
-        see ``qo.shutdown``). Here pydantic validates the same signature and
-        returns, and the handler runs in plain Python frames.
-        """
-        # arbitrary types: a ``ctx: Context`` annotation is checked with isinstance
-        config = ConfigDict(arbitrary_types_allowed=True)
-        fn = self.fn
-        try:
-            sig = inspect.signature(fn, eval_str=True)
-        except Exception:  # noqa: BLE001 - unresolvable hints: let pydantic report them
-            return validate_call(config=config)(fn)
-
-        def arguments(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            return args, kwargs
-
-        arguments.__signature__ = sig.replace(  # type: ignore[attr-defined]
-            return_annotation=inspect.Signature.empty)
-        arguments.__annotations__ = {n: p.annotation for n, p in sig.parameters.items()
-                                     if p.annotation is not inspect.Parameter.empty}
-        arguments.__name__, arguments.__qualname__ = fn.__name__, fn.__qualname__
-        arguments.__module__ = fn.__module__
-        check = validate_call(config=config)(arguments)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            valid_args, valid_kwargs = check(*args, **kwargs)
-            return fn(*valid_args, **valid_kwargs)
-
-        return call
-
-    def input_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Map a Python call to the JSON input a worker will pass back."""
-        sig = inspect.signature(self.fn)
-        params = [p for p in sig.parameters.values() if p.name != "ctx"]
-        try:
-            bound = sig.replace(parameters=params).bind(*args, **kwargs)
-        except TypeError as exc:
-            raise QoError(f"bad arguments for task {self.name!r}: {exc}") from None
-        return dict(bound.arguments)
-
-
 class TaskFunction(Generic[P, R]):
     """The decorated function: call it directly, or ``.submit()`` it to the queue."""
 
@@ -187,6 +102,10 @@ class TaskFunction(Generic[P, R]):
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         return self.app.submit(self.name, self.definition.input_for(args, kwargs))
+
+    def on(self, when: str, fn: Hook | None = None) -> Any:
+        """A lifecycle hook for this task type only (``App.on(when, task=...)``)."""
+        return self.app.on(when, fn, task=self.name)
 
     def options(self, **options: Any) -> _BoundOptions[P, R]:
         """``fn.options(priority=200, delay=60, key="x").submit(...)``."""
@@ -214,6 +133,20 @@ class App:
         self.tasks: dict[str, TaskDef] = {}
         #: Around every handler call, first outermost (``qo.middleware``).
         self.middleware_stack: list[Middleware] = list(middleware or [])
+        #: ``start``, ``success``, ``failure``, ``retry``, ``dead``, ``cancel`` (``qo.lifecycle``).
+        self.lifecycle = LifecycleHooks()
+
+    def on(self, when: str, fn: Hook | None = None, *, task: str | None = None) -> Any:
+        """Call ``fn(event)`` at each ``when`` transition a worker of this app records, for
+        every task type or only ``task``; usable as a decorator (see ``qo.lifecycle``)."""
+        if when not in WHEN:
+            raise QoError(f"unknown hook {when!r}: one of {', '.join(WHEN)}")
+
+        def register(f: Hook) -> Hook:
+            self.lifecycle.add(when, f, task)
+            return f
+
+        return register(fn) if fn is not None else register
 
     def middleware(self, fn: Middleware) -> Middleware:
         """Register ``fn`` as the innermost middleware so far; usable as a decorator."""
@@ -237,38 +170,108 @@ class App:
         queue: str | None = None,
         priority: int = 128,
         max_attempts: int = 3,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy | RetryDecider | None = None,
         timeout: float | None = None,
         no_retry: tuple[type[BaseException], ...] = (),
+        version: int = 1,
+        migrate: Callable[[Any, int], Any] | None = None,
+        labels: tuple[str, ...] | list[str] = (),
+        identity: Identity | None = None,
+        unique_for: float | None = None,
     ) -> Any:
+        """Register a handler. Several versions of one type may be registered side by
+        side (``version=``); ``migrate(input, from_version)`` lets one run older ones."""
+        if not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+            raise QoError(f"invalid handler version {version!r}: a whole number from 1 to "
+                          f"{MAX_VERSION}")
+
+        required = check_labels(list(labels))
+        check_identity(identity)
+        if unique_for is not None and not 0 < unique_for <= 366 * 86_400:
+            raise QoError(f"unique_for must be between 0 s and 366 days, got {unique_for!r}")
+
         def register(f: Callable[P, R]) -> TaskFunction[P, R]:
             task_name = check_name(name or f.__name__, "task type")
-            if task_name in self.tasks:
-                raise QoError(f"task type {task_name!r} is registered twice")
+            if handler_name(task_name, version) in self.tasks:
+                what = f"task type {task_name!r}" + (f" version {version}" if version > 1 else "")
+                raise QoError(f"{what} is registered twice")
             params = [p for p in inspect.signature(f).parameters if p != "ctx"]
             definition = TaskDef(
                 name=task_name, fn=f, queue=queue and check_name(queue, "queue name"),
-                priority=priority, max_attempts=max_attempts, retry=retry or RetryPolicy(),
+                priority=priority, max_attempts=max_attempts,
+                retry=RetryPolicy() if retry is None or callable(retry)
+                else RetryPolicy.model_validate(retry),
+                retry_decider=retry if callable(retry) else None,
                 timeout=timeout, no_retry=no_retry,
                 wants_ctx="ctx" in inspect.signature(f).parameters, params=params,
+                version=version, labels=tuple(required), migrate=migrate,
+                identity=identity, unique_for=unique_for,
             )
-            self.tasks[task_name] = definition
+            self.tasks[definition.key] = definition
             return TaskFunction(self, definition)
 
         return register(fn) if fn is not None else register
 
     def submit(self, task_type: str, input: Any = None, **options: Any) -> TaskHandle:
-        """Submit with the task's registered defaults; unknown types are refused."""
-        defaults = self.submit_defaults(self.definition(task_type))
-        return self.queue.submit(task_type, input, **(defaults | options))
+        """Submit with the task's registered defaults; unknown types are refused.
+
+        The app's own definition is used, never the bucket's registry.
+        """
+        definition = self.definition(task_type)
+        defaults = self.submit_defaults(definition)
+        if definition.identity is not None and options.get("key") is None:
+            defaults["key"] = identities.derive_key(definition.identity, input, task_type)
+            if definition.unique_for is not None:
+                defaults["retention"] = definition.unique_for
+        req = SubmitRequest(type=task_type, input=input, **(defaults | options))
+        return self.queue.submit_request(req)
+
+    def type_definitions(self) -> list[TypeDefinition]:
+        """What a worker of this app publishes to the registry, one per handler."""
+        return [d.published(self.default_queue) for _, d in sorted(self.tasks.items())]
+
+    def publish(self, store: Store, owner: str) -> PublishReport:
+        """Publish the handlers' definitions that changed (``qo.protocol.registry.publish``)."""
+        return publish(store, self.type_definitions(), owner=owner)
 
     def definition(self, task_type: str) -> TaskDef:
-        """The registered task type, or a one-line UnknownTaskType."""
-        definition = self.tasks.get(task_type)
+        """The registered task type (its highest version), or a one-line UnknownTaskType."""
+        definition = self.latest(task_type)
         if definition is None:
-            registered = ", ".join(sorted(self.tasks)) or "none"
+            registered = ", ".join(self.type_names()) or "none"
             raise UnknownTaskType(f"unknown task type {task_type!r}; registered: {registered}")
         return definition
+
+    def latest(self, task_type: str) -> TaskDef | None:
+        """The highest version registered for ``task_type``: what a submit targets."""
+        found = [d for d in self.tasks.values() if d.name == task_type]
+        return max(found, key=lambda d: d.version) if found else None
+
+    def type_names(self) -> list[str]:
+        return sorted({d.name for d in self.tasks.values()})
+
+    def handler_for(self, task_type: str, version: int = 1) -> TaskDef | None:
+        """The handler that runs a task of this type and version: the one of exactly that
+        version, else the lowest newer one that migrates; None if none accepts it."""
+        exact = self.tasks.get(handler_name(task_type, version))
+        if exact is not None:
+            return exact
+        newer = [d for d in self.tasks.values() if d.name == task_type and d.accepts(version)]
+        return min(newer, key=lambda d: d.version) if newer else None
+
+    def accepted(self, labels: Collection[str] | None = None) -> set[str]:
+        """Every ``type[@version]`` some handler runs (markers name a task this way), for the
+        claimer's filter and the worker's record. With a worker's ``labels``, only the
+        handlers whose type's labels it has: it never claims a type it cannot run, whatever
+        a task's marker says."""
+        names: set[str] = set()
+        for d in self.tasks.values():
+            if labels is not None and not set(d.labels).issubset(labels):
+                continue
+            names.add(d.key)
+            if d.migrate is not None:
+                names |= {handler_name(d.name, v) for v in range(1, d.version)}
+        return names
 
     def submit_defaults(self, definition: TaskDef) -> dict[str, Any]:
         """The SubmitRequest fields a registered task type fills in by default."""
@@ -278,6 +281,8 @@ class App:
             "max_attempts": definition.max_attempts,
             "retry": definition.retry,
             "timeout": definition.timeout,
+            "version": definition.version,
+            "labels": list(definition.labels),
         }
 
     def queues(self) -> list[str]:

@@ -44,6 +44,8 @@ class Context:
     attempt: int
     max_attempts: int
     deadline: float | None  # time.monotonic() value, or None for no timeout
+    #: The handler version the task was submitted for (a migrating handler may be newer).
+    version: int = 1
     cancelled: threading.Event = field(default_factory=threading.Event)
     cancel_reason: StopReason | None = None
     _heartbeat: Callable[[], bool] | None = field(default=None, repr=False)

@@ -93,11 +93,18 @@ class TaskRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
     #: Fields left out of the stored body unless the submitter set them.
     omit_unset: ClassVar[frozenset[str]] = frozenset({"max_attempts"})
+    #: Fields of schema version 2, left out at their default: a record that does not
+    #: use them is written as version 1, byte for byte what qo before them wrote.
+    since_v2: ClassVar[dict[str, Any]] = {"version": 1, "labels": []}
 
-    v: int = 1  # the schema version (see the module docstring)
+    v: int = 2  # the schema version (see the module docstring and ``body_version``)
     id: str
     queue: str
     type: str
+    #: The handler version the task was submitted for (``@app.task(version=N)``).
+    version: int = Field(1, ge=1, le=1_000_000)
+    #: Labels a worker needs to run it (``qo worker --label``), sorted; in its marker key.
+    labels: list[str] = Field(default_factory=list)
     input: Any = None
     input_ref: str | None = None
     input_hash: str
@@ -167,8 +174,10 @@ class WorkerInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: Written without ``v`` at version 1: qo before schema versions refuses it here.
     unversioned_v1: ClassVar[bool] = True
+    #: Version 2 adds ``labels``; a worker without labels still writes version 1.
+    since_v2: ClassVar[dict[str, Any]] = {"labels": []}
 
-    v: int = 1
+    v: int = 2
     id: str
     host: str
     pid: int
@@ -179,6 +188,8 @@ class WorkerInfo(BaseModel):
     started_at: float
     seen_at: float
     running: list[str] = Field(default_factory=list)
+    #: Its capability labels (``qo worker --label``): it runs tasks needing a subset.
+    labels: list[str] = Field(default_factory=list)
     processed: int = 0
     failed: int = 0
     state: str = "running"
@@ -192,8 +203,14 @@ def schema_version(cls: type[BaseModel]) -> int | None:
 
 def dumps(model: BaseModel) -> bytes:
     omit: set[str] = set(getattr(model, "omit_unset", ())) - model.model_fields_set
-    data = model.model_dump(mode="json", exclude_defaults=False, exclude=omit or None)
+    since_v2: dict[str, Any] = getattr(model, "since_v2", {})
+    unused = {name for name, default in since_v2.items() if getattr(model, name) == default}
+    data = model.model_dump(mode="json", exclude_defaults=False, exclude=(omit | unused) or None)
     version = schema_version(type(model))
+    if since_v2 and not set(since_v2) - unused:
+        version = 1  # nothing of version 2 is used: the body old readers read
+    elif since_v2:
+        version = 2
     if version is not None:
         data["v"] = version  # what was read is held as the current version (see ``loads``)
         if version == 1 and getattr(model, "unversioned_v1", False):

@@ -26,6 +26,33 @@ def check_name(value: object, what: str = "name") -> str:
     return value
 
 
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}(=[A-Za-z0-9_.:-]{1,64})?")
+MAX_LABELS = 8
+MAX_LABELS_LENGTH = 256  # with one separator each: a marker key stays under 1,024 bytes
+
+
+def check_label(value: object) -> str:
+    """A capability label (``gpu``, ``region=eu``): a name, optionally ``=value``; it goes
+    into marker keys, so it is a name's characters and ``=`` only."""
+    if not isinstance(value, str) or not _LABEL.fullmatch(value) or ".." in value:
+        raise InvalidName(
+            f"invalid label {shorten(value)}: use NAME or NAME=VALUE, each 1-64 letters, "
+            "digits, '_', '.', ':' or '-', the name starting with a letter or digit")
+    return value
+
+
+def check_labels(values: object) -> list[str]:
+    """At most ``MAX_LABELS`` labels, sorted and without repeats."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple, set, frozenset)):
+        raise InvalidName(f"labels must be a list of labels, not {type(values).__name__}")
+    labels = sorted({check_label(v) for v in values})
+    if len(labels) > MAX_LABELS:
+        raise InvalidName(f"at most {MAX_LABELS} labels, got {len(labels)}")
+    if sum(len(label) + 1 for label in labels) > MAX_LABELS_LENGTH:  # they end marker keys
+        raise InvalidName(f"labels too long: at most {MAX_LABELS_LENGTH} characters together")
+    return labels
+
+
 def check_task_id(value: object) -> str:
     if not isinstance(value, str) or not _TASK_ID.fullmatch(value):
         raise InvalidName(f"invalid task id {shorten(value)}: expected 8-64 lowercase letters or digits")

@@ -17,7 +17,9 @@ from qo.models import Status, TaskRecord
 from qo.protocol import admin, audit, records, sweep
 from qo.protocol.admin import TaskView
 from qo.protocol.firing import Firer, FireReport
+from qo.protocol.registry import Registry
 from qo.protocol.submit import (
+    InvalidBatchItem,
     SubmitRequest,
     Submitted,
     prepare,
@@ -130,6 +132,7 @@ class Queue:
         self._results: results.ResultPoller | None = None
         self._submitter: ThreadPoolExecutor | None = None
         self._lazy = threading.Lock()
+        self._registry: Registry | None = None
 
     @property
     def results(self) -> results.ResultPoller:
@@ -147,6 +150,27 @@ class Queue:
                 self._submitter = ThreadPoolExecutor(SUBMIT_THREADS, thread_name_prefix="qo-submit")
             pool = self._submitter
         return pool.submit(self.submit, task_type, input, **options)
+
+    @property
+    def registry(self) -> Registry:
+        """This Queue's cached view of the task-type registry (``qo.protocol.registry``)."""
+        if self._registry is None:
+            self._registry = Registry(self.store, self.settings.registry_ttl)
+        return self._registry
+
+    @registry.setter
+    def registry(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def resolve(self, fields: dict[str, Any], *, allow_unregistered: bool = False
+                ) -> dict[str, Any]:
+        """A submit request's fields with the registry's declared options for its type.
+
+        Refuses an unknown type (``UnregisteredType``) unless ``allow_unregistered``,
+        and an input its handler would refuse (``InvalidInput``). Costs nothing
+        while the registry listing is fresh (``Settings.registry_ttl``).
+        """
+        return self.registry.resolve(fields, allow_unregistered=allow_unregistered)
 
     def check_store(self) -> Queue:
         """Refuse a store that cannot keep qo's guarantees; once per Queue.
@@ -170,17 +194,37 @@ class Queue:
     def url(self) -> str:
         return self.store.url
 
-    def submit(self, task_type: str, input: Any = None, **options: Any) -> TaskHandle:
-        """Submit one task; options are those of ``SubmitRequest`` (priority, delay, key...)."""
-        req = SubmitRequest(type=task_type, input=input, **options)
+    def submit(self, task_type: str, input: Any = None, *, allow_unregistered: bool = False,
+               **options: Any) -> TaskHandle:
+        """Submit one task; options are those of ``SubmitRequest`` (priority, delay, key...).
+
+        Options left unset come from the type's published definition (the registry);
+        an unknown type is refused unless ``allow_unregistered`` (see ``resolve``).
+        """
+        fields = self.resolve({"type": task_type, "input": input, **options},
+                              allow_unregistered=allow_unregistered)
+        return self.submit_request(SubmitRequest(**fields))
+
+    def submit_request(self, req: SubmitRequest) -> TaskHandle:
+        """Submit a request exactly as it is (no registry lookup: ``App.submit`` uses this)."""
         now = self.store.now()
         prepared = prepare(req, self.settings, now)  # everything that can refuse it
         self.check_store()  # then the first submit checks the store, before any write
         done = submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
         return TaskHandle(self, done.id, done.created)
 
-    def submit_many(self, requests: list[SubmitRequest | dict[str, Any]]) -> list[TaskHandle]:
-        reqs = [r if isinstance(r, SubmitRequest) else SubmitRequest(**r) for r in requests]
+    def submit_many(self, requests: list[SubmitRequest | dict[str, Any]], *,
+                    allow_unregistered: bool = False) -> list[TaskHandle]:
+        """Submit a batch, each request resolved like ``submit``'s; none is written if one
+        is refused."""
+        reqs = []
+        for n, r in enumerate(requests):
+            fields = r.model_dump(exclude_unset=True) if isinstance(r, SubmitRequest) else r
+            try:
+                fields = self.resolve(fields, allow_unregistered=allow_unregistered)
+            except QoError as exc:
+                raise InvalidBatchItem(n, exc) from None
+            reqs.append(SubmitRequest(**fields))
         if not reqs:
             return []
         now = self.store.now()
@@ -228,7 +272,7 @@ class Queue:
         The Firer lives on this Queue, so a warm process keeps its etag cache.
         """
         if self._firer is None:
-            self._firer = Firer(self.store, self.settings, self.hooks)
+            self._firer = Firer(self.store, self.settings, self.hooks, self.registry)
         return self._firer.fire_due()
 
     def sweep(self, owner: str = "sweeper", schedules: bool = True) -> sweep.SweepReport:

@@ -155,8 +155,8 @@ class Runner:
         """The attempt's context and lease keeper, or None once a task that cannot run
         (an unknown type, an unreadable payload) has had its outcome written."""
         record = claim.record
-        definition = self.app.tasks.get(record.type)
-        if definition is None:
+        definition = self.app.handler_for(record.type, record.version)
+        if definition is None:  # no handler accepts this version: back to the queue
             outcome.release(self.store, claim, hooks=self.hooks)
             return None
         declared = _declared(record, definition)
@@ -167,7 +167,7 @@ class Runner:
         if capped:
             deadline = self.deadline
         ctx = Context(task_id=record.id, task_type=record.type, queue=record.queue,
-                      attempt=claim.attempt, deadline=deadline,
+                      attempt=claim.attempt, deadline=deadline, version=record.version,
                       max_attempts=declared.get("max_attempts", record.max_attempts))
         running = Running(claim, ctx, keeper, timeout, declared, capped=capped)
         ctx._heartbeat = lambda: self._heartbeat(running)
@@ -312,7 +312,8 @@ class Runner:
             retryable = definition.retryable(error)
         decision = RetryDecision.decide(retryable=retryable, attempt=claim.attempt,
                                         max_attempts=running.ctx.max_attempts,
-                                        policy=claim.record.retry, error=error)
+                                        policy=claim.record.retry, error=error,
+                                        decider=definition.retry_decider)
         info = outcome.error_info(error, claim.attempt, retryable)
         result = self._settle(running, lambda: outcome.fail(
             self.store, claim, info, decision=decision, declared=running.declared,

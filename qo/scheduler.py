@@ -106,6 +106,7 @@ def save(
     tz: str = "UTC",
     input: Any = None,
     replace: bool = False,
+    allow_unregistered: bool = False,
     **options: Any,
 ) -> Saved:
     """Create, or with ``replace`` edit, a schedule. A new one fires at its next slot.
@@ -114,13 +115,21 @@ def save(
     the slot task itself, as a submit would check it (size limit included).
     A timetable with no slot ahead (a cron that never matches, or an
     ``end_at`` already past) is refused. Cost: 1 GET + 1 PUT (+1 PUT for an
-    input over the inline limit; a replace that changes it DELETEs the old one).
+    input over the inline limit; a replace that changes it DELETEs the old one),
+    plus the registry lookup of a submit (``Queue.resolve``: the type's declared
+    options, its input checked, an unknown type refused unless ``allow_unregistered``).
     **Linearization point:** the PUT of the schedule object.
     """
     check_name(name, "schedule name")
     check_name(task_type, "task type")
     if (cron is None) == (every is None):
         raise InvalidSchedule("give exactly one of a cron expression or an interval")
+    # The registry's declared options and input check, as for any submit without the app.
+    task_options = ("queue", "priority", "max_attempts", "retry", "timeout")
+    resolved = queue.resolve({"type": task_type, "input": input,
+                              **{k: options[k] for k in task_options if k in options}},
+                             allow_unregistered=allow_unregistered)
+    options |= {k: resolved[k] for k in task_options if resolved.get(k) is not None}
     queue_name = options.pop("queue", None)
     if queue_name is not None:
         check_name(queue_name, "queue name")

@@ -24,3 +24,5 @@ class Settings:
     #: How long an idempotency key keeps deduplicating after its task ended.
     idempotency_retention: float = 86_400.0
     default_queue: str = "default"
+    #: How long a submitter trusts its listing of the task-type registry (types/).
+    registry_ttl: float = 30.0

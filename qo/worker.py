@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from qo import eventlog
+from qo import eventlog, lifecycle
 from qo.aio_runner import AsyncRunner, slot_threads
 from qo.app import App
 from qo.calls import has_async_tasks
@@ -76,6 +76,8 @@ class WorkerOptions:
     #: Slot threads (each claims, and runs a sync handler itself); default:
     #: ``qo.aio_runner.slot_threads`` (async handlers run on the worker's loop).
     threads: int | None = None
+    #: Capability labels (``--label gpu``): it claims only tasks needing a subset of them.
+    labels: list[str] | None = None
 
 
 class Worker:
@@ -89,7 +91,7 @@ class Worker:
         self.queues = self.options.queues or app.queues()
         self.id = self.options.worker_id or (
             f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
-            f".s{signature(self.queues, set(app.tasks))}")
+            f".s{signature(self.queues, self._serves())}")
         self.summary = WorkerSummary()
         self.health = StoreHealth()
         self.notices = Notices()
@@ -104,9 +106,11 @@ class Worker:
                              deadline=self.options.deadline,
                              deadline_error=self.options.deadline_error)
         self.claimer = Claimer(
-            self.store, self.settings, queues=self.queues, task_types=set(app.tasks),
+            self.store, self.settings, queues=self.queues,
+            task_types=app.accepted(self.options.labels or ()),
             owner=self.id, spread=1, hooks=self.hooks,
             fleet=Fleet(self.store, self.id, serves_like_me=self._info("running")),
+            labels=frozenset(self.options.labels or ()),
         )
         self.threads = slot_threads(app, self.options.concurrency, self.options.threads)
         # tasks in flight, of any kind
@@ -134,8 +138,11 @@ class Worker:
             error = StoreCheckFailed(f"cannot start the worker on {self.store.url}: {exc}")
             error.kind = exc.kind  # a missing bucket stays a misconfiguration, an outage an outage
             raise error from None
+        self._publish_types()
         self._install_signals()
         stop_logging = eventlog.connect(self.hooks, self.id)
+        stop_hooks = lifecycle.connect(self.app.lifecycle, self.hooks, self.id,
+                                       self.app.type_names())
         log.info("worker %s started on %s, queues %s, concurrency %d",
                  self.id, self.store.url, ",".join(self.queues), self.options.concurrency,
                  extra={"event": "worker_started", "worker": self.id})
@@ -168,11 +175,24 @@ class Worker:
             if isinstance(self.runner, AsyncRunner):
                 self.runner.close()
             stop_logging()
+            stop_hooks()
             self._write_heartbeat("stopped")
             delete_quietly(self.store, keys.worker_key(self.id))
             log.info("worker %s stopped: %s", self.id, self.summary,
                      extra={"event": "worker_stopped", "worker": self.id})
         return self.summary
+
+    def _publish_types(self) -> None:
+        """Publish the app's task types that changed (``qo.protocol.registry``): 1 GET each,
+        + 1 PUT for each that changed. A failure is logged; the worker runs on."""
+        try:
+            report = self.app.publish(self.store, self.id)
+        except QoError as exc:
+            self.health.failed(exc, "publishing task types")
+            return
+        if report.written:
+            log.info("published task type(s) %s", ", ".join(report.written),
+                     extra={"event": "types_published", "keys": report.written})
 
     def stop(self) -> None:
         self._stop.set()
@@ -198,10 +218,13 @@ class Worker:
     def _logging(self) -> Iterator[None]:
         """Log this worker's task events (``qo.eventlog``) while the block runs."""
         disconnect = eventlog.connect(self.hooks, self.id)
+        stop_hooks = lifecycle.connect(self.app.lifecycle, self.hooks, self.id,
+                                       self.app.type_names())
         try:
             yield
         finally:
             disconnect()
+            stop_hooks()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -383,10 +406,17 @@ class Worker:
         summary = self.summary
         return WorkerInfo(
             id=self.id, host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
-            task_types=sorted(self.app.tasks), concurrency=self.options.concurrency,
+            task_types=sorted(self.app.accepted(self.options.labels or ())),
+            concurrency=self.options.concurrency,
             started_at=self.started_at, seen_at=time.time(), running=self.runner.running(),
             processed=summary.processed, failed=summary.failed, state=state,
+            labels=sorted(self.options.labels or ()),
         )
+
+    def _serves(self) -> list[str]:
+        """What the worker's id signature covers: the handlers it accepts and its labels."""
+        labels = sorted(self.options.labels or ())
+        return sorted(self.app.accepted(labels)) + [f"~{label}" for label in labels]
 
     def _write_heartbeat(self, state: str, *, strict: bool = False) -> None:
         """PUT ``workers/{id}.json``: what this worker serves and does (for inspection

@@ -202,7 +202,7 @@ def test_batch_submit(url: str, tmp_path: Path) -> None:
     assert show(url, out[0]["id"])["result"] == 10
 
     bad = tmp_path / "bad.json"
-    bad.write_text('[{"type": "add"}, {"type": "../x"}]')
+    bad.write_text('[{"type": "add", "input": {"x": 1, "y": 1}}, {"type": "../x"}]')
     assert_one_line_error(qo("-q", url, "submit", "--batch", str(bad)), code=2,
                           contains="batch item 2")
     bad.write_text('[{"type": "add", "priority": 999}]')
@@ -212,7 +212,8 @@ def test_batch_submit(url: str, tmp_path: Path) -> None:
                           contains="line 1")
     assert_one_line_error(qo("-q", url, "submit", "add", "--batch", str(batch)), code=2)
     before = len(as_json(qo("-q", url, "ls", "--json", "--limit", "100"))["tasks"])
-    bad.write_text('[{"type": "add"}, {"type": "add", "delay": 5, "at": 1}]')
+    bad.write_text('[{"type": "add", "input": {"x": 1, "y": 1}}, '
+                   '{"type": "add", "input": {"x": 1, "y": 1}, "delay": 5, "at": 1}]')
     assert_one_line_error(qo("-q", url, "submit", "--batch", str(bad)), code=2)
     after = len(as_json(qo("-q", url, "ls", "--json", "--limit", "100"))["tasks"])
     assert after == before  # nothing written when any item is invalid

@@ -98,6 +98,9 @@ EXPECTED = {
     "qo.serverless.worker.TaskTooLong": ErrorKind.MISCONFIGURED,
     "qo.store.faulty.InjectedFault": ErrorKind.UNAVAILABLE,
     "qo.protocol.submit.IdempotencyConflict": ErrorKind.CONFLICT,
+    "qo.protocol.registry.InvalidInput": ErrorKind.INVALID,
+    "qo.protocol.identity.InvalidIdentity": ErrorKind.INVALID,
+    "qo.protocol.registry.UnregisteredType": ErrorKind.INVALID,
     "qo.protocol.submit.InvalidBatchItem": ErrorKind.INVALID,  # an instance takes its item's kind
     "qo.worker.StoreCheckFailed": ErrorKind.MISCONFIGURED,  # an instance takes its cause's
 }

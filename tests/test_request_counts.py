@@ -26,6 +26,7 @@ def setup(n_finished: int = 0) -> tuple[MemoryStore, Queue, Claimer, FakeClock]:
                          status=Status.SUCCEEDED, created_at=0, available_at=0)
         store.put(keys.task_key(rec.id), dumps(rec))
     claimer = Claimer(store, queue.settings, queues=["default"], task_types={"t"}, owner="w")
+    queue.registry.listing()  # the first submit's LIST of types/ (tests/test_registry_requests.py)
     return store, queue, claimer, clock
 
 
@@ -115,3 +116,36 @@ def test_idle_workers_take_turns_to_sweep() -> None:
     assert not any(sweep.take_sweep_turn(store, f"w{i}", 60) for i in range(5))
     clock.advance(31)
     assert [sweep.take_sweep_turn(store, f"w{i}", 60) for i in range(3)] == [True, False, False]
+
+
+def test_the_registry_costs_a_submit_one_list_per_ttl_and_a_worker_start_one_get_per_type(
+) -> None:
+    """docs/protocol.md, "The task-type registry"; tests/test_registry.py has the details."""
+    from qo.app import App
+    from qo.protocol.registry import Registry
+
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    app = App(Queue(store))
+    app.task(name="t")(lambda n: n)
+    before = store.counts.snapshot()
+    app.publish(store, owner="w1")  # the first worker start: GET, then PUT the definition
+    assert diff(store.counts.snapshot(), before) == {"GET": 1, "PUT": 1}
+    before = store.counts.snapshot()
+    app.publish(store, owner="w2")  # every later start: GET only
+    assert diff(store.counts.snapshot(), before) == {"GET": 1}
+
+    ticks = [0.0]
+    queue = Queue(store)
+    queue.registry = Registry(store, ttl=30, clock=lambda: ticks[0])
+    before = store.counts.snapshot()
+    queue.submit("t", {"n": 1})  # first submit: LIST types/ + GET its definition
+    assert diff(store.counts.snapshot(), before) == {"LIST": 1, "GET": 1, "PUT": 2}
+    before = store.counts.snapshot()
+    for n in range(10):  # within the TTL: the happy path's 2 PUT, nothing more
+        queue.submit("t", {"n": n})
+    assert diff(store.counts.snapshot(), before) == {"PUT": 20}
+    ticks[0] = 30.0
+    before = store.counts.snapshot()
+    queue.submit("t", {"n": 1})  # stale listing: 1 LIST; the definition did not change
+    assert diff(store.counts.snapshot(), before) == {"LIST": 1, "PUT": 2}

@@ -101,9 +101,10 @@ def root(
 
 
 def _register() -> None:
-    from qo.cli import doctor, schedule, tasks, worker
+    from qo.cli import doctor, schedule, tasks, types, worker
 
     tasks.register(app)
+    types.register(app)
     worker.register(app)
     doctor.register(app)
     schedule.register(app)

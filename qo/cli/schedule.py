@@ -143,6 +143,8 @@ def schedule_add(
     replace: Annotated[bool, typer.Option(
         "--replace",
         help="Change the schedule if it exists (its history and pause are kept), else add it.")] = False,
+    unregistered: Annotated[bool, typer.Option(
+        "--unregistered", help="Allow a task type no worker has published yet.")] = False,
     queue: QueueOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -169,7 +171,7 @@ def schedule_add(
     q = common.open_queue(ctx, queue)
     saved = scheduler.save(q, name, task_type, cron=cron, every=every,
                            tz="UTC" if tz is None else tz, input=payload, replace=replace,
-                           **options)
+                           allow_unregistered=unregistered, **options)
     sched = saved.schedule
     verb = "replaced" if saved.replaced else "added"
     common.answer({**_as_dict(sched), "replaced": saved.replaced},

@@ -23,6 +23,7 @@ from qo.cli.common import (
     say,
 )
 from qo.errors import QoError, shorten
+from qo.protocol.registry import UnregisteredType
 from qo.protocol.submit import InvalidBatchItem, SubmitRequest, prepare_batch, submit_all
 from qo.queue import Queue, TaskHandle
 
@@ -134,30 +135,49 @@ def submit(
         help="Per-attempt time limit.")] = None,
     tag: Annotated[list[str] | None, typer.Option(
         metavar="NAME=VALUE", help="A tag (repeatable).")] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", metavar="NAME[=VALUE]",
+        help="A label a worker needs to run it (repeatable; default: the type's).")] = None,
     app_spec: Annotated[str | None, typer.Option(
         "--app", metavar="MODULE:OBJ",
         help="Use this App's task defaults and refuse types it does not know.")] = None,
     batch: Annotated[str | None, typer.Option(
         metavar="FILE|-",
         help="Submit many: a JSON array or JSON lines of submit requests.")] = None,
+    unregistered: Annotated[bool, typer.Option(
+        "--unregistered",
+        help="Submit a type no worker has published yet (its workers are not deployed).")
+    ] = False,
+    help_input: Annotated[bool, typer.Option(
+        "--help-input", help="Show the input the type's handler takes, and submit nothing.")
+    ] = False,
     queue: QueueOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Submit a task (or a batch); prints the task id(s)."""
+    """Submit a task (or a batch); prints the task id(s).
+
+    Without --app, the type's options and input schema come from the registry
+    its workers published (``qo types``); an unknown type is refused.
+    """
     if delay is not None and at is not None:
         raise CliError("give either --delay or --at, not both")
     app = common.bind_app(ctx, queue, common.load_app(app_spec)) if app_spec else None
     target = app.queue if app is not None else common.open_queue(ctx, queue)
+    if help_input:
+        if task_type is None:
+            raise CliError("--help-input needs a TYPE")
+        show_input(target, app, task_type, as_json=json)
+        return
     options: dict[str, Any] = {
         "priority": priority, "delay": delay, "at": at, "key": key, "key_scope": key_scope,
         "queue": queue_name, "max_attempts": max_attempts, "timeout": timeout,
-        "tags": parse_tags(tag) or None,
+        "tags": parse_tags(tag) or None, "labels": label or None,
     }
     options = {k: v for k, v in options.items() if v is not None}
     if batch is not None:
         if task_type is not None or input is not None or options:
             raise CliError("--batch takes every field from the file; give no TYPE or task options")
-        handles = _submit_batch(target, app, read_batch(batch))
+        handles = _submit_batch(target, app, read_batch(batch), unregistered)
     elif task_type is None:
         raise CliError("missing TYPE (or --batch FILE)")
     else:
@@ -165,18 +185,22 @@ def submit(
         if app is not None:
             handles = [app.submit(task_type, payload, **options)]
         else:
-            handles = [target.submit(task_type, payload, **options)]
+            handles = [target.submit(task_type, payload, allow_unregistered=unregistered,
+                                     **options)]
     _print_submitted(handles, json, single=batch is None)
 
 
-def _submit_batch(queue: Queue, app: App | None, items: list[dict[str, Any]]) -> list[TaskHandle]:
+def _submit_batch(queue: Queue, app: App | None, items: list[dict[str, Any]],
+                  unregistered: bool = False) -> list[TaskHandle]:
     """Validate every request, then write them in chunks (with a progress bar on a TTY)."""
     reqs = []
     for n, item in enumerate(items, 1):
         fields = dict(item)
-        if app is not None:
-            fields = app_defaults(app, str(fields.get("type"))) | fields
         try:
+            if app is not None:
+                fields = app_defaults(app, str(fields.get("type"))) | fields
+            else:
+                fields = queue.resolve(fields, allow_unregistered=unregistered)
             reqs.append(SubmitRequest(**fields))
         except (ValidationError, QoError) as exc:
             raise CliError(f"batch item {n}: {_reason(exc)}") from None
@@ -194,6 +218,61 @@ def _submit_batch(queue: Queue, app: App | None, items: list[dict[str, Any]]) ->
             handles += [TaskHandle(queue, d.id, d.created) for d in done]
             advance(len(chunk))
     return handles
+
+
+def show_input(queue: Queue, app: App | None, task_type: str, *, as_json: bool) -> None:
+    """``--help-input``: the type's published definition (or the app's), for people or JSON."""
+    if app is not None:
+        definition = app.definition(task_type).published(app.default_queue)
+    else:
+        found = queue.registry.definition(task_type)
+        if found is None:
+            known = ", ".join(queue.registry.listing().types()) or "none"
+            raise UnregisteredType(f"unknown task type {shorten(task_type)}: no worker "
+                                   f"published it; registered: {known}")
+        definition = found
+    schema = definition.input_schema
+    if as_json:
+        emit_json({"type": definition.name, "version": definition.version,
+                   "doc": definition.doc, "input_schema": schema})
+        return
+    say(f"{definition.name} (version {definition.version}, queue {definition.queue})")
+    if definition.doc:
+        say("")
+        for line in definition.doc.splitlines():
+            say(f"  {line}")
+    say("")
+    if schema is None:
+        say("input: not described (the handler's hints have no JSON schema)")
+        return
+    props: dict[str, Any] = schema.get("properties") or {}
+    if not props:
+        say("input: none")
+        return
+    required = set(schema.get("required") or ())
+    say("input (a JSON object):")
+    for name, prop in props.items():
+        kind = _schema_type(prop)
+        extra = "required" if name in required else f"default {orjson.dumps(prop.get('default')).decode()}"
+        say(f"  {name}: {kind} ({extra})")
+    if len(props) == 1:
+        say(f"or the value of {next(iter(props))} alone")
+
+
+def _schema_type(prop: dict[str, Any]) -> str:
+    if "type" in prop:
+        kind = prop["type"]
+        if kind == "array" and isinstance(prop.get("items"), dict):
+            return f"array of {_schema_type(prop['items'])}"
+        return " or ".join(kind) if isinstance(kind, list) else str(kind)
+    if "enum" in prop:
+        return "one of " + ", ".join(orjson.dumps(v).decode() for v in prop["enum"])
+    if "$ref" in prop:
+        return str(prop["$ref"]).rsplit("/", 1)[-1]
+    for key in ("anyOf", "oneOf"):
+        if key in prop:
+            return " or ".join(_schema_type(p) for p in prop[key] if isinstance(p, dict))
+    return "any"
 
 
 def _reason(exc: ValidationError | QoError) -> str:

@@ -15,7 +15,7 @@ import typer
 from qo import logs
 from qo.cli import common
 from qo.cli.common import CliError, QueueOption, note, say
-from qo.names import check_name
+from qo.names import check_labels, check_name
 from qo.shutdown import EXIT_ABANDONED
 from qo.worker import Worker, WorkerOptions
 
@@ -89,6 +89,10 @@ def worker(
         parser=common.as_param(common.parse_duration), metavar="SECONDS",
         help="Once stopped, how long handlers told to stop may take to return before the "
              f"worker gives up on them and exits with code {EXIT_ABANDONED}.")] = 5.0,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", metavar="NAME[=VALUE]",
+        help="A capability of this worker (repeatable): it runs tasks that need only "
+             "labels it has.")] = None,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
     log_format: Annotated[LogFormat, typer.Option(case_sensitive=False)] = LogFormat.text,
     queue: QueueOption = None,
@@ -109,7 +113,8 @@ def worker(
         raise CliError("--poll-max must be positive")
     options = WorkerOptions(queues=names, concurrency=concurrency, burst=burst,
                             poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace,
-                            cancel_wait=cancel_wait, threads=threads)
+                            cancel_wait=cancel_wait, threads=threads,
+                            labels=check_labels(label or []))
     with _restored_process_state():
         logs.setup(log_level.value, json=log_format == LogFormat.json)
         summary = Worker(app, q, options).run()

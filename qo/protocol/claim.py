@@ -103,8 +103,12 @@ class Claimer:
         hooks: Hooks = NO_HOOKS,
         admission: Sequence[Admission] = (),
         fleet: Fleet | None = None,
+        labels: frozenset[str] | None = None,
     ) -> None:
         self.store = store
+        #: This worker's capability labels: markers that need others are skipped from
+        #: their key (None: no label is checked, e.g. a bare claimer in a test).
+        self.labels = labels
         self.settings = settings
         self.queues = queues
         self.task_types = task_types
@@ -164,7 +168,9 @@ class Claimer:
         marker = parse_ready_key(key)
         if marker is None or marker.queue not in self.queues:
             return None
-        if self.task_types is not None and marker.task_type not in self.task_types:
+        if self.task_types is not None and marker.handler not in self.task_types:
+            return None
+        if not marker.runnable_with(self.labels):
             return None
         seen = self.store.now() if last_modified is None else last_modified
         return self._try(ObjectInfo(key, "", 0, seen), marker)
@@ -255,7 +261,7 @@ class Claimer:
             known_paused = start_after is not None and queue in self.paused
         listing, skipped = read_page(self.store, queue, task_types=self.task_types,
                                      start_after=start_after, limit=self.listing_size,
-                                     paused=known_paused)
+                                     paused=known_paused, labels=self.labels)
         with self._lock:
             self.stats.lists += 1
             self._listings[queue] = listing

@@ -29,6 +29,7 @@ from qo.errors import ErrorKind, QoError
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import CorruptRecord
 from qo.protocol.cas import Lost
+from qo.protocol.registry import Registry
 from qo.protocol.schedule_model import (
     MAX_DECIDE,
     MAX_UNCONFIRMED,
@@ -43,7 +44,13 @@ from qo.protocol.schedule_model import (
     trim_history,
     write,
 )
-from qo.protocol.submit import IdempotencyConflict, Prepared, prepare, submit_prepared
+from qo.protocol.submit import (
+    IdempotencyConflict,
+    Prepared,
+    SubmitRequest,
+    prepare,
+    submit_prepared,
+)
 from qo.protocol.versioned import Versioned, parse
 from qo.settings import Settings
 from qo.store.base import Store, StoredObject
@@ -170,10 +177,14 @@ class Firer:
     unchanged schedule is not read again), and large inputs by their key.
     """
 
-    def __init__(self, store: Store, settings: Settings, hooks: Hooks = NO_HOOKS) -> None:
+    def __init__(self, store: Store, settings: Settings, hooks: Hooks = NO_HOOKS,
+                 registry: Registry | None = None) -> None:
         self.store = store
         self.settings = settings
         self.hooks = hooks
+        #: The task-type registry: a slot's task is submitted for its type's current
+        #: handler version, with its labels (None: version 1, no labels).
+        self.registry = registry
         self._docs: dict[str, Versioned[Schedule]] = {}
         self._inputs: dict[str, Any] = {}
         self._unreadable: list[str] = []
@@ -228,7 +239,13 @@ class Firer:
     def _prepare(self, sched: Schedule, slot: float, kind: str, now: float) -> Prepared:
         """The slot's task, validated and built (everything that can refuse it)."""
         value = load_input(self.store, sched, self._inputs)
-        return prepare(slot_request(sched, slot, kind, value), self.settings, now)
+        req = slot_request(sched, slot, kind, value)
+        definition = None if self.registry is None else self.registry.definition(sched.task_type)
+        if definition is not None:
+            req = SubmitRequest(**(req.model_dump(exclude_unset=True)
+                                   | {"version": definition.version,
+                                      "labels": definition.labels}))
+        return prepare(req, self.settings, now)
 
     def _fire_one(self, name: str, report: FireReport) -> None:
         for _ in range(5):

@@ -61,8 +61,14 @@ def live_workers(store: Store, *, stale_after: float = STALE_AFTER) -> list[Work
 
 
 def serves(worker: WorkerInfo, queue: str, task_type: str) -> bool:
-    """A worker too old to publish its task types is assumed to serve them all."""
-    return queue in worker.queues and (worker.task_types is None or task_type in worker.task_types)
+    """A worker too old to publish its task types is assumed to serve them all.
+
+    ``task_type`` is a marker's ``needs``: ``type[@version][~label...]``; the worker
+    must serve that handler and have every label.
+    """
+    handler, *labels = task_type.split(keys.LABEL_SEP)
+    return (queue in worker.queues and set(labels).issubset(worker.labels)
+            and (worker.task_types is None or handler in worker.task_types))
 
 
 def ready_counts(store: Store, limit: int | None = None) -> Counter[tuple[str, str]]:
@@ -71,7 +77,7 @@ def ready_counts(store: Store, limit: int | None = None) -> Counter[tuple[str, s
     for info in store.list(keys.READY, limit=limit):
         marker = parse_ready_key(info.key)
         if marker is not None:
-            counts[(marker.queue, marker.task_type)] += 1
+            counts[(marker.queue, marker.needs)] += 1  # type[@version][~label...]
     return counts
 
 

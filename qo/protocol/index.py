@@ -29,7 +29,8 @@ def marker_body() -> bytes:
 
 
 def marker_of(record: TaskRecord) -> Marker:
-    return Marker(record.queue, record.priority, record.available_at, record.id, record.type)
+    return Marker(record.queue, record.priority, record.available_at, record.id, record.type,
+                  record.version, tuple(record.labels))
 
 
 def index_key(record: TaskRecord, now: float) -> str | None:

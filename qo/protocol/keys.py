@@ -3,15 +3,16 @@
 ::
 
     tasks/{id}.json                                  record: the truth
-    ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}   claimable now
+    ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}[@{version}][~{label}...]   claimable now
     ready/{queue}/!paused                            queue is paused (sorts first)
-    delayed/{due_us:016d}/{queue}/{255-prio:03d}/{id}-{type}   claimable later
+    delayed/{due_us:016d}/{queue}/{255-prio:03d}/{id}-{type}[@{version}][~{label}...]   later
     leases/{queue}/{id}                              who works on a task
     dead/{queue}/{id}                                dead-letter index
     payloads/{id}/input, payloads/{id}/result-{n}    large bodies
     workers/{worker_id}.json                         worker heartbeats
     quarantine/{queue}/{id}                          unreadable records, for qo doctor
     schedules/{name}.json                            a schedule and its state
+    types/{type}/{version}.json                      a published task type (registry)
     sweep/turn, sweep/retention-cursor, sweep/audit-cursor   housekeeping state
     doctor/...                                       qo doctor's scratch objects
     meta/capabilities.json, meta/delete-failures/*   store checks and failure reports
@@ -30,6 +31,8 @@ PAYLOADS = "payloads/"
 WORKERS = "workers/"
 QUARANTINE = "quarantine/"
 SCHEDULES = "schedules/"
+#: Task type definitions workers publish (qo/protocol/registry.py).
+TYPES = "types/"
 DOCTOR = "doctor/"  # qo doctor's scratch objects, deleted after each check
 #: Which worker swept last (qo/protocol/sweep.py: take_sweep_turn).
 SWEEP_TURN = "sweep/turn"
@@ -88,12 +91,41 @@ def worker_id_of(key: str) -> str | None:
     return worker_id if worker_id and "/" not in worker_id else None
 
 
+def type_key(task_type: str, version: int) -> str:
+    return f"{TYPES}{task_type}/{version}.json"
+
+
+def parse_type_key(key: str) -> tuple[str, int] | None:
+    """The (task type, version) a ``types/{type}/{version}.json`` key names, or None."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != TYPES[:-1] or not parts[2].endswith(".json"):
+        return None
+    version = parts[2][: -len(".json")]
+    if not parts[1] or not version.isdigit() or not 1 <= int(version) <= 1_000_000:
+        return None
+    return parts[1], int(version)
+
+
 def input_key(task_id: str) -> str:
     return f"{PAYLOADS}{task_id}/input"
 
 
 def result_key(task_id: str, attempt: int) -> str:
     return f"{PAYLOADS}{task_id}/result-{attempt}"
+
+
+def handler_name(task_type: str, version: int = 1) -> str:
+    """What a worker serves, as markers and worker records name it: ``type``, or
+    ``type@N`` for handler version N > 1 (``@`` never occurs in a task type)."""
+    return task_type if version == 1 else f"{task_type}@{version}"
+
+
+def split_handler_name(name: str) -> tuple[str, int]:
+    """``handler_name`` read back: ``(type, version)``; a malformed suffix stays in the type."""
+    base, sep, version = name.rpartition("@")
+    if sep and base and version.isdigit() and version[0] != "0" and int(version) > 1:
+        return base, int(version)
+    return name, 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,20 +137,47 @@ class Marker:
     available_at: float
     task_id: str
     task_type: str
+    version: int = 1  # the handler version the task was submitted for
+    labels: tuple[str, ...] = ()  # capabilities a worker needs to run it, sorted
+
+    @property
+    def handler(self) -> str:
+        """What a worker must serve to run it (``handler_name``)."""
+        return handler_name(self.task_type, self.version)
+
+    @property
+    def needs(self) -> str:
+        """The handler and its required labels, as the key ends: ``type[@N][~label...]``."""
+        return self.handler + "".join(LABEL_SEP + label for label in self.labels)
+
+    def runnable_with(self, labels: frozenset[str] | None) -> bool:
+        """Does a worker with these labels have what it needs (None: no labels checked)?"""
+        return labels is None or labels.issuperset(self.labels)
 
     @property
     def ready_key(self) -> str:
         return (
             f"{READY}{self.queue}/{255 - self.priority:03d}/"
-            f"{micros(self.available_at):016d}-{self.task_id}-{self.task_type}"
+            f"{micros(self.available_at):016d}-{self.task_id}-{self.needs}"
         )
 
     @property
     def delayed_key(self) -> str:
         return (
             f"{DELAYED}{micros(self.available_at):016d}/{self.queue}/"
-            f"{255 - self.priority:03d}/{self.task_id}-{self.task_type}"
+            f"{255 - self.priority:03d}/{self.task_id}-{self.needs}"
         )
+
+
+#: Separates required labels in a marker key (it never occurs in a type or a label).
+LABEL_SEP = "~"
+
+
+def split_needs(tail: str) -> tuple[str, int, tuple[str, ...]]:
+    """A key's ``type[@N][~label...]`` read back as (type, version, labels)."""
+    head, *labels = tail.split(LABEL_SEP)
+    task_type, version = split_handler_name(head)
+    return task_type, version, tuple(labels)
 
 
 def parse_ready_key(key: str) -> Marker | None:
@@ -130,7 +189,8 @@ def parse_ready_key(key: str) -> Marker | None:
     fields = rest.split("-", 2)
     if len(fields) != 3 or not inv.isdigit() or not fields[0].isdigit():
         return None
-    return Marker(queue, 255 - int(inv), int(fields[0]) / 1_000_000, fields[1], fields[2])
+    return Marker(queue, 255 - int(inv), int(fields[0]) / 1_000_000, fields[1],
+                  *split_needs(fields[2]))
 
 
 def parse_delayed_key(key: str) -> Marker | None:
@@ -141,4 +201,5 @@ def parse_delayed_key(key: str) -> Marker | None:
     fields = rest.split("-", 1)
     if len(fields) != 2 or not inv.isdigit() or not due.isdigit():
         return None
-    return Marker(queue, 255 - int(inv), int(due) / 1_000_000, fields[0], fields[1])
+    return Marker(queue, 255 - int(inv), int(due) / 1_000_000, fields[0],
+                  *split_needs(fields[1]))

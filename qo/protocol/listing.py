@@ -30,11 +30,12 @@ class Listing:
 
 def read_page(
     store: Store, queue: str, *, task_types: set[str] | None, start_after: str | None,
-    limit: int, paused: bool,
+    limit: int, paused: bool, labels: frozenset[str] | None = None,
 ) -> tuple[Listing, set[tuple[str, str]]]:
     """LIST one page of ``ready/{queue}/``: the page, and the (queue, type) pairs skipped
     for want of a handler. ``paused``: what is known, for a page that starts after
-    ``!paused`` (which sorts first)."""
+    ``!paused`` (which sorts first). ``labels``: the worker's, which must include every
+    label a marker requires (None: not checked)."""
     items: list[Candidate] = []
     skipped: set[tuple[str, str]] = set()
     infos = list(store.list(keys.ready_prefix(queue), start_after=start_after, limit=limit))
@@ -45,8 +46,10 @@ def read_page(
         marker = parse_ready_key(info.key)
         if marker is None or marker.queue != queue:
             continue
-        if task_types is not None and marker.task_type not in task_types:
-            skipped.add((queue, marker.task_type))
+        if task_types is not None and marker.handler not in task_types:  # type and version
+            skipped.add((queue, marker.handler))
+            continue
+        if not marker.runnable_with(labels):  # needs a label this worker lacks: not ours
             continue
         items.append((info, marker))
     full = len(infos) >= limit

@@ -21,7 +21,7 @@ from qo.errors import ErrorKind, PreconditionFailed, QoError, shorten
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import idempotent_task_id, new_task_id
 from qo.models import RetryPolicy, Status, TaskRecord
-from qo.names import check_free_text, check_name
+from qo.names import check_free_text, check_labels, check_name
 from qo.protocol import index, keys, leases, records
 from qo.protocol.cas import delete_quietly, put_checked
 from qo.settings import Settings
@@ -58,6 +58,15 @@ class SubmitRequest(BaseModel):
     retry: RetryPolicy = RetryPolicy()
     timeout: float | None = Field(None, gt=0, le=7 * 86_400)
     tags: dict[str, str] = Field(default_factory=dict)
+    #: The handler version to run it (``@app.task(version=N)``); the registry fills it in.
+    version: int = Field(1, ge=1, le=1_000_000)
+    #: Labels a worker needs to run it (``qo worker --label``); the type's by default.
+    labels: list[str] = Field(default_factory=list)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, v: Any) -> list[str]:
+        return check_labels(v)
 
     @field_validator("type", "queue", "key_scope")
     @classmethod
@@ -157,6 +166,8 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
         id=task_id,
         queue=queue,
         type=req.type,
+        version=req.version,
+        labels=req.labels,
         input=None if ref else inline,
         input_ref=ref,
         input_hash=records.input_hash(req.type, encoded),

@@ -147,10 +147,11 @@ def reap_one(store: Store, settings: Settings, info: ObjectInfo, owner: str, now
     mine.release(store)
     if record is not None:
         hooks.emit(Kind.REAPED, task_id, queue=queue, task_type=record.type,
-                   attempt=record.attempt, status=record.status)
+                   attempt=record.attempt, status=record.status, counted=counted,
+                   reaper=owner)
         if counted and record.status == Status.DEAD:
             hooks.emit(Kind.DEAD, task_id, queue=queue, task_type=record.type,
-                       attempt=record.attempt, reason="LeaseExpired")
+                       attempt=record.attempt, reason="LeaseExpired", reaper=owner)
     return True
 
 

@@ -118,6 +118,8 @@ class Runtime:
     queue: Queue
     app: App | None
     config: Config = field(default_factory=Config)
+    #: The worker function published the app's task types (once per container).
+    published: bool = False
 
     def require_app(self) -> App:
         if self.app is None:

@@ -6,7 +6,8 @@ Requests arrive in payload format 2.0. Routes:
 ``POST /tasks``             submit one task: a ``SubmitRequest`` object        201, or 200
                             (``type``, ``input``, ``priority``, ``delay``,      for an
                             ``at``, ``key``, ``key_scope``, ``queue``,          idempotent
-                            ``max_attempts``, ``retry``, ``timeout``, ``tags``) duplicate
+                            ``max_attempts``, ``retry``, ``timeout``, ``tags``, duplicate
+                            ``version``, ``labels``, ``allow_unregistered``)
 ``POST /tasks/batch``       ``{"tasks": [SubmitRequest, ...]}`` (at most 1000)  201 (200 if
                                                                                 none is new)
 ``GET /tasks``              newest tasks; ``?status=&queue=&limit=&after=``     200
@@ -34,7 +35,12 @@ are logged with the request id, which the response names.
 
 With ``QO_APP`` set, submits use the app's defaults for the task type
 (queue, priority, attempts, retry, timeout), like ``qo submit --app``, and
-unknown task types are refused.
+unknown task types are refused. Without it they use the task-type registry
+the workers published (``qo.protocol.registry``): the same defaults, the
+input checked against the handler's schema (400 with the reason), and an
+unknown type refused (400, listing the known ones) unless the request says
+``"allow_unregistered": true``. A warm function lists the registry at most
+once per ``registry_ttl`` (30 s).
 
 This module is the routes; reading the event and shaping the answer (errors
 included) is ``qo.serverless.function_url``.
@@ -49,7 +55,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from qo.app import App
 from qo.errors import ErrorKind, QoError, shorten
 from qo.models import Status
 from qo.names import check_free_text, check_task_id
@@ -108,15 +113,27 @@ def _at(where: str, message: str) -> str:
     return f"{where}: {message}" if where else message
 
 
-def _submit_request(app: App | None, fields: Any, where: str = "") -> SubmitRequest:
+def _submit_request(rt: Runtime, fields: Any, where: str = "") -> SubmitRequest:
+    app = rt.app
     if not isinstance(fields, dict):
         raise bad_request(_at(where, f"must be a JSON object, not {json_type(fields)}"))
     if "type" not in fields:
         raise bad_request(_at(where, "field 'type' is required"))
-    if app is not None:
-        definition = app.tasks.get(fields["type"]) if isinstance(fields["type"], str) else None
+    fields = dict(fields)
+    allow = fields.pop("allow_unregistered", False)
+    if not isinstance(allow, bool):
+        raise bad_request(_at(where, "field 'allow_unregistered' must be true or false"))
+    if app is None:  # the registry its workers published: declared options, input schema
+        try:
+            fields = rt.queue.resolve(fields, allow_unregistered=allow)
+        except ValidationError as exc:
+            raise bad_request(describe_validation(exc, where)) from None
+        except QoError as exc:
+            raise HttpError.of(exc.kind, _at(where, str(exc))) from None
+    else:
+        definition = app.latest(fields["type"]) if isinstance(fields["type"], str) else None
         if definition is None:
-            registered = ", ".join(sorted(app.tasks)) or "none"
+            registered = ", ".join(app.type_names()) or "none"
             raise bad_request(_at(
                 where, f"unknown task type {shorten(fields['type'])}; registered: {registered}"))
         fields = app.submit_defaults(definition) | fields
@@ -130,7 +147,7 @@ def _submit_request(app: App | None, fields: Any, where: str = "") -> SubmitRequ
 
 @route("/tasks", "POST")
 def post_task(rt: Runtime, req: Request) -> tuple[int, Any]:
-    submit = _submit_request(rt.app, req.json_object())
+    submit = _submit_request(rt, req.json_object())
     now = rt.queue.store.now()
     prepared = prepare(submit, rt.queue.settings, now)  # refuse before any write
     rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
@@ -152,7 +169,7 @@ def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
         raise bad_request('field "tasks" must be a non-empty array of task objects')
     if len(items) > MAX_BATCH:
         raise HttpError.of(ErrorKind.TOO_LARGE, f"{len(items)} tasks in one batch; at most {MAX_BATCH}")
-    reqs = [_submit_request(rt.app, item, f"tasks[{n}]") for n, item in enumerate(items)]
+    reqs = [_submit_request(rt, item, f"tasks[{n}]") for n, item in enumerate(items)]
     store, settings = rt.queue.store, rt.queue.settings
     now = store.now()
     try:  # sizes, delay and at: refuse before writing anything

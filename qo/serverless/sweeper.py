@@ -84,7 +84,7 @@ def unclaimed_ready_work(
             continue
         if queues is not None and marker.queue not in queues:
             continue
-        if task_types is not None and marker.task_type not in task_types:
+        if task_types is not None and marker.handler not in task_types:
             continue
         if now - info.last_modified >= older_than:
             return True
@@ -161,7 +161,7 @@ def _stuck(rt: Runtime) -> bool:
     types = None
     if rt.app is not None:
         queues = rt.worker_queues()
-        types = set(rt.app.tasks)
+        types = rt.app.accepted(())
     return unclaimed_ready_work(rt.queue, older_than=rt.config.kick_after, queues=queues,
                                 task_types=types)
 

@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from qo import eventlog
+from qo import eventlog, lifecycle
 from qo.app import App
 from qo.errors import ErrorKind, QoError
 from qo.protocol import keys, outcome
@@ -103,25 +103,33 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
     parsed = parse_worker_event(event, bucket=getattr(store, "bucket", None),
                                 prefix=getattr(store, "prefix", ""))
     report = InvocationReport(records=parsed.records, ignored=parsed.ignored, kick=parsed.kick)
-    _drop_foreign(parsed, queues, set(app.tasks), report)
+    _drop_foreign(parsed, queues, app.accepted(()), report)
     if not parsed.markers and not parsed.kick:
         report.stopped = "no ready marker in the event"
         _log(report, started)
         return asdict(report)
+    if not rt.published:  # first work of a container: the registry (1 GET per type, a PUT if changed)
+        rt.published = True
+        try:
+            app.publish(rt.queue.store, owner="lambda-worker")
+        except QoError as exc:
+            log.warning("publishing the task types failed: %s", exc)
     request_id = getattr(context, "aws_request_id", None) or "local"
     owner = f"lambda-{str(request_id)[:36]}"
     q = rt.queue
     invocation = Invocation(
         app=app, deadline=deadline,
-        claimer=Claimer(q.store, q.settings, queues=queues, task_types=set(app.tasks),
-                        owner=owner, spread=1, hooks=q.hooks),
+        claimer=Claimer(q.store, q.settings, queues=queues, task_types=app.accepted(()),
+                        owner=owner, spread=1, hooks=q.hooks, labels=frozenset()),
         runner=Runner(app, q.store, q.settings, hooks=q.hooks, deadline=deadline,
                       deadline_error=InvocationDeadline))
     disconnect = eventlog.connect(q.hooks, owner)
+    stop_hooks = lifecycle.connect(app.lifecycle, q.hooks, owner, app.type_names())
     try:
         _work(invocation, parsed, rt.config, report)
     finally:
         disconnect()
+        stop_hooks()
     summary = invocation.runner.summary
     report.succeeded, report.failed = summary.succeeded, summary.failed
     report.fenced = summary.fenced
@@ -137,7 +145,7 @@ def _drop_foreign(parsed: WorkerEvent, queues: list[str], types: set[str],
     """Markers of queues or task types this worker does not serve cost no request."""
     kept = []
     for item in parsed.markers:
-        if item.marker.queue not in queues or item.marker.task_type not in types:
+        if item.marker.queue not in queues or item.marker.handler not in types:
             log.info("ignored marker %s: queue or task type not served here", item.key,
                      extra={"event": "record_ignored", "reason": "not served here"})
             report.ignored += 1
@@ -209,7 +217,7 @@ def _run(worker: Invocation, claim: Claim, config: Config, report: InvocationRep
     record = claim.record
     timeout = record.timeout
     if timeout is None:  # the handler's declared timeout applies whoever submitted the task
-        definition = worker.app.tasks.get(record.type)
+        definition = worker.app.handler_for(record.type, record.version)
         timeout = definition.timeout if definition is not None else None
     budget = timeout if timeout is not None else config.task_budget
     extra = {"task_id": record.id, "type": record.type, "budget": budget}

@@ -55,13 +55,14 @@ class ImmediateQueue(Queue):
         self._depth = 0  # settle() calls in progress (a handler's submit nests one)
         self._unsettled: list[str] = []  # submitted here, maybe not ended yet
 
-    def submit(self, task_type: str, input: Any = None, **options: Any) -> TaskHandle:
-        handle = super().submit(task_type, input, **options)
+    def submit_request(self, req: SubmitRequest) -> TaskHandle:
+        handle = super().submit_request(req)  # Queue.submit and App.submit end here
         self.settle([handle.id])
         return handle
 
-    def submit_many(self, requests: list[SubmitRequest | dict[str, Any]]) -> list[TaskHandle]:
-        handles = super().submit_many(requests)
+    def submit_many(self, requests: list[SubmitRequest | dict[str, Any]], *,
+                    allow_unregistered: bool = False) -> list[TaskHandle]:
+        handles = super().submit_many(requests, allow_unregistered=allow_unregistered)
         self.settle([h.id for h in handles])
         return handles
 
