@@ -33,6 +33,7 @@ from qo.app import App
 from qo.calls import has_async_tasks
 from qo.errors import ErrorKind, QoError
 from qo.health import Notices, StoreHealth
+from qo.idle import IdlePoll
 from qo.ids import new_token
 from qo.models import WorkerInfo, dumps
 from qo.protocol import keys, sweep
@@ -115,11 +116,7 @@ class Worker:
         self.threads = slot_threads(app, self.options.concurrency, self.options.threads)
         # tasks in flight, of any kind
         self._capacity = threading.BoundedSemaphore(self.options.concurrency)
-        self._idle = self.options.poll_min  # the worker's idle backoff, shared by slots
-        self._next_poll = 0.0  # monotonic time before which idle slots do not poll; 0: busy
-        self._polling = False  # an idle slot is polling for all of them
-        self.polls = 0  # polls made while idle (one claim each, whatever the concurrency)
-        self._idle_cond = threading.Condition()
+        self.idle = IdlePoll(self.claimer, self.options.poll_min, self.options.poll_max)
         self._rng = random.Random()
 
     # -- lifecycle ------------------------------------------------------------
@@ -196,8 +193,7 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
-        with self._idle_cond:
-            self._idle_cond.notify_all()
+        self.idle.wake()
 
     def execute(self, claim: Claim) -> None:
         """Run a claimed task to its outcome in the calling thread (tests)."""
@@ -270,7 +266,7 @@ class Worker:
             if not self._capacity.acquire(timeout=0.5):
                 continue  # every task this worker may run at once is running
             try:
-                if not self._may_poll() or not self._claim_and_run():
+                if not self.idle.may_poll() or not self._claim_and_run():
                     self._capacity.release()
             except BaseException:
                 self._capacity.release()
@@ -283,16 +279,16 @@ class Worker:
             claim = self.claimer.claim()
         except QoError as exc:
             self.health.failed(exc, "claim")
-            self._polled(found=False)
+            self.idle.polled(found=False)
             return False
         self.health.ok()
         self._report_seen()
         if claim is None:
-            self._polled(found=False)
+            self.idle.polled(found=False)
             if self.options.burst:
                 self._burst_done()
             return False
-        self._polled(found=True)
+        self.idle.polled(found=True)
         if isinstance(self.runner, AsyncRunner) and self.runner.runs_on_loop(claim):
             self.runner.start(claim, lambda exc: self._over_on_loop(claim, exc))
             return True
@@ -313,43 +309,6 @@ class Worker:
         else:
             log.error("task %s: internal error", claim.task_id, exc_info=exc)
 
-    def _may_poll(self) -> bool:
-        """May this slot claim now? While work flows, every free slot claims (they share
-        one listing); once a claim found nothing, one slot polls for all of them."""
-        with self._idle_cond:
-            if self._next_poll == 0.0:
-                return True
-            wait = self._next_poll - time.monotonic()
-            if wait > 0 or self._polling:
-                self._idle_cond.wait(min(wait, 1.0) if wait > 0 else 1.0)
-                return False
-            self._polling = True
-            self.polls += 1
-            return True
-
-    def _polled(self, *, found: bool) -> None:
-        """After a claim: work resets the idle backoff for every slot; nothing (or a
-        store failure) backs it off once per poll, with jitter, worker-wide."""
-        with self._idle_cond:
-            self._polling = False
-            now = time.monotonic()
-            if found:
-                self._idle, self._next_poll = self.options.poll_min, 0.0
-            elif self._next_poll <= now:  # the first empty claim of this round backs off
-                soon = self.claimer.next_try  # others' keys this worker may take then
-                if soon is not None and soon > now:
-                    self._next_poll = min(soon, now + self._idle)
-                else:
-                    self._next_poll = now + self._rng.uniform(self._idle / 2, self._idle)
-                    self._idle = min(self.options.poll_max, self._idle * 2)
-                self.claimer.forget()
-            self._idle_cond.notify_all()
-
-    def _others_pending(self) -> bool:
-        """Are there ready keys other workers rank first, that this one may take soon?"""
-        soon = self.claimer.next_try
-        return soon is not None and soon > time.monotonic()
-
     def _report_seen(self) -> None:
         unknown, paused = self.claimer.seen()
         self.notices.unknown_types(unknown)
@@ -360,18 +319,18 @@ class Worker:
         try:
             sweep.promote(self.store)
             self.claimer.forget()
-            if self.runner.running() or self._in_flight() or self._others_pending():
+            if self.runner.running() or self._in_flight() or self.idle.others_pending():
                 return False
             claim = self.claimer.claim()
         except QoError as exc:
             self.health.failed(exc, "burst check")
             return False
         if claim is None:
-            if self._others_pending():
+            if self.idle.others_pending():
                 return False
             self._stop.set()
             return True
-        self._polled(found=True)
+        self.idle.polled(found=True)
         self.runner.run(claim)
         return False
 

@@ -170,10 +170,10 @@ def test_an_idle_worker_makes_one_list_per_poll_whatever_its_concurrency() -> No
     runner = threading.Thread(target=worker.run, daemon=True)
     runner.start()
     try:
-        wait_for(lambda: worker.polls >= 3, timeout=60)
-        polls, listed = worker.polls, len(lists)
-        wait_for(lambda: worker.polls >= polls + 10, timeout=60)
-        polls2, listed2 = worker.polls, len(lists)
+        wait_for(lambda: worker.idle.polls >= 3, timeout=60)
+        polls, listed = worker.idle.polls, len(lists)
+        wait_for(lambda: worker.idle.polls >= polls + 10, timeout=60)
+        polls2, listed2 = worker.idle.polls, len(lists)
     finally:
         worker.stop()
         runner.join(30)

@@ -106,9 +106,7 @@ class Claimer:
         labels: frozenset[str] | None = None,
     ) -> None:
         self.store = store
-        #: This worker's capability labels: markers that need others are skipped from
-        #: their key (None: no label is checked, e.g. a bare claimer in a test).
-        self.labels = labels
+        self.labels = labels  # capability labels; markers needing others are skipped (None: any)
         self.settings = settings
         self.queues = queues
         self.task_types = task_types
@@ -166,11 +164,9 @@ class Claimer:
         Without ``last_modified`` a marker whose record is missing is left alone.
         """
         marker = parse_ready_key(key)
-        if marker is None or marker.queue not in self.queues:
+        if marker is None or marker.queue not in self.queues or not marker.runnable_with(self.labels):
             return None
         if self.task_types is not None and marker.handler not in self.task_types:
-            return None
-        if not marker.runnable_with(self.labels):
             return None
         seen = self.store.now() if last_modified is None else last_modified
         return self._try(ObjectInfo(key, "", 0, seen), marker)
@@ -217,8 +213,8 @@ class Claimer:
                 ]
                 if self.fleet is not None and usable:
                     usable, _, soonest = triable(self.fleet, listing, usable, store_now)
-                    if soonest is not None and (self.next_try is None or self.next_try <= now
-                                                or now + soonest < self.next_try):
+                    if soonest is not None and not (self.next_try is not None
+                                                    and now < self.next_try <= now + soonest):
                         self.next_try = now + soonest
                     if not usable:
                         return None  # others' keys, not yet ours to try: see next_try
