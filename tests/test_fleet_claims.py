@@ -50,6 +50,14 @@ def _fleet(n: int, *, ownership: bool, ghosts: int = 0) -> tuple[MemoryStore, Qu
     return store, queue, clock, claimers
 
 
+def _one_task_app() -> tuple[MemoryStore, Queue, App]:
+    store = MemoryStore()
+    queue = Queue(store, Settings())
+    app = App(queue)
+    app.task(name="t")(lambda: None)
+    return store, queue, app
+
+
 def _run_round_robin(queue: Queue, clock: FakeClock, claimers: list[Claimer], n: int) -> int:
     """Each simulated process claims one task in turn, holding it while the others claim;
     then all finish. When a whole round claims nothing, store time moves on by one STEP."""
@@ -148,14 +156,7 @@ def test_the_ranking_is_the_same_everywhere_and_spreads_keys_evenly() -> None:
 
 
 def test_an_idle_worker_makes_one_list_per_poll_whatever_its_concurrency() -> None:
-    store = MemoryStore()
-    queue = Queue(store, Settings())
-    app = App(queue)
-
-    @app.task
-    def t() -> None:
-        return None
-
+    store, queue, app = _one_task_app()
     lists = []
     real_list = store.list
 
@@ -210,14 +211,7 @@ def test_slots_of_one_process_share_one_listing(threads: int) -> None:
 
 
 def test_workers_serving_the_same_read_no_record_of_each_other() -> None:
-    store = MemoryStore()
-    queue = Queue(store, Settings())
-    app = App(queue)
-
-    @app.task
-    def t() -> None:
-        return None
-
+    store, queue, app = _one_task_app()
     workers = [Worker(app, queue, WorkerOptions(concurrency=1)) for _ in range(4)]
     for w in workers:
         w._write_heartbeat("running")
