@@ -63,6 +63,8 @@ STUCK_SKIP = 600.0
 MAX_PAGES = 5
 #: How long a pick starts listing after keys it found unusable, before the head again.
 FLOOR_TTL = 5.0
+#: How old a page may be when it is used to take another worker's key.
+STEAL_FRESH = 0.5
 
 
 @dataclass
@@ -212,12 +214,15 @@ class Claimer:
                     if self._skip.get(info.key, 0) <= now and info.key not in self._inflight
                 ]
                 if self.fleet is not None and usable:
-                    usable, _, soonest = triable(self.fleet, listing, usable, store_now)
+                    usable, stealing, soonest = triable(self.fleet, listing, usable, store_now)
                     if soonest is not None and not (self.next_try is not None
                                                     and now < self.next_try <= now + soonest):
                         self.next_try = now + soonest
                     if not usable:
                         return None  # others' keys, not yet ours to try: see next_try
+                    if stealing and now - listing.fetched > STEAL_FRESH:
+                        listing.fetched = 0.0  # judge others' progress on a fresh page
+                        continue
                 if usable:
                     best = usable[0][1].priority
                     same = [c for c in usable[: int(self.spread)] if c[1].priority == best]
