@@ -230,3 +230,39 @@ def test_workers_serving_the_same_read_no_record_of_each_other() -> None:
     assert store.counts.snapshot() == {"LIST": 1, "GET": 1}  # only the odd one is read
     assert {w.id.rsplit(".s", 1)[1] for w in workers} == {workers[0].id.rsplit(".s", 1)[1]}
     assert odd.id.rsplit(".s", 1)[1] != workers[0].id.rsplit(".s", 1)[1]
+
+
+def test_no_thread_claims_by_an_empty_view_while_the_first_read_is_under_way() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    queue = Queue(store, Settings())
+    _register(store, "me")
+    _register(store, "other")
+    queue.submit_many([{"type": "t", "input": {"i": i}} for i in range(40)])
+    real_list = store.list
+
+    def slow_workers_list(prefix: str, **kw):  # type: ignore[no-untyped-def]
+        if prefix == keys.WORKERS:
+            threading.Event().wait(0.2)  # a slow first read: the other threads come meanwhile
+        return real_list(prefix, **kw)
+
+    store.list = slow_workers_list  # type: ignore[method-assign]
+    fleet = Fleet(store, "me")
+    claimer = Claimer(store, queue.settings, queues=["default"], task_types={"t"}, owner="me",
+                      listing_ttl=3600, fleet=fleet)
+    claimed: list[tuple[str, keys.Marker]] = []
+    lock = threading.Lock()
+
+    def slot() -> None:
+        claim = claimer.claim()
+        if claim is not None:
+            with lock:
+                claimed.append((claim.marker.ready_key, claim.marker))
+
+    pool = [threading.Thread(target=slot) for _ in range(4)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(60)
+    assert claimed and all(fleet.wait(key, marker) == 0 for key, marker in claimed)
+    assert fleet.refreshes == 1

@@ -50,7 +50,10 @@ STALLED_AFTER = 30.0
 #: How soon after a lost lease race it reads ``workers/`` again (a worker it does not know).
 CONFLICT_TTL = 5.0
 #: ... and after losing a key it ranked first (a worker started after its last read).
-MINE_TTL = 1.0
+MINE_TTL = 0.25
+#: The first reads come sooner: workers started at the same time write their records
+#: at the same time, so the first view may miss some (the first read is at once).
+STARTUP_TTLS = (0.0, 0.5, 1.0)
 
 
 def signature(queues: list[str], task_types: set[str] | list[str] | None) -> str:
@@ -116,7 +119,17 @@ class Fleet:
         """Read ``workers/`` again if the view is older than its TTL (``MINE_TTL`` after
         losing a key this worker ranked first: the view surely misses a worker)."""
         ttl = MINE_TTL if mine else CONFLICT_TTL if conflict else FLEET_TTL
-        if time.monotonic() - self._fetched < ttl or not self._refreshing.acquire(blocking=False):
+        before = self.refreshes
+        if before < len(STARTUP_TTLS):  # workers started with it may not show yet
+            ttl = min(ttl, STARTUP_TTLS[before])
+        if time.monotonic() - self._fetched < ttl:
+            return
+        # The first read is waited for by every thread (an empty view would make them
+        # take every key as their own); later ones by none (the old view serves meanwhile).
+        if not self._refreshing.acquire(blocking=before == 0):
+            return
+        if self.refreshes != before:
+            self._refreshing.release()  # another thread read it while this one waited
             return
         try:
             self._refresh()
