@@ -48,16 +48,23 @@ def live_workers(store: Store, *, stale_after: float = STALE_AFTER) -> list[Work
     for info in store.list(keys.WORKERS):
         if info.last_modified + stale_after < now:
             continue
-        obj = get_retrying(store, info.key)
-        if obj is None:
-            continue  # stopped meanwhile
-        try:
-            worker = loads(WorkerInfo, obj.body, f"worker record {info.key}")
-        except CorruptRecord:  # unreadable, or of a newer schema version (FutureSchema)
-            continue
-        if worker.state == "running":
+        worker = read_running(store, info.key)
+        if worker is not None:
             found.append(worker)
     return found
+
+
+def read_running(store: Store, key: str) -> WorkerInfo | None:
+    """The worker record at ``key`` if it says ``running`` (1 GET); None when it is gone
+    (stopped meanwhile), unreadable or of a newer schema version (``FutureSchema``)."""
+    obj = get_retrying(store, key)
+    if obj is None:
+        return None
+    try:
+        worker = loads(WorkerInfo, obj.body, f"worker record {key}")
+    except CorruptRecord:
+        return None
+    return worker if worker.state == "running" else None
 
 
 def serves(worker: WorkerInfo, queue: str, task_type: str) -> bool:

@@ -31,10 +31,9 @@ import hashlib
 import threading
 import time
 
-from qo.models import CorruptRecord, WorkerInfo, loads
+from qo.models import WorkerInfo
 from qo.protocol import keys
-from qo.protocol.cas import get_retrying
-from qo.protocol.fleet import STALE_AFTER, serves
+from qo.protocol.fleet import STALE_AFTER, read_running, serves
 from qo.protocol.keys import Marker
 from qo.store.base import Store
 
@@ -146,7 +145,7 @@ class Fleet:
                 continue
             seen.add(worker_id)
             if worker_id not in self._known:
-                self._known[worker_id] = self._like_me(worker_id) or self._read(info.key)
+                self._known[worker_id] = self._like_me(worker_id) or read_running(self.store, info.key)
             record = self._known[worker_id]
             if record is not None:
                 live.append(record)
@@ -162,13 +161,3 @@ class Fleet:
         if mine is None or sig is None or sig != signature_of(self.me):
             return None
         return mine.model_copy(update={"id": worker_id})
-
-    def _read(self, key: str) -> WorkerInfo | None:
-        obj = get_retrying(self.store, key)
-        if obj is None:
-            return None
-        try:
-            record = loads(WorkerInfo, obj.body, f"worker record {key}")
-        except CorruptRecord:
-            return None
-        return record if record.state == "running" else None
