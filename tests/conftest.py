@@ -206,6 +206,12 @@ def make_store(kind: str, request: pytest.FixtureRequest, tmp_path) -> Store:
     raise ValueError(kind)
 
 
+@pytest.fixture(params=["memory", "moto_server"])
+def any_store(request: pytest.FixtureRequest, tmp_path) -> Store:
+    """The memory store and a moto server: for suites that need one real S3 case."""
+    return make_store(request.param, request, tmp_path)
+
+
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark ``slow`` the moto server cases of ``store`` outside MOTO_SERVER_FAST_SUITES."""

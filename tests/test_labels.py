@@ -54,12 +54,6 @@ def run_all(workers: dict[str, Worker], who: dict[str, str], name: str) -> int:
     return done
 
 
-@pytest.fixture(params=["memory", "moto_server"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Any) -> Store:
-    from .conftest import make_store
-
-    return make_store(request.param, request, tmp_path)
-
 
 def test_a_mixed_fleet_routes_labelled_tasks_to_labelled_workers(any_store: Store) -> None:
     queue = Queue(any_store)

@@ -70,12 +70,6 @@ def published(store: Store) -> tuple[Queue, Clock]:
     return queue, clock
 
 
-@pytest.fixture(params=["memory", "moto_server"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    from .conftest import make_store
-
-    return make_store(request.param, request, tmp_path)
-
 
 # -- publishing ----------------------------------------------------------------------
 

@@ -45,12 +45,6 @@ def drain(app: App, queue: Queue) -> Worker:
     return worker
 
 
-@pytest.fixture(params=["memory", "moto_server"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Any) -> Store:
-    from .conftest import make_store
-
-    return make_store(request.param, request, tmp_path)
-
 
 def test_two_versions_are_served_side_by_side(any_store: Store) -> None:
     queue = Queue(any_store)
