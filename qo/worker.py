@@ -90,6 +90,8 @@ class Worker:
         self.settings = self.queue.settings
         self.options = options or WorkerOptions()
         self.queues = self.options.queues or app.queues()
+        self.labels = frozenset(self.options.labels or ())
+        self.accepted = app.accepted(self.labels)  # the handlers it runs, with its labels
         self.id = self.options.worker_id or (
             f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
             f".s{signature(self.queues, self._serves())}")
@@ -108,10 +110,10 @@ class Worker:
                              deadline_error=self.options.deadline_error)
         self.claimer = Claimer(
             self.store, self.settings, queues=self.queues,
-            task_types=app.accepted(self.options.labels or ()),
+            task_types=self.accepted,
             owner=self.id, spread=1, hooks=self.hooks,
             fleet=Fleet(self.store, self.id, serves_like_me=self._info("running")),
-            labels=frozenset(self.options.labels or ()),
+            labels=self.labels,
         )
         self.threads = slot_threads(app, self.options.concurrency, self.options.threads)
         # tasks in flight, of any kind
@@ -365,17 +367,16 @@ class Worker:
         summary = self.summary
         return WorkerInfo(
             id=self.id, host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
-            task_types=sorted(self.app.accepted(self.options.labels or ())),
+            task_types=sorted(self.accepted),
             concurrency=self.options.concurrency,
             started_at=self.started_at, seen_at=time.time(), running=self.runner.running(),
             processed=summary.processed, failed=summary.failed, state=state,
-            labels=sorted(self.options.labels or ()),
+            labels=sorted(self.labels),
         )
 
     def _serves(self) -> list[str]:
         """What the worker's id signature covers: the handlers it accepts and its labels."""
-        labels = sorted(self.options.labels or ())
-        return sorted(self.app.accepted(labels)) + [f"~{label}" for label in labels]
+        return sorted(self.accepted) + [f"~{label}" for label in sorted(self.labels)]
 
     def _write_heartbeat(self, state: str, *, strict: bool = False) -> None:
         """PUT ``workers/{id}.json``: what this worker serves and does (for inspection
