@@ -110,7 +110,9 @@ def test_keys_ranked_first_by_a_silent_worker_are_taken_by_the_others() -> None:
         done += len(held)
         if not held:
             clock.advance(STEP)
-    silent_margin = 2 * STEAL_MARGIN  # two silent workers of one slot each
+    # Two silent workers of one slot each; for each, the best live taker of a key may rank
+    # third (after the other silent one), and the third-ranked holds back twice the margin.
+    silent_margin = 2 * STEAL_MARGIN * 2
     assert done >= n - silent_margin
     _run_round_robin(queue, clock, claimers, n - done)  # the rest once they count as stalled
     assert sum(c.stats.claims for c in claimers) == n

@@ -47,7 +47,7 @@ from qo.models import CorruptRecord, FutureSchema, RetryPolicy, dumps, loads
 from qo.protocol import identity, input_schema, keys
 from qo.protocol.cas import Lost, get_retrying, put_or_current
 from qo.protocol.submit import SubmitRequest
-from qo.store.base import Store
+from qo.store.base import Store, StoredObject
 
 log = logging.getLogger("qo.protocol.registry")
 
@@ -133,7 +133,10 @@ class PublishReport:
 
 def _read(store: Store, key: str) -> tuple[TypeDefinition | None, str | None, bool]:
     """The stored definition, its etag, and whether it is readable (False: newer or corrupt)."""
-    obj = get_retrying(store, key)
+    return _parse(key, get_retrying(store, key))
+
+
+def _parse(key: str, obj: StoredObject | None) -> tuple[TypeDefinition | None, str | None, bool]:
     if obj is None:
         return None, None, True
     try:
@@ -152,8 +155,9 @@ def publish(store: Store, definitions: Iterable[TypeDefinition], *, owner: str,
     for definition in definitions:
         ours = definition.model_copy(update={"published_by": owner, "published_at": when})
         key = ours.key
+        current = _read(store, key)
         for _ in range(PUBLISH_TRIES):
-            stored, etag, readable = _read(store, key)
+            stored, etag, readable = current
             if not readable:
                 log.warning("%s was written by a newer qo; left as it is", key)
                 break
@@ -165,6 +169,9 @@ def publish(store: Store, definitions: Iterable[TypeDefinition], *, owner: str,
             if not isinstance(result, Lost):
                 report.written.append(key)
                 break
+            # Another worker wrote first (workers start together): what it wrote came
+            # back with the 412, so judge that instead of reading the key again.
+            current = _parse(key, result.current) if result.read else _read(store, key)
         else:
             log.warning("task type %s version %d: other workers keep publishing another "
                         "definition; the last one written wins", definition.name,
