@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace as dc_replace
 from typing import Any
 
-from qo import results
+from qo import results, tracing
 from qo.errors import ErrorKind, QoError
 from qo.hooks import Hooks
 from qo.models import Status, TaskRecord
@@ -208,9 +208,12 @@ class Queue:
     def submit_request(self, req: SubmitRequest) -> TaskHandle:
         """Submit a request exactly as it is (no registry lookup: ``App.submit`` uses this)."""
         now = self.store.now()
-        prepared = prepare(req, self.settings, now)  # everything that can refuse it
-        self.check_store()  # then the first submit checks the store, before any write
-        done = submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
+        with tracing.producer(req.queue or self.settings.default_queue, req.type) as traced:
+            prepared = prepare(req, self.settings, now)  # everything that can refuse it
+            if traced is not None:
+                traced(prepared.record.id)
+            self.check_store()  # then the first submit checks the store, before any write
+            done = submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
         return TaskHandle(self, done.id, done.created)
 
     def submit_many(self, requests: list[SubmitRequest | dict[str, Any]], *,
@@ -228,10 +231,13 @@ class Queue:
         if not reqs:
             return []
         now = self.store.now()
-        prepared = prepare_batch(reqs, self.settings, now)
-        self.check_store()
-        return [self._handle(d) for d in submit_all(self.store, prepared, self.settings, now,
-                                                       hooks=self.hooks)]
+        queues = {r.queue or self.settings.default_queue for r in reqs}
+        with tracing.producer(queues.pop() if len(queues) == 1 else "(several)",
+                              count=len(reqs)):  # one span for the batch (qo.tracing)
+            prepared = prepare_batch(reqs, self.settings, now)
+            self.check_store()
+            done = submit_all(self.store, prepared, self.settings, now, hooks=self.hooks)
+        return [self._handle(d) for d in done]
 
     def _handle(self, done: Submitted) -> TaskHandle:
         return TaskHandle(self, done.id, done.created)

@@ -55,6 +55,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from qo import tracing
 from qo.errors import ErrorKind, QoError, shorten
 from qo.models import Status
 from qo.names import check_free_text, check_task_id
@@ -149,10 +150,13 @@ def _submit_request(rt: Runtime, fields: Any, where: str = "") -> SubmitRequest:
 def post_task(rt: Runtime, req: Request) -> tuple[int, Any]:
     submit = _submit_request(rt, req.json_object())
     now = rt.queue.store.now()
-    prepared = prepare(submit, rt.queue.settings, now)  # refuse before any write
-    rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
-    done = submit_prepared(rt.queue.store, prepared, rt.queue.settings, now,
-                           hooks=rt.queue.hooks)
+    with tracing.producer(submit.queue or rt.queue.settings.default_queue, submit.type) as traced:
+        prepared = prepare(submit, rt.queue.settings, now)  # refuse before any write
+        if traced is not None:
+            traced(prepared.record.id)
+        rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
+        done = submit_prepared(rt.queue.store, prepared, rt.queue.settings, now,
+                               hooks=rt.queue.hooks)
     body = {"id": done.id, "created": done.created, "status": done.status.value}
     return (201 if done.created else 200), body
 
