@@ -15,6 +15,8 @@ Requests arrive in payload format 2.0. Routes:
 ``POST /tasks/{id}/cancel`` optional ``{"reason": "..."}``                      200, 404, 409
 ``POST /tasks/{id}/retry``  run a dead, cancelled or failed task again         200, 404, 409
 ``GET /stats``              counts by queue and status                         200
+``GET /stats/fleet``        the fleet statistics snapshot (``?fresh=1``: now)  200
+``GET /metrics``            the same as Prometheus text (``prometheus_client``) 200
 ``GET /schedules``          cron schedules (when this qo has a scheduler)      200
 ==========================  =================================================  ============
 
@@ -55,11 +57,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from qo import tracing
+from qo import fleet_metrics, tracing
 from qo.errors import ErrorKind, QoError, shorten
 from qo.models import Status
 from qo.names import check_free_text, check_task_id
-from qo.protocol import admin, records
+from qo.protocol import admin, fleetstats, records
 from qo.protocol.admin import TaskView
 from qo.protocol.submit import (
     InvalidBatchItem,
@@ -74,6 +76,7 @@ from qo.serverless import Runtime, runtime
 from qo.serverless.function_url import (
     HttpError,
     Request,
+    TextBody,
     answer_error,
     bad_request,
     describe_validation,
@@ -235,6 +238,27 @@ def retry_task(rt: Runtime, req: Request) -> tuple[int, Any]:
 @route("/stats", "GET")
 def get_stats(rt: Runtime, req: Request) -> tuple[int, Any]:
     return 200, {"queues": admin.stats(rt.queue.store)}
+
+
+def _fleet(rt: Runtime, req: Request) -> fleetstats.FleetStats:
+    """The stored snapshot (1 GET), or one computed now (not stored) with ``?fresh=1``
+    or when none was written yet."""
+    fresh = req.query.get("fresh", "") in ("1", "true")
+    snap = None if fresh else rt.queue.fleet_stats()
+    return snap or fleetstats.compute(rt.queue.store, "api")
+
+
+@route("/stats/fleet", "GET")
+def get_fleet_stats(rt: Runtime, req: Request) -> tuple[int, Any]:
+    snap = _fleet(rt, req)
+    return 200, fleetstats.as_dict(snap) | {"age": round(rt.queue.store.now() - snap.at, 3)}
+
+
+@route("/metrics", "GET")
+def get_metrics(rt: Runtime, req: Request) -> tuple[int, Any]:
+    snap = _fleet(rt, req)
+    return 200, TextBody(fleet_metrics.exposition(snap, rt.queue.store.now()),
+                         fleet_metrics.CONTENT_TYPE)
 
 
 @route("/schedules", "GET")
