@@ -115,12 +115,12 @@ def test_a_truncated_index_is_a_lower_bound() -> None:
 def test_request_cost_is_bounded_by_the_scan_limit_not_by_the_tasks() -> None:
     store = MemoryStore()
     queue = Queue(store)
-    queue.submit_many([{"type": "ok", "input": {"n": n}} for n in range(2500)],
+    queue.submit_many([{"type": "ok", "input": {"n": n}} for n in range(1500)],
                       allow_unregistered=True)
     store.counts.reset()
-    snap = fleetstats.refresh(store, "tester", interval=300, scan_limit=2000)
+    snap = fleetstats.refresh(store, "tester", interval=300, scan_limit=1200)
     assert snap is not None and snap.truncated == ["ready"]
-    assert snap.queues["default"].ready == 2000
+    assert snap.queues["default"].ready == 1200
     spent = store.counts.snapshot()
     # ready/: 2 pages up to the limit; delayed/, leases/, dead/, workers/: 1 each
     assert {k: v for k, v in spent.items() if v} == {"LIST": 6, "GET": 1, "PUT": 1}
@@ -273,3 +273,20 @@ def test_metrics_without_prometheus_client_is_one_clear_error(
     answer = api_get("/metrics")
     assert answer["statusCode"] == 500
     assert "qo-queue[metrics]" in orjson.loads(answer["body"])["message"]
+
+
+def test_the_fastapi_example_serves_metrics_from_the_snapshot() -> None:
+    from fastapi.testclient import TestClient
+
+    from qo.examples.fastapi_app import create_api
+
+    queue = Queue(MemoryStore())
+    known_tasks(queue.store)
+    fleetstats.refresh(queue.store, "tester", interval=300)
+    scraped = TestClient(create_api(App(queue))).get("/metrics")
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {m.name: m for m in text_string_to_metric_families(scraped.text)}
+    dead = {s.labels["queue"]: s.value for s in families["qo_fleet_tasks"].samples
+            if s.labels["state"] == "dead"}
+    assert dead == {"default": 1, "bulk": 0}

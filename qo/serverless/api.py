@@ -72,7 +72,7 @@ from qo.protocol.submit import (
     submit_prepared,
 )
 from qo.scheduler import list_schedules
-from qo.serverless import Runtime, runtime
+from qo.serverless import Runtime, runtime, telemetry
 from qo.serverless.function_url import (
     HttpError,
     Request,
@@ -302,6 +302,7 @@ def _dispatch(event: Any) -> tuple[int, Any, dict[str, str]]:
     raise HttpError.of(ErrorKind.NOT_FOUND, f"no route {req.method} {req.path}")
 
 
+@telemetry.instrumented("qo-api")
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
     """The Lambda entry point of the API function."""
     request_id = str(getattr(context, "aws_request_id", None) or "local")

@@ -36,7 +36,7 @@ from qo.protocol import keys
 from qo.protocol.keys import parse_ready_key
 from qo.protocol.retention import run_retention
 from qo.queue import Queue
-from qo.serverless import Runtime, runtime
+from qo.serverless import Runtime, runtime, telemetry
 from qo.serverless.events import KICK_EVENT
 
 log = logging.getLogger("qo.serverless.sweeper")
@@ -104,6 +104,7 @@ def invoke_worker(function_name: str) -> None:
                           Payload=orjson.dumps(KICK_EVENT))
 
 
+@telemetry.instrumented("qo-sweeper")
 def handler(event: Any = None, context: Any = None) -> dict[str, Any]:
     """The Lambda entry point of the sweeper function."""
     rt = runtime()
@@ -142,6 +143,7 @@ def handler(event: Any = None, context: Any = None) -> dict[str, Any]:
     def stats() -> None:  # at most every stats_interval (qo.protocol.fleetstats)
         snap = rt.queue.refresh_stats(owner=f"sweeper-{request_id}")
         report["stats"] = snap is not None
+        telemetry.sweep_snapshot(snap)  # its gauges go out with this invocation's metrics
 
     def kick() -> None:
         function = rt.config.worker_function
