@@ -143,6 +143,29 @@ def test_an_async_handlers_spans_nest_under_its_consumer_span(
     assert process.context.trace_id == named["send default"][0].context.trace_id
 
 
+def test_a_worker_on_an_event_loop_traces_each_async_attempt(
+    spans: InMemorySpanExporter,
+) -> None:
+    from qo.aio_runner import AsyncRunner
+    from qo.worker import Worker, WorkerOptions
+
+    store = MemoryStore()
+    queue, app = traced_app(store)
+    handles = [queue.submit("awork", {"n": n}) for n in range(3)]
+    worker = Worker(app, queue, WorkerOptions(concurrency=3, burst=True))
+    assert isinstance(worker.runner, AsyncRunner)
+    assert worker.run().succeeded == 3
+    named = by_name(spans)
+    sends = {s.context.span_id for s in named["send default"]}
+    processes = named["process default"]
+    assert len(processes) == 3 and {p.parent.span_id for p in processes if p.parent} == sends
+    by_id = {p.context.span_id for p in processes}
+    inner = named["async handler work"]
+    assert len(inner) == 3 and {i.parent.span_id for i in inner if i.parent} == by_id
+    assert {dict(p.attributes or {})["messaging.message.id"] for p in processes} == {
+        h.id for h in handles}
+
+
 def test_a_batch_is_one_producer_span_that_every_task_continues(
     spans: InMemorySpanExporter,
 ) -> None:
