@@ -22,9 +22,9 @@ stopped at ``scan_limit`` keys (10,000 by default, i.e. at most 10 LIST
 pages). An index that reached the limit is named in ``truncated`` and its
 counts are lower bounds (shown as "≥N"). Then 1 LIST of ``workers/`` and
 1 GET per fresh worker record. A refresh that computes costs
-``4..4*scan_limit/1000`` LIST + 1 LIST + W GET + 1 GET + 1 PUT, about 7
-requests for a small queue with a worker or two; one that finds the snapshot
-fresh costs its 1 GET. ``requests`` in the snapshot says what it cost.
+``4..4*scan_limit/1000`` LIST + 1 LIST + W GET + 1 GET + 1 PUT: 7 + W
+while each index fits in one page (8 for a small queue with one worker).
+A refresh that finds the snapshot fresh costs its 1 GET. ``requests`` in the snapshot says what it cost.
 
 **Throughput** comes from the worker records, which already carry each
 worker's cumulative ``processed`` and ``failed`` attempt counts: the snapshot
