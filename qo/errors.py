@@ -210,3 +210,9 @@ class StoreRefused(StoreError):
     """The store lacks a feature qo's guarantees depend on (see ``qo doctor``)."""
 
     kind = ErrorKind.MISCONFIGURED  # choose another store, or a mode for it
+
+
+class NoStatsSnapshot(QoError):
+    """No fleet statistics snapshot has been written yet (``qo.protocol.fleetstats``)."""
+
+    kind = ErrorKind.NOT_FOUND

@@ -10,11 +10,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace as dc_replace
 from typing import Any
 
-from qo import results
+from qo import results, tracing
 from qo.errors import ErrorKind, QoError
 from qo.hooks import Hooks
 from qo.models import Status, TaskRecord
-from qo.protocol import admin, audit, records, sweep
+from qo.protocol import admin, audit, fleetstats, records, sweep
 from qo.protocol.admin import TaskView
 from qo.protocol.firing import Firer, FireReport
 from qo.protocol.registry import Registry
@@ -133,6 +133,7 @@ class Queue:
         self._submitter: ThreadPoolExecutor | None = None
         self._lazy = threading.Lock()
         self._registry: Registry | None = None
+        self._stats_next = 0.0  # monotonic time of the next look at the stats snapshot
 
     @property
     def results(self) -> results.ResultPoller:
@@ -208,9 +209,12 @@ class Queue:
     def submit_request(self, req: SubmitRequest) -> TaskHandle:
         """Submit a request exactly as it is (no registry lookup: ``App.submit`` uses this)."""
         now = self.store.now()
-        prepared = prepare(req, self.settings, now)  # everything that can refuse it
-        self.check_store()  # then the first submit checks the store, before any write
-        done = submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
+        with tracing.producer(req.queue or self.settings.default_queue, req.type) as traced:
+            prepared = prepare(req, self.settings, now)  # everything that can refuse it
+            if traced is not None:
+                traced(prepared.record.id)
+            self.check_store()  # then the first submit checks the store, before any write
+            done = submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
         return TaskHandle(self, done.id, done.created)
 
     def submit_many(self, requests: list[SubmitRequest | dict[str, Any]], *,
@@ -228,10 +232,13 @@ class Queue:
         if not reqs:
             return []
         now = self.store.now()
-        prepared = prepare_batch(reqs, self.settings, now)
-        self.check_store()
-        return [self._handle(d) for d in submit_all(self.store, prepared, self.settings, now,
-                                                       hooks=self.hooks)]
+        queues = {r.queue or self.settings.default_queue for r in reqs}
+        with tracing.producer(queues.pop() if len(queues) == 1 else "(several)",
+                              count=len(reqs)):  # one span for the batch (qo.tracing)
+            prepared = prepare_batch(reqs, self.settings, now)
+            self.check_store()
+            done = submit_all(self.store, prepared, self.settings, now, hooks=self.hooks)
+        return [self._handle(d) for d in done]
 
     def _handle(self, done: Submitted) -> TaskHandle:
         return TaskHandle(self, done.id, done.created)
@@ -259,6 +266,23 @@ class Queue:
 
     def stats(self) -> dict[str, dict[str, int]]:
         return admin.stats(self.store)
+
+    def fleet_stats(self, fresh: bool = False) -> fleetstats.FleetStats | None:
+        """The fleet statistics snapshot (1 GET; None if none was written yet), or with
+        ``fresh`` one computed now from the indexes (``qo.protocol.fleetstats``), not stored."""
+        if fresh:
+            return fleetstats.compute(self.store, "fresh")
+        return fleetstats.read(self.store)[0]
+
+    def refresh_stats(self, owner: str) -> fleetstats.FleetStats | None:
+        """Write a new fleet statistics snapshot if the stored one is stale; called by
+        whoever sweeps. Free until ``stats_interval`` has passed in this process since
+        its last look, then 1 GET (+ the snapshot's cost when it is stale)."""
+        interval = self.settings.stats_interval
+        if interval <= 0 or time.monotonic() < self._stats_next:
+            return None
+        self._stats_next = time.monotonic() + 0.9 * interval
+        return fleetstats.refresh(self.store, owner, interval=interval)
 
     def pause(self, queue: str) -> None:
         admin.pause(self.store, queue)

@@ -357,6 +357,7 @@ class Worker:
                 try:
                     if due_sweep or sweep.take_sweep_turn(self.store, self.id, interval):
                         report = self.queue.sweep(owner=self.id)
+                        self.queue.refresh_stats(owner=self.id)  # at most every stats_interval
                         due_sweep = False
                         if report.next_due is not None:  # wake up when the next one is due
                             wait = max(0.05, report.next_due - self.store.now())

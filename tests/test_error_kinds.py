@@ -79,6 +79,7 @@ EXPECTED = {
     "qo.errors.BucketNotFound": ErrorKind.MISCONFIGURED,
     "qo.errors.ConfigError": ErrorKind.MISCONFIGURED,
     "qo.errors.InvalidName": ErrorKind.INVALID,
+    "qo.errors.NoStatsSnapshot": ErrorKind.NOT_FOUND,
     "qo.errors.ListingStalled": ErrorKind.UNSUPPORTED_STORE,
     "qo.errors.NotSupported": ErrorKind.UNSUPPORTED_STORE,
     "qo.errors.StoreRefused": ErrorKind.MISCONFIGURED,

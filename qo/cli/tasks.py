@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from qo.cli import common, dlq, submit
+from qo.cli import fleetstats as fleetstats_cli
 from qo.cli.common import (
     CliError,
     JsonOption,
@@ -180,9 +181,17 @@ def stats(
     ctx: typer.Context,
     queue: QueueOption = None,
     json: JsonOption = False,
+    fleet_view: Annotated[bool, typer.Option(
+        "--fleet", help="The fleet snapshot whoever sweeps writes (1 GET): depth by "
+        "priority, oldest ready age, throughput, live workers.")] = False,
+    fresh: Annotated[bool, typer.Option(
+        help="The fleet snapshot computed now from the indexes (implies --fleet).")] = False,
 ) -> None:
     """Tasks waiting, scheduled, running and dead, per queue (from the indexes)."""
     q = common.open_queue(ctx, queue)
+    if fleet_view or fresh:
+        fleetstats_cli.show(q, fresh=fresh, json=json)
+        return
     counts = q.stats()
     paused = sorted(admin.paused_queues(q.store))
     table_data = {name: {k: counts.get(name, {}).get(k, 0) for k in _COUNTS}

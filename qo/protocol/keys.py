@@ -14,6 +14,7 @@
     schedules/{name}.json                            a schedule and its state
     types/{type}/{version}.json                      a published task type (registry)
     sweep/turn, sweep/retention-cursor, sweep/audit-cursor   housekeeping state
+    stats/fleet.json                                 fleet statistics snapshot
     doctor/...                                       qo doctor's scratch objects
     meta/capabilities.json, meta/delete-failures/*   store checks and failure reports
 """
@@ -40,6 +41,8 @@ SWEEP_TURN = "sweep/turn"
 RETENTION_CURSOR = "sweep/retention-cursor"
 #: Where the audit (qo/protocol/audit.py) resumes its pass over tasks/.
 AUDIT_CURSOR = "sweep/audit-cursor"
+#: The fleet statistics snapshot whoever sweeps writes (qo/protocol/fleetstats.py).
+STATS = "stats/fleet.json"
 META = "meta/"  # store capabilities cache, probe keys, delete-failure reports
 PAUSED_MARK = "!paused"
 SCHEDULE_INPUTS = "schedule-inputs/"  # {name}/{sha256 of the input}: large schedule inputs

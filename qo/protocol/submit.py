@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from qo import tracing
 from qo.errors import ErrorKind, PreconditionFailed, QoError, shorten
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import idempotent_task_id, new_task_id
@@ -180,6 +181,7 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
         idempotency_key=req.key,
         idempotency_expires_at=(when + retention) if req.key else None,
         tags=req.tags,
+        trace=tracing.carrier(),  # the current span's context (qo.tracing), if any
         # unset, the record omits it and a worker applies its handler's declared value
         **({"max_attempts": req.max_attempts} if "max_attempts" in req.model_fields_set else {}),
     )

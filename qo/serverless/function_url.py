@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -185,8 +186,19 @@ def error_body(code: str, message: str) -> dict[str, str]:
 # -- the response -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TextBody:
+    """A route's answer that is not JSON (``GET /metrics``): sent as it is."""
+
+    text: str
+    content_type: str
+
+
 def response(status: int, body: Any, headers: dict[str, str]) -> dict[str, Any]:
-    """A Lambda (payload format 2.0) response with a JSON body."""
+    """A Lambda (payload format 2.0) response with a JSON body (or a ``TextBody``)."""
+    if isinstance(body, TextBody):
+        return {"statusCode": status, "headers": {"content-type": body.content_type, **headers},
+                "body": body.text, "isBase64Encoded": False}
     return {
         "statusCode": status,
         "headers": {**JSON_HEADERS, **headers},
@@ -203,5 +215,5 @@ def method_and_path(event: Any) -> tuple[str, str]:
         return "?", "?"
 
 
-__all__ = ["HttpError", "Request", "bad_request", "describe_validation", "refusal",
+__all__ = ["HttpError", "Request", "TextBody", "bad_request", "describe_validation", "refusal",
            "response"]
