@@ -26,3 +26,6 @@ class Settings:
     default_queue: str = "default"
     #: How long a submitter trusts its listing of the task-type registry (types/).
     registry_ttl: float = 30.0
+    #: How long a submitter trusts its count of a bounded queue's ready tasks
+    #: (``max_depth``, qo/protocol/backpressure.py), its own submits added.
+    depth_ttl: float = 1.0
