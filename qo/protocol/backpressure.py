@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qo.errors import ErrorKind, PreconditionFailed, QoError, StoreError
 from qo.ids import new_token
@@ -106,7 +106,13 @@ def set_settings(store: Store, queue: str, *, max_depth: int | None | object = U
             update["max_depth"] = max_depth
         if aging is not UNSET:
             update["aging"] = aging
-        new = QueueSettings.model_validate(base.model_dump() | update)
+        try:
+            new = QueueSettings.model_validate(base.model_dump() | update)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            raise QoError(f"invalid setting {where} of queue {queue!r}: {first.get('msg')}"
+                          ) from None
         if new.empty:
             if etag is not None:
                 delete_quietly(store, key, if_match=etag)
