@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -289,3 +290,70 @@ def test_unreadable_settings_are_ignored_by_submitters() -> None:
     queue = Queue(store)
     queue.submit("t")
     assert ready(store) == 1
+
+
+# -- several processes on the moto server ------------------------------------------------
+
+CHILD = r"""
+import json, sys
+from qo.queue import Queue
+from qo.protocol.backpressure import QueueFull
+
+url, ttl, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+queue = Queue.from_url(url, depth_ttl=ttl)
+queue.registry.listing()
+queue.check_store()
+print("ready", flush=True)
+sys.stdin.readline()  # the parent's go, once every process is ready
+ok = full = 0
+for i in range(n):
+    try:
+        queue.submit("t", {"i": i})
+        ok += 1
+    except QueueFull:
+        full += 1
+print(json.dumps({"ok": ok, "full": full, "lists": queue.depth.lists}), flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ttl", [0.0, 1.0])
+def test_submitting_processes_on_the_moto_server_hold_the_documented_bound(
+        s3_server: Any, monkeypatch: pytest.MonkeyPatch, ttl: float) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from qo.store.s3 import S3Store
+
+    bucket = f"qo-bp-{os.urandom(4).hex()}"
+    store = S3Store(bucket, "bp", endpoint_url=s3_server.endpoint_url)
+    store.create_bucket()
+    max_depth, processes, tries = 30, 4, 40  # each alone would overfill it
+    backpressure.set_settings(store, "default", max_depth=max_depth)
+    env = {**os.environ, "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, f"s3://{bucket}/bp", str(ttl),
+                               str(tries)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env) for _ in range(processes)]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    depth = ready(store)
+    assert depth == sum(r["ok"] for r in results) and sum(r["full"] for r in results) > 0
+    if ttl == 0:  # every submit counts: C - 1 over at most, C = processes
+        assert max_depth <= depth <= max_depth + processes - 1
+    else:  # each other process adds at most the room it counted, within a depth_ttl
+        assert max_depth <= depth <= max_depth * processes
+    store.close()
