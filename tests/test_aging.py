@@ -233,3 +233,23 @@ def test_a_fleet_claims_an_aging_queue_of_mixed_priorities_without_racing() -> N
             clock.advance(STEP)
     assert len(claimed) == len(set(claimed)) == n
     assert sum(c.stats.lease_conflicts for c in claimers) / n <= 0.05
+
+
+def test_what_a_worker_s_handlers_submit_follows_the_queue_s_aging() -> None:
+    from qo.worker import Worker, WorkerOptions
+
+    store = MemoryStore(clock=FakeClock())
+    backpressure.set_settings(store, "default", aging=5)
+    app = App(Queue(store))
+    children: list[str] = []
+    child = app.task(name="child")(lambda: None)
+
+    @app.task(name="parent")
+    def parent() -> None:
+        children.append(child.submit().id)
+
+    parent_id = Queue(store).submit("parent", allow_unregistered=True).id
+    Worker(app, options=WorkerOptions(concurrency=1, burst=True)).run()
+    assert app.queue.get(parent_id).record.aging == 5
+    [child_id] = children
+    assert app.queue.get(child_id).record.aging == 5  # App.submit, after the worker's LIST
