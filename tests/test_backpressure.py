@@ -279,6 +279,10 @@ def test_the_api_answers_429_queue_full(memory_url: str) -> None:
         assert "is full" in body["message"]
         status, body = call("POST", "/tasks/batch", {"tasks": [{"type": "t"}]})
         assert (status, body["error"]) == (429, "queue_full")
+        from qo.serverless import api
+        response = api.handler({"requestContext": {"http": {"method": "POST", "path": "/tasks"}},
+                                "rawPath": "/tasks", "body": '{"type": "t"}'})
+        assert response["statusCode"] == 429 and response["headers"]["Retry-After"] == "1"
         assert ready(queue.store) == 1
     finally:
         serverless.reset()
