@@ -262,7 +262,14 @@ def test_the_cli_sets_max_depth_and_a_full_submit_exits_6(memory_url: str) -> No
     assert_one_line_error(run_qo("-q", memory_url, "queue", "set", "default",
                                  "--max-depth", "-3"), code=2, contains="--max-depth")
     assert_one_line_error(run_qo("-q", memory_url, "queue", "set", "default"), code=2)
+    assert as_json(run_qo("-q", memory_url, "queue", "set", "default", "--aging", "60",
+                          "--json")) == {"queue": "default", "max_depth": 1, "aging": 60}
+    assert "60 s" in ok(run_qo("-q", memory_url, "stats")).stdout
     ok(run_qo("-q", memory_url, "queue", "set", "default", "--max-depth", "none"))
+    assert "strict priority" not in ok(run_qo("-q", memory_url, "queue", "show", "default")).stdout
+    ok(run_qo("-q", memory_url, "queue", "set", "default", "--aging", "none"))
+    assert "no max depth, strict priority" in ok(
+        run_qo("-q", memory_url, "queue", "show", "default")).stdout
     assert as_json(run_qo("-q", memory_url, "queue", "ls", "--json")) == []
 
 
