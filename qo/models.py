@@ -97,7 +97,7 @@ class TaskRecord(BaseModel):
     #: use them is written as version 1, byte for byte what qo before them wrote.
     since_v2: ClassVar[dict[str, Any]] = {"version": 1, "labels": []}
     #: Fields of schema version 3, likewise: a record without them is written as 2 or 1.
-    since_v3: ClassVar[dict[str, Any]] = {"trace": None}
+    since_v3: ClassVar[dict[str, Any]] = {"trace": None, "aging": None}
 
     v: int = 3  # the schema version (see the module docstring and ``body_version``)
     id: str
@@ -107,6 +107,9 @@ class TaskRecord(BaseModel):
     version: int = Field(1, ge=1, le=1_000_000)
     #: Labels a worker needs to run it (``qo worker --label``), sorted; in its marker key.
     labels: list[str] = Field(default_factory=list)
+    #: Seconds of waiting worth one priority level, from its queue's settings at submit
+    #: (None: strict priority); in its marker keys (docs/protocol.md section 12).
+    aging: int | None = Field(None, ge=1, le=86_400)
     input: Any = None
     input_ref: str | None = None
     input_hash: str

@@ -16,10 +16,12 @@ from qo.hooks import Hooks
 from qo.models import Status, TaskRecord
 from qo.protocol import admin, audit, fleetstats, records, sweep
 from qo.protocol.admin import TaskView
+from qo.protocol.backpressure import DepthGauge, QueueSettings
 from qo.protocol.firing import Firer, FireReport
 from qo.protocol.registry import Registry
 from qo.protocol.submit import (
     InvalidBatchItem,
+    Prepared,
     SubmitRequest,
     Submitted,
     prepare,
@@ -134,6 +136,8 @@ class Queue:
         self._lazy = threading.Lock()
         self._registry: Registry | None = None
         self._stats_next = 0.0  # monotonic time of the next look at the stats snapshot
+        #: Counts of bounded queues' depths (``max_depth``; qo/protocol/backpressure.py).
+        self.depth = DepthGauge(self.settings.depth_ttl)
 
     @property
     def results(self) -> results.ResultPoller:
@@ -173,6 +177,33 @@ class Queue:
         """
         return self.registry.resolve(fields, allow_unregistered=allow_unregistered)
 
+    def queue_settings(self, queue: str, *, first_listing: bool = True) -> QueueSettings | None:
+        """A queue's ``max_depth`` and ``aging``, from the registry listing (see
+        ``Registry.queue_settings``: free while it is fresh)."""
+        return self.registry.queue_settings(queue, first_listing=first_listing)
+
+    def aging_of(self, *, first_listing: bool = True) -> Callable[[str], int | None]:
+        """``queue -> its priority aging``, for ``prepare`` and ``prepare_batch``."""
+        def aging(queue: str) -> int | None:
+            found = self.queue_settings(queue, first_listing=first_listing)
+            return found.aging if found else None
+        return aging
+
+    def admit(self, prepared: list[Prepared], *, first_listing: bool = True) -> None:
+        """Raise ``QueueFull`` if these tasks would take a queue past its ``max_depth``.
+
+        Call it after ``check_store`` and before writing. A queue without
+        ``max_depth`` costs nothing; a bounded one a count now and then
+        (``DepthGauge``).
+        """
+        per_queue: dict[str, int] = {}
+        for p in prepared:
+            per_queue[p.record.queue] = per_queue.get(p.record.queue, 0) + 1
+        for name, n in per_queue.items():
+            found = self.queue_settings(name, first_listing=first_listing)
+            if found is not None and found.max_depth is not None:
+                self.depth.admit(self.store, name, n, found.max_depth)
+
     def check_store(self) -> Queue:
         """Refuse a store that cannot keep qo's guarantees; once per Queue.
 
@@ -207,13 +238,21 @@ class Queue:
         return self.submit_request(SubmitRequest(**fields))
 
     def submit_request(self, req: SubmitRequest) -> TaskHandle:
-        """Submit a request exactly as it is (no registry lookup: ``App.submit`` uses this)."""
+        """Submit a request exactly as it is (no registry lookup: ``App.submit`` uses this).
+
+        Queue settings (``max_depth``, ``aging``) apply once this Queue has listed the
+        registry (``Queue.submit`` does, and ``queue_settings()``): it lists nothing
+        for them itself.
+        """
         now = self.store.now()
-        with tracing.producer(req.queue or self.settings.default_queue, req.type) as traced:
-            prepared = prepare(req, self.settings, now)  # everything that can refuse it
+        queue_name = req.queue or self.settings.default_queue
+        aging = self.aging_of(first_listing=False)(queue_name)
+        with tracing.producer(queue_name, req.type) as traced:
+            prepared = prepare(req, self.settings, now, aging=aging)  # all that can refuse it
             if traced is not None:
                 traced(prepared.record.id)
             self.check_store()  # then the first submit checks the store, before any write
+            self.admit([prepared], first_listing=False)
             done = submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
         return TaskHandle(self, done.id, done.created)
 
@@ -235,8 +274,9 @@ class Queue:
         queues = {r.queue or self.settings.default_queue for r in reqs}
         with tracing.producer(queues.pop() if len(queues) == 1 else "(several)",
                               count=len(reqs)):  # one span for the batch (qo.tracing)
-            prepared = prepare_batch(reqs, self.settings, now)
+            prepared = prepare_batch(reqs, self.settings, now, self.aging_of())
             self.check_store()
+            self.admit(prepared)
             done = submit_all(self.store, prepared, self.settings, now, hooks=self.hooks)
         return [self._handle(d) for d in done]
 

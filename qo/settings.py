@@ -28,3 +28,6 @@ class Settings:
     registry_ttl: float = 30.0
     #: Whoever sweeps writes the fleet statistics snapshot at most this often (0: never).
     stats_interval: float = 300.0
+    #: How long a submitter trusts its count of a bounded queue's ready tasks
+    #: (``max_depth``, qo/protocol/backpressure.py), its own submits added.
+    depth_ttl: float = 1.0

@@ -99,6 +99,7 @@ EXPECTED = {
     "qo.serverless.worker.TaskTooLong": ErrorKind.MISCONFIGURED,
     "qo.store.faulty.InjectedFault": ErrorKind.UNAVAILABLE,
     "qo.protocol.submit.IdempotencyConflict": ErrorKind.CONFLICT,
+    "qo.protocol.backpressure.QueueFull": ErrorKind.FULL,
     "qo.protocol.registry.InvalidInput": ErrorKind.INVALID,
     "qo.protocol.identity.InvalidIdentity": ErrorKind.INVALID,
     "qo.protocol.registry.UnregisteredType": ErrorKind.INVALID,

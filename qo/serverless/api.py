@@ -153,11 +153,14 @@ def _submit_request(rt: Runtime, fields: Any, where: str = "") -> SubmitRequest:
 def post_task(rt: Runtime, req: Request) -> tuple[int, Any]:
     submit = _submit_request(rt, req.json_object())
     now = rt.queue.store.now()
-    with tracing.producer(submit.queue or rt.queue.settings.default_queue, submit.type) as traced:
-        prepared = prepare(submit, rt.queue.settings, now)  # refuse before any write
+    queue_name = submit.queue or rt.queue.settings.default_queue
+    aging = rt.queue.aging_of()(queue_name)
+    with tracing.producer(queue_name, submit.type) as traced:
+        prepared = prepare(submit, rt.queue.settings, now, aging=aging)  # refuse before any write
         if traced is not None:
             traced(prepared.record.id)
         rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
+        rt.queue.admit([prepared])  # QueueFull (429) past the queue's max_depth
         done = submit_prepared(rt.queue.store, prepared, rt.queue.settings, now,
                                hooks=rt.queue.hooks)
     body = {"id": done.id, "created": done.created, "status": done.status.value}
@@ -180,10 +183,11 @@ def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
     store, settings = rt.queue.store, rt.queue.settings
     now = store.now()
     try:  # sizes, delay and at: refuse before writing anything
-        prepared = prepare_batch(reqs, settings, now)
+        prepared = prepare_batch(reqs, settings, now, rt.queue.aging_of())
     except InvalidBatchItem as exc:  # of the kind of the item's error
         raise HttpError.of(exc.kind, f"tasks[{exc.index}]: {exc.error}") from None
     rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
+    rt.queue.admit(prepared)  # QueueFull (429) past a queue's max_depth: none is written
     done = submit_all(rt.queue.store, prepared, settings, now, hooks=rt.queue.hooks)
     rows = [{"id": d.id, "created": d.created, "status": d.status.value} for d in done]
     return (201 if any(d.created for d in done) else 200), {"tasks": rows}

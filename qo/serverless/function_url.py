@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +146,9 @@ def answer_error(exc: Exception, request_id: str) -> tuple[int, dict[str, str], 
         return kind.http_status, error_body(kind.code, describe_validation(exc)), {}
     if isinstance(exc, QoError):
         status, body = refusal(exc, request_id)
+        retry_after = getattr(exc, "retry_after", None)  # e.g. QueueFull: when to try again
+        if isinstance(retry_after, (int, float)) and retry_after >= 0:
+            return status, body, {"Retry-After": str(max(1, math.ceil(retry_after)))}
         return status, body, {}
     log.error("request %s failed", request_id, exc_info=exc)
     status, body = internal_error(request_id)
