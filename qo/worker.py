@@ -194,6 +194,11 @@ class Worker:
             log.info("published task type(s) %s", ", ".join(report.written),
                      extra={"event": "types_published", "keys": report.written})
 
+    @property
+    def stopping(self) -> bool:
+        """Told to stop (a signal, ``stop``, ``--burst`` done): it claims no more tasks."""
+        return self._stop.is_set()
+
     def stop(self) -> None:
         self._stop.set()
         self.idle.wake()

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 
 import typer
 
 from qo import logs
 from qo.cli import common
 from qo.cli.common import CliError, QueueOption, note, say
+from qo.errors import ConfigError
 from qo.names import check_labels, check_name
 from qo.shutdown import EXIT_ABANDONED
 from qo.worker import Worker, WorkerOptions
+
+if TYPE_CHECKING:
+    from qo.metrics import WorkerMetrics
+
+log = logging.getLogger("qo.worker")
 
 
 class LogLevel(StrEnum):
@@ -93,6 +100,13 @@ def worker(
         "--label", metavar="NAME[=VALUE]",
         help="A capability of this worker (repeatable): it runs tasks that need only "
              "labels it has.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, metavar="PORT",
+        help="Serve Prometheus metrics on this port (/metrics; needs the metrics extra).",
+        show_default=False)] = None,
+    metrics_host: Annotated[str, typer.Option(
+        metavar="HOST", help="The address the metrics and health servers listen on.")
+    ] = "127.0.0.1",
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
     log_format: Annotated[LogFormat, typer.Option(case_sensitive=False)] = LogFormat.text,
     queue: QueueOption = None,
@@ -115,12 +129,51 @@ def worker(
                             poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace,
                             cancel_wait=cancel_wait, threads=threads,
                             labels=check_labels(label or []))
-    with _restored_process_state():
+    metrics = _metrics(metrics_port)
+    if metrics is not None:
+        q.store = metrics.observe_store(q.store)  # before the worker holds it
+    w = Worker(app, q, options)
+    with _restored_process_state(), contextlib.ExitStack() as serving:
         logs.setup(log_level.value, json=log_format == LogFormat.json)
-        summary = Worker(app, q, options).run()
+        if metrics is not None and metrics_port is not None:
+            serving.callback(metrics.attach(w))
+            serving.callback(_serve(metrics.serve, metrics_host, metrics_port, "metrics").close)
+        summary = w.run()
     say(f"processed {summary.processed}: {summary.succeeded} succeeded, {summary.failed} failed, "
         f"{summary.released} released, {summary.cancelled} cancelled, {summary.fenced} fenced")
     if summary.abandoned:
         note(f"{summary.abandoned} handler(s) were still running when the worker stopped; "
              f"exiting with code {EXIT_ABANDONED}")
         raise typer.Exit(EXIT_ABANDONED)
+
+
+def _metrics(port: int | None) -> WorkerMetrics | None:
+    """The worker's metrics when ``--metrics-port`` asks for them (the extra is imported here)."""
+    if port is None:
+        return None
+    from qo.metrics import INSTALL, WorkerMetrics
+
+    try:
+        return WorkerMetrics()
+    except ConfigError:
+        raise CliError(f"--metrics-port needs the metrics extra: {INSTALL}") from None
+
+
+class _Server(Protocol):
+    port: int
+
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _serve(start: Callable[[str, int], S], host: str, port: int, what: str) -> S:
+    """Start a server; a port in use (or a bad host) is one error line."""
+    try:
+        server = start(host, port)
+    except OSError as exc:
+        raise CliError(f"cannot serve {what} on {host}:{port}: {exc.strerror or exc}") from None
+    url = f"http://{host}:{server.port}"
+    log.info("serving %s on %s", what, url, extra={"event": "serving", "what": what, "url": url})
+    return server
