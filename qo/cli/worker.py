@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -18,6 +19,7 @@ from qo.cli import common
 from qo.cli.common import CliError, QueueOption, note, say
 from qo.errors import ConfigError
 from qo.names import check_labels, check_name
+from qo.probes import HealthServer, Probes
 from qo.shutdown import EXIT_ABANDONED
 from qo.worker import Worker, WorkerOptions
 
@@ -104,6 +106,10 @@ def worker(
         min=0, max=65535, metavar="PORT",
         help="Serve Prometheus metrics on this port (/metrics; needs the metrics extra).",
         show_default=False)] = None,
+    health_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, metavar="PORT",
+        help="Serve health checks on this port: /livez and /readyz (also /metrics when it "
+             "is the --metrics-port).", show_default=False)] = None,
     metrics_host: Annotated[str, typer.Option(
         metavar="HOST", help="The address the metrics and health servers listen on.")
     ] = "127.0.0.1",
@@ -122,6 +128,7 @@ def worker(
     app = common.bind_app(ctx, queue, common.load_app(app_spec))
     if not app.tasks:
         raise CliError(f"app {app_spec!r} has no tasks registered: nothing to run")
+    metrics = _metrics(metrics_port)
     q = app.queue.check_store()  # refuse a store that cannot keep qo's guarantees
     if poll_max <= 0:
         raise CliError("--poll-max must be positive")
@@ -129,15 +136,22 @@ def worker(
                             poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace,
                             cancel_wait=cancel_wait, threads=threads,
                             labels=check_labels(label or []))
-    metrics = _metrics(metrics_port)
     if metrics is not None:
         q.store = metrics.observe_store(q.store)  # before the worker holds it
     w = Worker(app, q, options)
     with _restored_process_state(), contextlib.ExitStack() as serving:
         logs.setup(log_level.value, json=log_format == LogFormat.json)
+        one_port = health_port is not None and health_port != 0 and metrics_port == health_port
         if metrics is not None and metrics_port is not None:
             serving.callback(metrics.attach(w))
-            serving.callback(_serve(metrics.serve, metrics_host, metrics_port, "metrics").close)
+            if not one_port:
+                serving.callback(_serve(metrics.serve, metrics_host, metrics_port,
+                                        "metrics").close)
+        if health_port is not None:
+            shared = metrics if one_port else None
+            start = functools.partial(HealthServer, Probes(w), metrics=shared)
+            serving.callback(_serve(start, metrics_host, health_port,
+                                    "health checks" + (" and metrics" if shared else "")).close)
         summary = w.run()
     say(f"processed {summary.processed}: {summary.succeeded} succeeded, {summary.failed} failed, "
         f"{summary.released} released, {summary.cancelled} cancelled, {summary.fenced} fenced")
