@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
+from qo import logs
 from qo.app import App, TaskDef
 from qo.calls import sync_call
 from qo.context import Context, StopReason
@@ -204,7 +205,8 @@ class Runner:
 
         def target() -> None:
             try:
-                running.result = call(handler_call)
+                with logs.task_fields(task_id, running.ctx.task_type, running.ctx.attempt):
+                    running.result = call(handler_call)
             except BaseException as exc:  # noqa: BLE001 - reported as the task's error
                 running.error = exc
             finally:

@@ -246,3 +246,10 @@ def test_qo_worker_serves_metrics_on_the_port_it_logs(tmp_path: Path) -> None:
     assert total == {"started": 5, "succeeded": 3, "retried": 1, "dead": 1}
     assert value(s, "qo_store_requests_total", operation="put", outcome="ok") >= 10
     assert value(s, "process_cpu_seconds_total") > 0
+    logged = [orjson.loads(line) for line in lines if line.startswith("{")]
+    for msg, logger in (("working on it", "qo.task.ok"), ("my own line", "metrics_app")):
+        found = [line for line in logged if line["msg"] == msg]
+        assert len(found) == 2 and {line["logger"] for line in found} == {logger}
+        assert {line["task_id"] for line in found} == set(ids[:2])
+        assert all(line["type"] == "ok" and line["attempt"] == 1 and line["trace_id"] == ""
+                   for line in found)

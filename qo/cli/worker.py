@@ -61,8 +61,9 @@ def _restored_process_state() -> Iterator[None]:
     Matters when the CLI runs in-process (tests, embedding): otherwise the
     logger would keep writing to a stream the caller has since closed.
     """
-    logger = logging.getLogger("qo")
+    logger, top = logging.getLogger("qo"), logging.getLogger()
     saved_log = (logger.handlers[:], logger.level, logger.propagate)
+    saved_top = (top.handlers[:], top.level)
     main = threading.current_thread() is threading.main_thread()
     signals = (signal.SIGINT, signal.SIGTERM) if main else ()
     saved_signals = {s: signal.getsignal(s) for s in signals}
@@ -70,6 +71,7 @@ def _restored_process_state() -> Iterator[None]:
         yield
     finally:
         logger.handlers[:], logger.level, logger.propagate = saved_log
+        top.handlers[:], top.level = saved_top
         for sig, handler in saved_signals.items():
             signal.signal(sig, handler)
 
@@ -140,7 +142,7 @@ def worker(
         q.store = metrics.observe_store(q.store)  # before the worker holds it
     w = Worker(app, q, options)
     with _restored_process_state(), contextlib.ExitStack() as serving:
-        logs.setup(log_level.value, json=log_format == LogFormat.json)
+        logs.setup(log_level.value, json=log_format == LogFormat.json, handlers_too=True)
         one_port = health_port is not None and health_port != 0 and metrics_port == health_port
         if metrics is not None and metrics_port is not None:
             serving.callback(metrics.attach(w))

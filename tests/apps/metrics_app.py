@@ -12,13 +12,14 @@ from qo.app import App
 from qo.context import Context
 
 app = App()
-log = logging.getLogger("qo.task.metrics_app")
+log = logging.getLogger("metrics_app")  # the program's own logger, not qo's
 
 
 def define(app: App) -> App:
     @app.task
     def ok(ctx: Context) -> str:
-        log.info("working on it")
+        ctx.log.info("working on it")
+        log.info("my own line")
         return "fine"
 
     @app.task(max_attempts=3, retry={"base": 0, "cap": 0})
