@@ -107,17 +107,31 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data, default=str).decode()
 
 
-def setup(level: str = "INFO", json: bool = False, *, handlers_too: bool = False) -> None:
-    """Log qo's lines to stderr. ``handlers_too``: also the lines of the program's own
-    loggers (those of task handlers), when it configured no logging of its own."""
+class _InTasksOrWarnings(logging.Filter):
+    """The program's lines while a handler runs; other libraries' only from WARNING up
+    (what Python prints when nobody configured logging)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or _task.get() is not None
+
+
+def _handler(json: bool) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
     handler.addFilter(TaskFilter())
+    return handler
+
+
+def setup(level: str = "INFO", json: bool = False, *, handlers_too: bool = False) -> None:
+    """Log qo's lines to stderr. ``handlers_too``: also what task handlers log with the
+    program's own loggers (and anyone's warnings), when it configured no logging itself."""
     root = logging.getLogger("qo")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_handler(json)]
     root.setLevel(level.upper())
     root.propagate = False
     top = logging.getLogger()
     if handlers_too and not top.handlers:
+        handler = _handler(json)
+        handler.addFilter(_InTasksOrWarnings())
         top.addHandler(handler)
         top.setLevel(level.upper())

@@ -155,3 +155,23 @@ def test_without_opentelemetry_there_is_no_trace_id(monkeypatch: pytest.MonkeyPa
     assert (record.task_id, record.type, record.attempt, record.trace_id) == (  # type: ignore[attr-defined]
         "t1", "work", 3, "")
     assert logs.current_task() is None
+
+
+def test_qo_worker_logging_takes_the_programs_lines_while_handlers_run(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    qo_log, top = logging.getLogger("qo"), logging.getLogger()
+    saved = (qo_log.handlers[:], qo_log.level, qo_log.propagate, top.handlers[:], top.level)
+    top.handlers[:] = []  # a program that configured no logging
+    try:
+        logs.setup("info", json=True, handlers_too=True)
+        other = logging.getLogger("somelibrary")
+        other.info("chatter outside any handler")
+        other.warning("a warning outside any handler")
+        with logs.task_fields("t1", "work", 1):
+            other.info("a handler's line")
+        logging.getLogger("qo.worker").info("qo's own line")
+    finally:
+        qo_log.handlers[:], qo_log.level, qo_log.propagate, top.handlers[:], top.level = saved
+    out = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(o["msg"], o.get("task_id")) for o in out] == [
+        ("a warning outside any handler", None), ("a handler's line", "t1"), ("qo's own line", None)]
