@@ -37,6 +37,8 @@ HOUSEKEEPER_SLACK = 300.0
 STORE_SLACK = 30.0
 
 PATHS = {"/livez": "live", "/readyz": "ready"}
+#: How often the server looks whether it was told to stop (``close`` waits up to this).
+POLL = 0.1
 
 
 class Unhealthy(QoError):
@@ -112,8 +114,8 @@ class HealthServer:
         self._httpd = ThreadingHTTPServer((host, port), _handler(probes, metrics))
         self._httpd.daemon_threads = True
         self.port: int = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="qo-health",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(POLL,),
+                                        name="qo-health", daemon=True)
         self._thread.start()
 
     def close(self) -> None:

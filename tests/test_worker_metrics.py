@@ -24,6 +24,7 @@ from qo.errors import ConfigError, PreconditionFailed
 from qo.hooks import Kind
 from qo.metrics import WorkerMetrics
 from qo.models import Status
+from qo.probes import HealthServer, Probes
 from qo.queue import Queue
 from qo.settings import Settings
 from qo.store.faulty import FaultyStore
@@ -110,7 +111,7 @@ def test_a_busy_slot_shows_while_its_handler_runs() -> None:
     handle = app.submit("hold")
     worker = Worker(app, queue, WorkerOptions(concurrency=3, poll_max=0.1))
     detach = metrics.attach(worker)
-    server = metrics.serve("127.0.0.1", 0)
+    server = HealthServer(Probes(worker), "127.0.0.1", 0, metrics=metrics)  # /metrics too
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
