@@ -52,6 +52,22 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def outcomes(samples: dict[Any, float]) -> dict[str, float]:
+    """qo_tasks_total by outcome, summed over queues and types."""
+    out: dict[str, float] = {}
+    for (name, labels), v in samples.items():
+        if name == "qo_tasks_total":
+            outcome = dict(labels)["outcome"]
+            out[outcome] = out.get(outcome, 0.0) + v
+    return out
+
+
+def settled(samples: dict[Any, float], attempts: int) -> bool:
+    """Have ``attempts`` attempts had their outcome event? (The record shows an outcome,
+    and the slot is free, a moment before the event that counts it.)"""
+    return sum(v for k, v in outcomes(samples).items() if k != "started") >= attempts
+
+
 @pytest.fixture
 def running() -> Iterator[tuple[Queue, Worker, WorkerMetrics, int, list[str]]]:
     queue = Queue(MemoryStore(), Settings())
@@ -76,12 +92,9 @@ def running() -> Iterator[tuple[Queue, Worker, WorkerMetrics, int, list[str]]]:
 def test_a_running_workers_metrics_count_a_known_workload(running: Any) -> None:
     queue, worker, _, port, ids = running
     wait_for(lambda: all(queue.get(i).record.terminal for i in ids))
-    wait_for(lambda: not worker.runner.running())
+    wait_for(lambda: settled(scrape(port), 5) and not worker.runner.running())
     s = scrape(port)
-    count = {outcome: sum(v for (name, labels), v in s.items()
-                          if name == "qo_tasks_total" and ("outcome", outcome) in labels)
-             for outcome in ("started", "succeeded", "retried", "dead")}
-    assert count == {"started": 5, "succeeded": 3, "retried": 1, "dead": 1}
+    assert outcomes(s) == {"started": 5, "succeeded": 3, "retried": 1, "dead": 1}
     assert value(s, "qo_tasks_total", queue="default", type="ok", outcome="succeeded") == 2
     assert value(s, "qo_tasks_total", queue="default", type="flaky", outcome="retried") == 1
     assert value(s, "qo_tasks_total", queue="default", type="boom", outcome="dead") == 1
@@ -232,6 +245,7 @@ def test_qo_worker_serves_metrics_on_the_port_it_logs(tmp_path: Path) -> None:
         port = int(served["url"].rsplit(":", 1)[1])
         assert served["url"].startswith("http://127.0.0.1:")
         wait_for(lambda: all(queue.get(i).record.terminal for i in ids), timeout=60)
+        wait_for(lambda: settled(scrape(port), 5), timeout=60)
         wait_for(lambda: value(scrape(port), "qo_worker_slots", state="busy") == 0, timeout=60)
         s = scrape(port)
         proc.send_signal(signal.SIGTERM)
@@ -241,10 +255,7 @@ def test_qo_worker_serves_metrics_on_the_port_it_logs(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(10)
     assert proc.returncode == 0, "".join(lines)
-    total = {o: sum(v for (name, labels), v in s.items()
-                    if name == "qo_tasks_total" and ("outcome", o) in labels)
-             for o in ("started", "succeeded", "retried", "dead")}
-    assert total == {"started": 5, "succeeded": 3, "retried": 1, "dead": 1}
+    assert outcomes(s) == {"started": 5, "succeeded": 3, "retried": 1, "dead": 1}
     assert value(s, "qo_store_requests_total", operation="put", outcome="ok") >= 10
     assert value(s, "process_cpu_seconds_total") > 0
     logged = [orjson.loads(line) for line in lines if line.startswith("{")]
