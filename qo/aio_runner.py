@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from qo import logs
 from qo.app import App, TaskDef
 from qo.calls import async_call, has_sync_tasks, is_async_task
 from qo.context import StopReason
@@ -153,7 +154,8 @@ class AsyncRunner(Runner):
 
         async def target() -> None:
             try:
-                running.result = await call(handler_call)
+                with logs.task_fields(running.claim.task_id, ctx.task_type, ctx.attempt):
+                    running.result = await call(handler_call)
             except BaseException as exc:  # noqa: BLE001 - reported as the task's error
                 running.error = exc
             finally:

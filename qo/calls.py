@@ -18,6 +18,7 @@ as a coroutine function, awaited on the loop, cancelled by the runner.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Awaitable
 from typing import Any
@@ -78,9 +79,11 @@ async def _in_thread(fn: Next, call: TaskCall) -> Any:
         else:
             answer.set_exception(value)
 
+    context = contextvars.copy_context()  # what the caller's context holds (its task's log fields)
+
     def target() -> None:
         try:
-            value = fn(call)
+            value = context.run(fn, call)
         except BaseException as exc:  # noqa: BLE001 - raised in the awaiting middleware
             loop.call_soon_threadsafe(settle, False, exc)
         else:

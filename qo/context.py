@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +52,12 @@ class Context:
     cancelled: threading.Event = field(default_factory=threading.Event)
     cancel_reason: StopReason | None = None
     _heartbeat: Callable[[], bool] | None = field(default=None, repr=False)
+
+    @property
+    def log(self) -> logging.Logger:
+        """The logger for this handler's lines (``qo.task.<type>``); like every line logged
+        while the handler runs, they carry the task's id, type, attempt and trace id."""
+        return logging.getLogger(f"qo.task.{self.task_type}")
 
     def is_cancelled(self) -> bool:
         return self.cancelled.is_set()

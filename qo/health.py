@@ -24,6 +24,8 @@ class StoreHealth:
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self.failures = 0  # failed requests (after the store client's own retries)
+        #: ``time.monotonic()`` when a request last succeeded (None: none yet), for /readyz.
+        self.answered_at: float | None = None
 
     @property
     def down(self) -> bool:
@@ -42,6 +44,7 @@ class StoreHealth:
             log.debug("store still unavailable (%s: %s)", doing, exc)
 
     def ok(self) -> None:
+        self.answered_at = time.monotonic()
         if self._down_since is None:  # the common case: no lock, no log
             return
         with self._lock:

@@ -41,6 +41,9 @@ class Kind(StrEnum):
     SLOT_FIRED = "slot_fired"  # a schedule slot was decided and its task submitted
     REPAIRED = "repaired"  # the audit indexed a stranded task again
     QUARANTINED = "quarantined"  # an unreadable record was parked for qo doctor
+    CLAIM_CONFLICT = "claim_conflict"  # the run lease's create-only PUT lost (412): claimed by another
+    LEASE_RENEWED = "lease_renewed"  # a running task's lease renewal CAS succeeded
+    LEASE_LOST = "lease_lost"  # a renewal found the lease taken over (412) or expired by its estimate
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
+from qo import logs
 from qo.app import App, TaskDef
 from qo.calls import sync_call
 from qo.context import Context, StopReason
 from qo.errors import PreconditionFailed, QoError, StoreError
 from qo.health import StoreHealth
 from qo.heartbeat import MAX_BACKOFF, LeaseKeeper, Renewal
-from qo.hooks import NO_HOOKS, Hooks
+from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.middleware import TaskCall
 from qo.models import ErrorInfo, Status, TaskRecord
 from qo.protocol import outcome, records
@@ -205,7 +206,8 @@ class Runner:
 
         def target() -> None:
             try:
-                running.result = call(handler_call)
+                with logs.task_fields(task_id, running.ctx.task_type, running.ctx.attempt):
+                    running.result = call(handler_call)
             except BaseException as exc:  # noqa: BLE001 - reported as the task's error
                 running.error = exc
             finally:
@@ -256,6 +258,8 @@ class Runner:
         claim = running.claim
         renewal = running.keeper.renew()
         if renewal is Renewal.LOST:
+            if running.ctx.cancel_reason is not StopReason.LEASE_LOST:  # once per attempt
+                self._lease_event(Kind.LEASE_LOST, claim)
             running.ctx.cancel(StopReason.LEASE_LOST)
             return False
         if renewal is Renewal.FAILED:
@@ -263,6 +267,7 @@ class Runner:
             self.health.failed(running.keeper.last_error, f"renewing the lease of {claim.task_id}")
             return True
         self.health.ok()
+        self._lease_event(Kind.LEASE_RENEWED, claim)
         try:
             current = records.read(self.store, claim.task_id)
         except QoError:  # the next heartbeat looks again
@@ -272,6 +277,11 @@ class Runner:
             running.ctx.cancel(StopReason.CANCELLED)
             return False
         return True
+
+    def _lease_event(self, kind: Kind, claim: Claim) -> None:
+        rec = claim.record
+        self.hooks.emit(kind, rec.id, queue=rec.queue, task_type=rec.type, attempt=claim.attempt,
+                        worker=claim.lease.value.owner)
 
     def _finish(self, running: Running, definition: TaskDef) -> None:
         claim, ctx = running.claim, running.ctx

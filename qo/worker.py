@@ -104,6 +104,11 @@ class Worker:
         self._burst_check = threading.Lock()  # one slot at a time asks "is all done?"
         self._signals: list[int] = []  # noted by the signal handler, acted on by run()
         self._signals_handled = 0
+        #: For liveness checks (``qo.probes``): the threads ``run`` started, and
+        #: ``time.monotonic()`` when the housekeeper last went round its loop.
+        self.slots: list[threading.Thread] = []
+        self.housekeeper: threading.Thread | None = None
+        self.housekept_at: float | None = None
         runner = AsyncRunner if has_async_tasks(app) else Runner
         self.runner = runner(app, self.store, self.settings, hooks=self.hooks, health=self.health,
                              summary=self.summary, abort=self._abort,
@@ -147,9 +152,11 @@ class Worker:
                  self.id, self.store.url, ",".join(self.queues), self.options.concurrency,
                  extra={"event": "worker_started", "worker": self.id})
         housekeeper = threading.Thread(target=self._housekeep, name="qo-housekeeper", daemon=True)
+        self.housekeeper = housekeeper
         housekeeper.start()
         slots = [threading.Thread(target=self._slot, name=f"qo-slot-{i}", daemon=True)
                  for i in range(self.threads)]
+        self.slots = slots
         for t in slots:
             t.start()
         try:
@@ -196,6 +203,11 @@ class Worker:
         if report.written:
             log.info("published task type(s) %s", ", ".join(report.written),
                      extra={"event": "types_published", "keys": report.written})
+
+    @property
+    def stopping(self) -> bool:
+        """Told to stop (a signal, ``stop``, ``--burst`` done): it claims no more tasks."""
+        return self._stop.is_set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -354,18 +366,21 @@ class Worker:
         next_beat = time.monotonic() + self.options.heartbeat_interval
         due_sweep = False  # woken because a delayed task or a schedule slot is due
         while not self._stop.is_set():
-            now = time.monotonic()
+            now = self.housekept_at = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + self._rng.uniform(0.8, 1.2) * interval
                 try:
+                    errors: list[str] = []
                     if due_sweep or sweep.take_sweep_turn(self.store, self.id, interval):
                         report = self.queue.sweep(owner=self.id)
                         self.queue.refresh_stats(owner=self.id)  # at most every stats_interval
-                        due_sweep = False
+                        due_sweep, errors = False, report.errors
                         if report.next_due is not None:  # wake up when the next one is due
                             wait = max(0.05, report.next_due - self.store.now())
                             if time.monotonic() + wait < next_sweep:
                                 next_sweep, due_sweep = time.monotonic() + wait, True
+                    if not errors:  # (a sweep counts the requests that failed it)
+                        self.health.ok()
                 except QoError as exc:
                     self.health.failed(exc, "sweep")
             if now >= next_beat:
@@ -399,3 +414,5 @@ class Worker:
             if strict:
                 raise
             self.health.failed(exc, "heartbeat record")
+            return
+        self.health.ok()

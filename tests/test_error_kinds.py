@@ -75,6 +75,7 @@ EXPECTED = {
     "qo.cli.doctor.DoctorFailed": ErrorKind.UNSUPPORTED_STORE,
     "qo.cron.InvalidSchedule": ErrorKind.INVALID,
     "qo.protocol.firing.SlotNotFired": ErrorKind.UNAVAILABLE,
+    "qo.probes.Unhealthy": ErrorKind.UNAVAILABLE,
     "qo.errors.AccessDenied": ErrorKind.MISCONFIGURED,
     "qo.errors.BucketNotFound": ErrorKind.MISCONFIGURED,
     "qo.errors.ConfigError": ErrorKind.MISCONFIGURED,

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 
 import typer
 
 from qo import logs
 from qo.cli import common
 from qo.cli.common import CliError, QueueOption, note, say
+from qo.errors import ConfigError
 from qo.names import check_labels, check_name
+from qo.probes import HealthServer, Probes
 from qo.shutdown import EXIT_ABANDONED
 from qo.worker import Worker, WorkerOptions
+
+if TYPE_CHECKING:
+    from qo.metrics import WorkerMetrics
+
+log = logging.getLogger("qo.worker")
 
 
 class LogLevel(StrEnum):
@@ -52,8 +61,9 @@ def _restored_process_state() -> Iterator[None]:
     Matters when the CLI runs in-process (tests, embedding): otherwise the
     logger would keep writing to a stream the caller has since closed.
     """
-    logger = logging.getLogger("qo")
+    logger, top = logging.getLogger("qo"), logging.getLogger()
     saved_log = (logger.handlers[:], logger.level, logger.propagate)
+    saved_top = (top.handlers[:], top.level)
     main = threading.current_thread() is threading.main_thread()
     signals = (signal.SIGINT, signal.SIGTERM) if main else ()
     saved_signals = {s: signal.getsignal(s) for s in signals}
@@ -61,6 +71,7 @@ def _restored_process_state() -> Iterator[None]:
         yield
     finally:
         logger.handlers[:], logger.level, logger.propagate = saved_log
+        top.handlers[:], top.level = saved_top
         for sig, handler in saved_signals.items():
             signal.signal(sig, handler)
 
@@ -93,6 +104,17 @@ def worker(
         "--label", metavar="NAME[=VALUE]",
         help="A capability of this worker (repeatable): it runs tasks that need only "
              "labels it has.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, metavar="PORT",
+        help="Serve Prometheus metrics on this port (/metrics; needs the metrics extra).",
+        show_default=False)] = None,
+    health_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, metavar="PORT",
+        help="Serve health checks on this port: /livez and /readyz (also /metrics when it "
+             "is the --metrics-port).", show_default=False)] = None,
+    metrics_host: Annotated[str, typer.Option(
+        metavar="HOST", help="The address the metrics and health servers listen on.")
+    ] = "127.0.0.1",
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
     log_format: Annotated[LogFormat, typer.Option(case_sensitive=False)] = LogFormat.text,
     queue: QueueOption = None,
@@ -108,6 +130,7 @@ def worker(
     app = common.bind_app(ctx, queue, common.load_app(app_spec))
     if not app.tasks:
         raise CliError(f"app {app_spec!r} has no tasks registered: nothing to run")
+    metrics = _metrics(metrics_port)
     q = app.queue.check_store()  # refuse a store that cannot keep qo's guarantees
     if poll_max <= 0:
         raise CliError("--poll-max must be positive")
@@ -115,12 +138,58 @@ def worker(
                             poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace,
                             cancel_wait=cancel_wait, threads=threads,
                             labels=check_labels(label or []))
-    with _restored_process_state():
-        logs.setup(log_level.value, json=log_format == LogFormat.json)
-        summary = Worker(app, q, options).run()
+    if metrics is not None:
+        q.store = metrics.observe_store(q.store)  # before the worker holds it
+    w = Worker(app, q, options)
+    with _restored_process_state(), contextlib.ExitStack() as serving:
+        logs.setup(log_level.value, json=log_format == LogFormat.json, handlers_too=True)
+        one_port = health_port is not None and health_port != 0 and metrics_port == health_port
+        if metrics is not None and metrics_port is not None:
+            serving.callback(metrics.attach(w))
+            if not one_port:
+                serving.callback(_serve(metrics.serve, metrics_host, metrics_port,
+                                        "metrics").close)
+        if health_port is not None:
+            shared = metrics if one_port else None
+            start = functools.partial(HealthServer, Probes(w), metrics=shared)
+            serving.callback(_serve(start, metrics_host, health_port,
+                                    "health checks" + (" and metrics" if shared else "")).close)
+        summary = w.run()
     say(f"processed {summary.processed}: {summary.succeeded} succeeded, {summary.failed} failed, "
         f"{summary.released} released, {summary.cancelled} cancelled, {summary.fenced} fenced")
     if summary.abandoned:
         note(f"{summary.abandoned} handler(s) were still running when the worker stopped; "
              f"exiting with code {EXIT_ABANDONED}")
         raise typer.Exit(EXIT_ABANDONED)
+
+
+def _metrics(port: int | None) -> WorkerMetrics | None:
+    """The worker's metrics when ``--metrics-port`` asks for them (the extra is imported here)."""
+    if port is None:
+        return None
+    from qo.metrics import INSTALL, WorkerMetrics
+
+    try:
+        return WorkerMetrics()
+    except ConfigError:
+        raise CliError(f"--metrics-port needs the metrics extra: {INSTALL}") from None
+
+
+class _Server(Protocol):
+    port: int
+
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _serve(start: Callable[[str, int], S], host: str, port: int, what: str) -> S:
+    """Start a server; a port in use (or a bad host) is one error line."""
+    try:
+        server = start(host, port)
+    except OSError as exc:
+        raise CliError(f"cannot serve {what} on {host}:{port}: {exc.strerror or exc}") from None
+    url = f"http://{host}:{server.port}"
+    log.info("serving %s on %s", what, url, extra={"event": "serving", "what": what, "url": url})
+    return server

@@ -314,6 +314,8 @@ class Claimer:
             seconds=self.settings.lease_seconds, now=now,
         )
         if held is None:
+            self.hooks.emit(Kind.CLAIM_CONFLICT, marker.task_id, queue=marker.queue,
+                            task_type=marker.task_type, worker=self.owner)
             if self.fleet is not None:  # lost a key it ranked first: its view misses someone
                 self.fleet.refresh_if_due(conflict=True,
                                           mine=self.fleet.wait(info.key, marker) == 0)
@@ -381,7 +383,8 @@ class Claimer:
             log.error("task %s: %s", record.id, exc)  # the worker fails it without running it
             claim = Claim(record, current.etag, held, None, marker, input_error=str(exc))
         self.hooks.emit(Kind.CLAIMED, record.id, queue=record.queue, task_type=record.type,
-                        attempt=claim.attempt, worker=self.owner)
+                        attempt=claim.attempt, worker=self.owner,
+                        waited=round(max(0.0, now - record.available_at), 3))
         return claim
 
     def _quarantine(self, info: ObjectInfo, marker: Marker, why: str) -> None:
