@@ -96,8 +96,11 @@ class TaskRecord(BaseModel):
     #: Fields of schema version 2, left out at their default: a record that does not
     #: use them is written as version 1, byte for byte what qo before them wrote.
     since_v2: ClassVar[dict[str, Any]] = {"version": 1, "labels": []}
+    #: Fields of schema version 3, left out at their default (a record without them is
+    #: written as version 2 or 1, as before them).
+    since_v3: ClassVar[dict[str, Any]] = {"limit_key": None}
 
-    v: int = 2  # the schema version (see the module docstring and ``body_version``)
+    v: int = 3  # the schema version (see the module docstring and ``body_version``)
     id: str
     queue: str
     type: str
@@ -105,6 +108,8 @@ class TaskRecord(BaseModel):
     version: int = Field(1, ge=1, le=1_000_000)
     #: Labels a worker needs to run it (``qo worker --label``), sorted; in its marker key.
     labels: list[str] = Field(default_factory=list)
+    #: The hashed rate/concurrency key (``keys.hash_limit_key``), in its marker key.
+    limit_key: str | None = Field(None, pattern=r"^[0-9a-f]{16}$")
     input: Any = None
     input_ref: str | None = None
     input_hash: str
@@ -204,10 +209,15 @@ def schema_version(cls: type[BaseModel]) -> int | None:
 def dumps(model: BaseModel) -> bytes:
     omit: set[str] = set(getattr(model, "omit_unset", ())) - model.model_fields_set
     since_v2: dict[str, Any] = getattr(model, "since_v2", {})
+    since_v3: dict[str, Any] = getattr(model, "since_v3", {})
     unused = {name for name, default in since_v2.items() if getattr(model, name) == default}
-    data = model.model_dump(mode="json", exclude_defaults=False, exclude=(omit | unused) or None)
+    unused3 = {name for name, default in since_v3.items() if getattr(model, name) == default}
+    data = model.model_dump(mode="json", exclude_defaults=False,
+                            exclude=(omit | unused | unused3) or None)
     version = schema_version(type(model))
-    if since_v2 and not set(since_v2) - unused:
+    if since_v3 and set(since_v3) - unused3:
+        version = 3
+    elif since_v2 and not set(since_v2) - unused:
         version = 1  # nothing of version 2 is used: the body old readers read
     elif since_v2:
         version = 2

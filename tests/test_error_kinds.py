@@ -100,6 +100,7 @@ EXPECTED = {
     "qo.protocol.submit.IdempotencyConflict": ErrorKind.CONFLICT,
     "qo.protocol.registry.InvalidInput": ErrorKind.INVALID,
     "qo.protocol.identity.InvalidIdentity": ErrorKind.INVALID,
+    "qo.protocol.limits.InvalidLimit": ErrorKind.INVALID,
     "qo.protocol.registry.UnregisteredType": ErrorKind.INVALID,
     "qo.protocol.submit.InvalidBatchItem": ErrorKind.INVALID,  # an instance takes its item's kind
     "qo.worker.StoreCheckFailed": ErrorKind.MISCONFIGURED,  # an instance takes its cause's

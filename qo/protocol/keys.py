@@ -3,7 +3,7 @@
 ::
 
     tasks/{id}.json                                  record: the truth
-    ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}[@{version}][~{label}...]   claimable now
+    ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}[@{version}][~{label}...][!{lkey}]   claimable now
     ready/{queue}/!paused                            queue is paused (sorts first)
     delayed/{due_us:016d}/{queue}/{255-prio:03d}/{id}-{type}[@{version}][~{label}...]   later
     leases/{queue}/{id}                              who works on a task
@@ -16,10 +16,14 @@
     sweep/turn, sweep/retention-cursor, sweep/audit-cursor   housekeeping state
     doctor/...                                       qo doctor's scratch objects
     meta/capabilities.json, meta/delete-failures/*   store checks and failure reports
+    limits/{name}.json                               a rate/concurrency limit's settings
+    buckets/{name}/{lkey}/{shard}.json               a token bucket (qo/protocol/limits.py)
+    slots/{name}/{lkey}/{n}                          a concurrency slot (qo/protocol/slots.py)
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 TASKS = "tasks/"
@@ -43,6 +47,37 @@ AUDIT_CURSOR = "sweep/audit-cursor"
 META = "meta/"  # store capabilities cache, probe keys, delete-failure reports
 PAUSED_MARK = "!paused"
 SCHEDULE_INPUTS = "schedule-inputs/"  # {name}/{sha256 of the input}: large schedule inputs
+#: Limits (docs/protocol.md section 11): settings, token buckets, concurrency slots.
+LIMITS = "limits/"
+BUCKETS = "buckets/"
+SLOTS = "slots/"
+#: The limit key of a task that has none (a global or per-type limit's one bucket).
+NO_LIMIT_KEY = "_"
+
+
+def limit_key(name: str) -> str:
+    return f"{LIMITS}{name}.json"
+
+
+def limit_name_of(key: str) -> str | None:
+    """The limit a ``limits/{name}.json`` key names, or None."""
+    if key.startswith(LIMITS) and key.endswith(".json") and "/" not in key[len(LIMITS):]:
+        return key[len(LIMITS):-len(".json")] or None
+    return None
+
+
+def bucket_key(name: str, lkey: str, shard: int) -> str:
+    return f"{BUCKETS}{name}/{lkey or NO_LIMIT_KEY}/{shard}.json"
+
+
+def slots_prefix(name: str, lkey: str) -> str:
+    return f"{SLOTS}{name}/{lkey or NO_LIMIT_KEY}/"
+
+
+def hash_limit_key(value: str) -> str:
+    """The limit key a marker carries for a task's rate/concurrency key value: 16 hex
+    digits of its SHA-256 (any value is safe in a key, and keys stay short)."""
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def micros(ts: float) -> int:
@@ -139,6 +174,7 @@ class Marker:
     task_type: str
     version: int = 1  # the handler version the task was submitted for
     labels: tuple[str, ...] = ()  # capabilities a worker needs to run it, sorted
+    limit_key: str = ""  # the hashed rate/concurrency key (``hash_limit_key``), if any
 
     @property
     def handler(self) -> str:
@@ -148,7 +184,8 @@ class Marker:
     @property
     def needs(self) -> str:
         """The handler and its required labels, as the key ends: ``type[@N][~label...]``."""
-        return self.handler + "".join(LABEL_SEP + label for label in self.labels)
+        tail = self.handler + "".join(LABEL_SEP + label for label in self.labels)
+        return tail + LIMIT_KEY_SEP + self.limit_key if self.limit_key else tail
 
     def runnable_with(self, labels: frozenset[str] | None) -> bool:
         """Does a worker with these labels have what it needs (None: no labels checked)?"""
@@ -171,13 +208,16 @@ class Marker:
 
 #: Separates required labels in a marker key (it never occurs in a type or a label).
 LABEL_SEP = "~"
+#: Precedes a marker's limit key (it never occurs in a type, a label or a hash).
+LIMIT_KEY_SEP = "!"
 
 
-def split_needs(tail: str) -> tuple[str, int, tuple[str, ...]]:
-    """A key's ``type[@N][~label...]`` read back as (type, version, labels)."""
+def split_needs(tail: str) -> tuple[str, int, tuple[str, ...], str]:
+    """A key's ``type[@N][~label...][!lkey]`` read back as (type, version, labels, lkey)."""
+    tail, _, lkey = tail.partition(LIMIT_KEY_SEP)
     head, *labels = tail.split(LABEL_SEP)
     task_type, version = split_handler_name(head)
-    return task_type, version, tuple(labels)
+    return task_type, version, tuple(labels), lkey
 
 
 def parse_ready_key(key: str) -> Marker | None:
