@@ -35,6 +35,7 @@ from qo.errors import ErrorKind, QoError
 from qo.health import Notices, StoreHealth
 from qo.idle import IdlePoll
 from qo.ids import new_token
+from qo.limiter import Limiter
 from qo.models import WorkerInfo, dumps
 from qo.protocol import keys, sweep
 from qo.protocol.cas import delete_quietly
@@ -79,6 +80,8 @@ class WorkerOptions:
     threads: int | None = None
     #: Capability labels (``--label gpu``): it claims only tasks needing a subset of them.
     labels: list[str] | None = None
+    #: Apply rate and concurrency limits (``qo.limiter``); default: if the app declares any.
+    limits: bool | None = None
 
 
 class Worker:
@@ -108,18 +111,32 @@ class Worker:
                              summary=self.summary, abort=self._abort,
                              deadline=self.options.deadline,
                              deadline_error=self.options.deadline_error)
+        use_limits = self.options.limits if self.options.limits is not None else bool(app.limits)
+        self.limiter = Limiter(self.store, app.limits, owner=self.id) if use_limits else None
         self.claimer = Claimer(
             self.store, self.settings, queues=self.queues,
             task_types=self.accepted,
             owner=self.id, spread=1, hooks=self.hooks,
             fleet=Fleet(self.store, self.id, serves_like_me=self._info("running")),
             labels=self.labels,
+            admission=[self.limiter.admit] if self.limiter else [],
         )
+        if self.limiter is not None:
+            self.limiter.on_refusal = self._wake_at
+            self.limiter.connect(self.hooks)  # slots back on outcomes, RateLimited feedback
         self.threads = slot_threads(app, self.options.concurrency, self.options.threads)
         # tasks in flight, of any kind
         self._capacity = threading.BoundedSemaphore(self.options.concurrency)
         self.idle = IdlePoll(self.claimer, self.options.poll_min, self.options.poll_max)
         self._rng = random.Random()
+
+    def _wake_at(self, retry_at: float) -> None:
+        """A limit refused a task until ``retry_at`` (store time): idle slots poll then,
+        rather than backing off (``qo.idle``; the claimer's ``next_try``)."""
+        at = time.monotonic() + max(0.0, retry_at - self.store.now())
+        current = self.claimer.next_try
+        if current is None or current <= time.monotonic() or at < current:
+            self.claimer.next_try = at
 
     # -- lifecycle ------------------------------------------------------------
 

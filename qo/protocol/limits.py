@@ -52,6 +52,12 @@ class InvalidLimit(QoError):
     kind = ErrorKind.INVALID
 
 
+class LimitNotFound(QoError):
+    """No limit of that name: no settings, buckets or slots in the bucket."""
+
+    kind = ErrorKind.NOT_FOUND
+
+
 def parse_rate(text: object) -> float:
     """``"10/s"``, ``"600/m"``, ``"1000/h"`` (also ``/sec``, ``/min``, ``/hour``, ``/5m``)
     as tasks per second; a one-line ``InvalidLimit`` for anything else."""
@@ -211,8 +217,12 @@ def refill(state: Bucket, rate: float, capacity: float, now: float) -> tuple[flo
 
 
 def take(store: Store, key: str, *, rate: float, capacity: float, want: int,
-         now: float) -> Take:
-    """Take up to ``want`` tokens (at least 1 if there is one) from the bucket at ``key``.
+         now: float, least: int = 1) -> Take:
+    """Take up to ``want`` tokens, and at least ``least``, from the bucket at ``key``.
+
+    A taker asking for a whole batch (``least == want``) leaves smaller amounts to
+    accumulate in the bucket (nothing is lost below its capacity) rather than
+    spending a CAS on a few tokens.
 
     See the module docstring for the linearization point and the cost.
     """
@@ -223,8 +233,9 @@ def take(store: Store, key: str, *, rate: float, capacity: float, want: int,
             return Take(0, state.blocked_until)
         tokens, at = refill(state, rate, capacity, now)
         granted = min(want, math.floor(tokens + 1e-9))
-        if granted < 1:
-            need = min(float(want), capacity) - tokens
+        least = max(1, min(least, want, math.floor(capacity)))
+        if granted < least:
+            need = least - tokens
             return Take(0, at + max(need, 0.0) / rate, tokens)
         new = Bucket(tokens=tokens - granted, at=at, blocked_until=state.blocked_until,
                      taken=state.taken + granted, rev=new_token())
