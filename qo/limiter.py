@@ -49,6 +49,42 @@ REFRESH = 60.0
 
 
 @dataclass
+class Line:
+    """Tasks one limit (and key) refused, told to come back one by one in the order
+    they were refused, as fast as this process has been admitting them: so that a
+    refused task is not tried (a lease each time) again and again before its turn,
+    and a page of them is skipped and the claimer lists on to other work."""
+
+    default: float  # seconds between two turns until this process has admitted some
+    next_slot: float = 0.0  # store time of the next free turn
+    admitted: float = 0.0  # tasks admitted since ``since`` (halved every HALF_LIFE)
+    since: float | None = None
+
+    def admit(self, now: float) -> None:
+        if self.since is None:
+            self.since = now
+        elif now - self.since > 2 * LINE_HALF_LIFE:
+            self.since, self.admitted = now - LINE_HALF_LIFE, self.admitted / 2
+        self.admitted += 1
+
+    def spacing(self, now: float) -> float:
+        if self.since is None or self.admitted < 3:
+            return self.default
+        rate = self.admitted / max(1e-3, now - self.since)
+        return min(10.0, max(0.01, 1.0 / rate))
+
+    def place(self, now: float, earliest: float) -> float:
+        """The turn of the next refused task: not before ``earliest`` (store time)."""
+        slot = max(earliest, self.next_slot, now)
+        self.next_slot = slot + self.spacing(now)
+        return slot
+
+
+#: How far back a line's admission rate looks (seconds, halved past twice this).
+LINE_HALF_LIFE = 15.0
+
+
+@dataclass
 class Grant:
     """The tokens this process holds from one bucket (one shard of one limit key)."""
 
@@ -60,7 +96,6 @@ class Grant:
     expires: float = 0.0  # store time
     batch: int = 1
     retry_at: float = 0.0  # store time before which asking the bucket cannot pay off
-    next_slot: float = 0.0  # when the next refused task is told to come back
     stats: dict[str, int] = field(default_factory=lambda: {"takes": 0, "refused": 0,
                                                            "granted": 0, "expired": 0,
                                                            "writes": 0})
@@ -95,7 +130,7 @@ class Limiter:
         self._etags: dict[str, str] = {}
         self._bucket_specs: dict[str, LimitSpec] = {}
         self._read_at: float | None = None  # store time of the last read of limits/
-        self._full: dict[tuple[str, str], float] = {}  # concurrency limit full: last backoff
+        self._lines: dict[tuple[str, str], Line] = {}  # refused tasks' turns, per limit and key
         #: Admitted tasks of limited types: their marker and slots, until their outcome.
         self._running: dict[str, tuple[Marker, list[slots.HeldSlot]]] = {}
         #: Called with the store time at which a refused task may run (the worker's idle wait).
@@ -170,14 +205,19 @@ class Limiter:
         if not specs:
             return None
         taken: list[Grant] = []
+        lines: list[Line] = []  # of the limits that admitted it
         for spec in specs:
             if spec.rate is None:
                 continue
             grant, retry_at = self._take_token(spec, marker, now)
+            line = self._line(spec.name, self._lkey(marker, spec.per_key), 1.0 / spec.rate)
             if grant is None:
                 self._give_back(taken)
-                return self._refuse(retry_at, f"rate limit {spec.name!r}", now)
+                with self._lock:
+                    turn = line.place(now, retry_at)
+                return self._refuse(turn, f"rate limit {spec.name!r}", now)
             taken.append(grant)
+            lines.append(line)
         held_slots: list[slots.HeldSlot] = []
         for spec in specs:
             if spec.concurrency is None:
@@ -185,27 +225,32 @@ class Limiter:
             lkey = self._lkey(marker, spec.concurrency_per_key)
             slot = slots.acquire(self.store, spec.name, lkey, spec.concurrency, held=held,
                                  now=now, rng=self._rng)
+            line = self._line(f"{spec.name}#c", lkey, 0.5)
             if slot is None:
                 self._give_back(taken)
                 for got in held_slots:
                     slots.release(self.store, got)
-                return self._refuse(now + self._full_backoff(spec.name, lkey),
-                                    f"concurrency limit {spec.name!r}", now)
-            self._full.pop((spec.name, lkey), None)
+                with self._lock:
+                    turn = line.place(now, now + 0.25)
+                return self._refuse(turn, f"concurrency limit {spec.name!r}", now)
             held_slots.append(slot)
+            lines.append(line)
         with self._lock:
+            for line in lines:
+                line.admit(now)
             if len(self._running) > 10_000:  # claims that ended without an event: their
                 self._running.clear()  # slots are stale anyway (qo.protocol.slots)
             self._running[marker.task_id] = (marker, held_slots)
         return None
 
-    def _full_backoff(self, name: str, lkey: str) -> float:
-        """How long a task refused for want of a slot waits: 0.25 s doubling to 4 s while
-        the limit stays full (a slot frees when a task ends, at no time one can compute)."""
+    def _line(self, name: str, lkey: str, default: float) -> Line:
         with self._lock:
-            wait = self._full.get((name, lkey), 0.125) * 2
-            self._full[(name, lkey)] = min(4.0, wait)
-        return wait * self._rng.uniform(0.75, 1.25)
+            line = self._lines.get((name, lkey))
+            if line is None:
+                if len(self._lines) > 10_000:
+                    self._lines.clear()
+                line = self._lines[(name, lkey)] = Line(default)
+            return line
 
     # -- outcomes: slots back, RateLimited feedback ------------------------------------
 
@@ -312,17 +357,13 @@ class Limiter:
                     grant.expires = now + self.window
                     grant.stats["granted"] += got.granted
                     grant.stats["writes"] += 1
-                    grant.retry_at = grant.next_slot = 0.0
+                    grant.retry_at = 0.0
                     return None
                 # Jitter, so that the processes waiting for one bucket do not all read it
                 # at the instant it refills (the tokens wait in the bucket meanwhile).
                 grant.retry_at = got.retry_at + self._rng.uniform(0, 0.5 * want / grant.rate)
             grant.stats["refused"] += 1
-            # Tasks refused in a row come back one by one, as the rate frees them (not all
-            # at once, each paying a lease to be refused again).
-            slot = max(grant.retry_at, grant.next_slot, now)
-            grant.next_slot = slot + 1.0 / grant.rate
-            return slot
+            return grant.retry_at
 
     def stats(self) -> dict[str, int]:
         """Counters summed over every grant: takes (bucket reads), writes (grants: the

@@ -10,8 +10,8 @@ once its lease expires, with no renewal of its own, and one left behind by a
 crash between the lease's release and the slot's is free at once.
 
 Cost: taking a slot 1 LIST + 1 PUT while one is free; with all N held, + 2 GET
-(slot, lease) for each of the ``STALE_CHECKS`` oldest, + 1 PUT to take a stale
-one over. Releasing: 1 DELETE (free), ``If-Match`` the etag it was taken at.
+(slot, lease) for each of the ``STALE_CHECKS`` oldest taken over ``STALE_AGE``
+seconds ago, + 1 PUT to take a stale one over. Releasing: 1 DELETE (free), ``If-Match`` the etag it was taken at.
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ from qo.protocol import keys, leases
 from qo.protocol.cas import delete_quietly, get_retrying, put_checked
 from qo.store.base import ObjectInfo, Store
 
-#: With every slot held, how many of the oldest are checked for staleness per try.
-STALE_CHECKS = 3
+#: With every slot held, how many of the oldest are checked for staleness per try, and
+#: how old (store seconds) a slot must be to be checked: one of a live task is never
+#: stale, so young ones are not worth the two GETs (a crashed holder's slot is free once
+#: its lease expired, ``lease_seconds`` after its last renewal).
+STALE_CHECKS = 2
+STALE_AGE = 5.0
 
 
 class Slot(BaseModel):
@@ -74,7 +78,8 @@ def acquire(store: Store, name: str, lkey: str, limit: int, *, held: leases.Held
         except PreconditionFailed:
             continue
         return HeldSlot(f"{prefix}{n}", etag)
-    for info in sorted(taken.values(), key=lambda i: i.last_modified)[:STALE_CHECKS]:
+    old = [i for i in taken.values() if now - i.last_modified >= STALE_AGE]
+    for info in sorted(old, key=lambda i: i.last_modified)[:STALE_CHECKS]:
         if not _stale(store, info, now):
             continue
         try:
