@@ -115,7 +115,7 @@ def submit(store: Any, counts: dict[str, int]) -> None:
 
 
 def worker_main(spec: BackendSpec, index: int, concurrency: int, duration: float,
-                ready: Any, go: Any, results: Any) -> None:
+                ready: Any, go: Any, results: Any, threaded: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     store = open_raw_store(spec)
     store.now()
@@ -131,10 +131,11 @@ def worker_main(spec: BackendSpec, index: int, concurrency: int, duration: float
     thread.join(60)
     assert worker.limiter is not None
     s = worker.claimer.stats
-    results.put((index, list(_notes), worker.limiter.stats(),
+    results.put((index, [] if threaded else list(_notes), worker.limiter.stats(),
                  {"claims": s.claims, "refused": s.refused, "lists": s.lists,
                   "lease_conflicts": s.lease_conflicts}))
-    store.close()
+    if not threaded:
+        store.close()
 
 
 def run(spec: BackendSpec, *, procs: int, concurrency: int, duration: float,
@@ -149,13 +150,21 @@ def run(spec: BackendSpec, *, procs: int, concurrency: int, duration: float,
     if set_latency is not None:
         set_latency(0.0)  # bulk population at full speed
     submit(store, counts)
-    ctx = mp.get_context("forkserver")
-    with contextlib.suppress(ValueError, RuntimeError):
-        ctx.set_forkserver_preload(["bench.limits"])
-    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    workers = [ctx.Process(target=worker_main, daemon=True,
-                           args=(spec, i, concurrency, duration, ready, go, results))
-               for i in range(procs)]
+    threaded = spec.kind == "memory"  # one store in this process: workers are threads
+    workers: list[Any]
+    if threaded:
+        _notes.clear()
+        ready, results, go = queue_mod.Queue(), queue_mod.Queue(), threading.Event()
+        workers = [threading.Thread(target=worker_main, daemon=True, args=(
+            spec, i, concurrency, duration, ready, go, results, True)) for i in range(procs)]
+    else:
+        ctx = mp.get_context("forkserver")
+        with contextlib.suppress(ValueError, RuntimeError):
+            ctx.set_forkserver_preload(["bench.limits"])
+        ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+        workers = [ctx.Process(target=worker_main, daemon=True,
+                               args=(spec, i, concurrency, duration, ready, go, results))
+                   for i in range(procs)]
     gathered: list[Any] = []
     try:
         for p in workers:
@@ -174,13 +183,16 @@ def run(spec: BackendSpec, *, procs: int, concurrency: int, duration: float,
         wire = (snapshot() - before) if snapshot and before is not None else None
     finally:
         for p in workers:
-            if p.pid is None:
+            if threaded or p.pid is None:
                 continue
             p.join(10)
             if p.is_alive():
                 p.terminate()
                 p.join(5)
-        store.close()
+        if not threaded:
+            store.close()
+    if threaded and gathered:
+        gathered[0] = (gathered[0][0], list(_notes), *gathered[0][2:])
     return figures(gathered, t0, duration, counts, wire, procs, concurrency)
 
 
@@ -201,6 +213,7 @@ def _rate_figures(starts: list[float], t0: float, duration: float, rate: float,
     return {"rate": rate, "burst": burst, "admitted": len(inside), "bound": bound,
             "over_admission": max(0.0, len(inside) - bound),
             "use": round(len(inside) / (rate * duration), 4),
+            "of_bound": round(len(inside) / bound, 4),
             "under_use": round(max(0.0, 1 - len(inside) / bound), 4),
             f"worst_{WINDOW:g}s_window_over": max(0.0, worst)}
 
@@ -234,7 +247,7 @@ def figures(gathered: list[Any], t0: float, duration: float, counts: dict[str, i
         "limits": {
             "limited": _rate_figures(starts("limited"), t0, duration, *LIMITED),
             "shared": _rate_figures(starts("shared"), t0, duration, *SHARED),
-            **{f"keyed[{k}]": _rate_figures(starts("keyed", k), t0, duration, *KEYED)
+            **{f"keyed:{k}": _rate_figures(starts("keyed", k), t0, duration, *KEYED)
                for k in KEYS},
         },
         "concurrency_limit": {"limit": CONCURRENCY, "max_running": _max_running(
@@ -265,3 +278,68 @@ def figures(gathered: list[Any], t0: float, duration: float, counts: dict[str, i
                           if k.split(" ")[-1] in ("buckets", "slots", "limits", "leases")},
         }
     return out
+
+
+# -- the scenario in ``python -m bench`` -------------------------------------------------
+
+
+def run_scenario(backend: Any, prof: dict[str, Any], latency: float) -> dict[str, Any]:
+    """The mixed run, then the unlimited type alone (its baseline), on fresh state."""
+    out: dict[str, Any] = {"counting": backend.counting}
+    for name, limited in (("mixed", True), ("free_alone", False)):
+        spec = backend.fresh()
+        counted = backend.kind == "moto"
+        out[name] = run(spec, procs=prof["procs"], concurrency=prof["concurrency"],
+                        duration=prof["duration"], free_tasks=prof["free"],
+                        snapshot=backend.snapshot if counted else None,
+                        set_latency=backend.set_latency if counted else None,
+                        latency=latency, limited=limited)
+    return out
+
+
+def rows(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The rate limits' table: one row per limit."""
+    header = ["limit", "rate/s", "burst", "admitted", "bound", "over", "of bound",
+              "of rate x s", f"worst {WINDOW:g}s over"]
+    mixed = result["mixed"]
+    body = [[name, f["rate"], f["burst"], f["admitted"], f["bound"], f["over_admission"],
+             f"{f['of_bound']:.1%}", f"{f['use']:.1%}", f[f"worst_{WINDOW:g}s_window_over"]]
+            for name, f in mixed["limits"].items()]
+    return header, body
+
+
+def summary(result: dict[str, Any]) -> list[str]:
+    mixed, alone = result["mixed"], result["free_alone"]
+    c, req = mixed["concurrency_limit"], mixed.get("requests")
+    lines = [
+        (f"{mixed['procs']} processes x {mixed['concurrency']} slots, {mixed['duration_s']:g} s; "
+        f"concurrency limit {c['limit']}: at most {c['max_running']} ran at once ({c['ran']} ran)"),
+        (f"unlimited type: {mixed['free']['ran']}/{mixed['free']['submitted']} ran, all done after "
+        f"{mixed['free']['all_done_after_s']} s beside the limited backlog, "
+        f"{alone['free']['all_done_after_s']} s alone"),
+    ]
+    if req:
+        lines.append(
+            f"limiter requests per admitted task {req['limiter_per_admitted_task']}, refused "
+            f"claims' leases per admitted task {req['refused_claim_leases_per_admitted_task']}, "
+            f"412s: buckets {req['bucket_412']}, slots {req['slot_412']}; all requests per task "
+            f"run {req['all_per_task_run']}")
+    return lines
+
+
+def print_limits(result: dict[str, Any], table: Callable[[str, list[str], list[list[Any]]], None]
+                 ) -> None:
+    if "limits" not in result:
+        return
+    header, body = rows(result["limits"])
+    table("Limits: admitted vs rate x duration + burst (bench/limits.py)", header, body)
+    for line in summary(result["limits"]):
+        print("  " + line)
+
+
+def markdown_limits(result: dict[str, Any], md: Callable[[list[str], list[list[Any]]], str]
+                    ) -> str | None:
+    if "limits" not in result:
+        return None
+    header, body = rows(result["limits"])
+    return md(header, body) + "\n\n" + "\n".join(f"- {x}" for x in summary(result["limits"]))

@@ -40,5 +40,5 @@ def test_limits_hold_across_processes(s3_server) -> None:
     assert result["free"]["ran"] == result["free"]["submitted"]
     submitted = result["submitted"]
     assert result["limits"]["limited"]["admitted"] < submitted["limited"]
-    assert sum(result["limits"][f"keyed[{k}]"]["admitted"] for k in scenario.KEYS) \
+    assert sum(result["limits"][f"keyed:{k}"]["admitted"] for k in scenario.KEYS) \
         < submitted["keyed"]
