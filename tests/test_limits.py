@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -346,3 +347,40 @@ def test_cli_set_ls_show_rm(tmp_path) -> None:
     gone = as_json(run_qo("--queue", url, "limit", "rm", "api", "--yes", "--json"))
     assert gone == {"name": "api", "deleted": 1}
     assert as_json(run_qo("--queue", url, "limit", "ls", "--json")) == {"limits": []}
+
+
+def test_a_refusal_tells_the_worker_when_to_poll_and_an_app_without_limits_has_no_limiter(
+) -> None:
+    app, store, clock = make_app()
+    app.task(name="slow", rate="1/s", burst=1)(lambda n: n)
+    for n in range(3):
+        app.submit("slow", {"n": n})
+    worker = Worker(app, app.queue, WorkerOptions(concurrency=1))
+    assert worker.limiter is not None
+    assert worker.claimer.claim() is not None  # the burst
+    assert worker.claimer.claim() is None  # refused: the next token is 1 s away
+    assert worker.claimer.next_try is not None
+    wait = worker.claimer.next_try - time.monotonic()
+    assert 0.5 < wait <= 1.5  # its turn: when the bucket refills (+ jitter), not a backoff
+    plain, _, _ = make_app()
+    plain.task(name="t")(lambda: None)
+    assert Worker(plain, plain.queue, WorkerOptions(concurrency=1)).limiter is None
+
+
+def test_a_sharded_limit_holds_its_bound() -> None:
+    app, store, clock = make_app()
+    app.limit("hot", rate="40/s", burst=20, shards=4)
+    app.task(name="api", rate_limit="hot")(lambda n: n)
+    app.submit("api", {"n": 1})
+    marker = keys.parse_ready_key(next(iter(store.list(keys.READY))).key)
+    limiters = [Limiter(store, app.limits, owner=f"w{i}") for i in range(6)]
+    admitted = 0
+    for _ in range(200):  # 20 s in steps of 0.1 s
+        for lim in limiters:
+            for _ in range(3):
+                admitted += lim.admit(marker, None, clock()) is None  # type: ignore[arg-type]
+        clock.advance(0.1)
+    assert admitted <= 40 * 20 + 20
+    assert admitted >= 0.9 * (40 * 20 + 20)
+    shards = {shard for _, shard, _ in limits.read_buckets(store, "hot")}
+    assert shards == {0, 1, 2, 3}
