@@ -351,7 +351,7 @@ def test_cli_set_ls_show_rm(tmp_path) -> None:
 
 def test_a_refusal_tells_the_worker_when_to_poll_and_an_app_without_limits_has_no_limiter(
 ) -> None:
-    app, store, clock = make_app()
+    app, _store, _clock = make_app()
     app.task(name="slow", rate="1/s", burst=1)(lambda n: n)
     for n in range(3):
         app.submit("slow", {"n": n})
