@@ -95,8 +95,14 @@ def demand(duration: float, free_tasks: int, limited: bool = True) -> dict[str, 
     }
 
 
-def submit(store: Any, counts: dict[str, int]) -> None:
-    """Submit the tasks interleaved by type (so no type waits behind another's backlog)."""
+#: The queue of the limited types in the ``split`` run (the unlimited type stays in the
+#: default queue, which a worker tries first).
+LIMITED_QUEUE = "limits"
+
+
+def submit(store: Any, counts: dict[str, int], split: bool = False) -> None:
+    """Submit the tasks interleaved by type (so no type waits behind another's backlog);
+    ``split``: the limited types to a queue of their own."""
     queue = Queue(store)
     reqs: list[SubmitRequest] = []
     longest = max(counts.values())
@@ -107,8 +113,10 @@ def submit(store: Any, counts: dict[str, int]) -> None:
                 if task_type == "keyed":
                     payload["k"] = KEYS[i % len(KEYS)]
                 definition = app.definition(task_type)
-                reqs.append(SubmitRequest(type=task_type, input=payload,
-                                          **app.submit_defaults(definition),
+                options = app.submit_defaults(definition)
+                if split and task_type != "free":
+                    options["queue"] = LIMITED_QUEUE
+                reqs.append(SubmitRequest(type=task_type, input=payload, **options,
                                           limit_key=definition.limit_key_of(payload)))
     for start in range(0, len(reqs), 100):
         queue.submit_many(reqs[start:start + 100])
@@ -119,8 +127,9 @@ def worker_main(spec: BackendSpec, index: int, concurrency: int, duration: float
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     store = open_raw_store(spec)
     store.now()
-    worker = Worker(app, Queue(store), WorkerOptions(concurrency=concurrency, poll_max=1.0,
-                                                     worker_id=f"limits-{index}"))
+    worker = Worker(app, Queue(store), WorkerOptions(
+        concurrency=concurrency, poll_max=1.0, worker_id=f"limits-{index}",
+        queues=[app.default_queue, LIMITED_QUEUE]))
     ready.put(index)
     if not go.wait(120):
         return
@@ -141,7 +150,7 @@ def worker_main(spec: BackendSpec, index: int, concurrency: int, duration: float
 def run(spec: BackendSpec, *, procs: int, concurrency: int, duration: float,
         free_tasks: int = 200, snapshot: Callable[[], Counts] | None = None,
         set_latency: Callable[[float], None] | None = None,
-        latency: float = 0.0, limited: bool = True) -> dict[str, Any]:
+        latency: float = 0.0, limited: bool = True, split: bool = False) -> dict[str, Any]:
     """One run: submit, start ``procs`` workers, release them for ``duration`` seconds,
     and the figures (see the module docstring). ``set_latency``: the bench server's, 0
     while submitting, ``latency`` while measuring."""
@@ -149,7 +158,7 @@ def run(spec: BackendSpec, *, procs: int, concurrency: int, duration: float,
     counts = demand(duration, free_tasks, limited)
     if set_latency is not None:
         set_latency(0.0)  # bulk population at full speed
-    submit(store, counts)
+    submit(store, counts, split)
     threaded = spec.kind == "memory"  # one store in this process: workers are threads
     workers: list[Any]
     if threaded:
@@ -284,16 +293,18 @@ def figures(gathered: list[Any], t0: float, duration: float, counts: dict[str, i
 
 
 def run_scenario(backend: Any, prof: dict[str, Any], latency: float) -> dict[str, Any]:
-    """The mixed run, then the unlimited type alone (its baseline), on fresh state."""
+    """The mixed run, the same with the limited types in a queue of their own, then the
+    unlimited type alone (its baseline), each on fresh state."""
     out: dict[str, Any] = {"counting": backend.counting}
-    for name, limited in (("mixed", True), ("free_alone", False)):
+    for name, limited, split in (("mixed", True, False), ("split", True, True),
+                                 ("free_alone", False, False)):
         spec = backend.fresh()
         counted = backend.kind == "moto"
         out[name] = run(spec, procs=prof["procs"], concurrency=prof["concurrency"],
                         duration=prof["duration"], free_tasks=prof["free"],
                         snapshot=backend.snapshot if counted else None,
                         set_latency=backend.set_latency if counted else None,
-                        latency=latency, limited=limited)
+                        latency=latency, limited=limited, split=split)
     return out
 
 
@@ -314,9 +325,10 @@ def summary(result: dict[str, Any]) -> list[str]:
     lines = [
         (f"{mixed['procs']} processes x {mixed['concurrency']} slots, {mixed['duration_s']:g} s; "
         f"concurrency limit {c['limit']}: at most {c['max_running']} ran at once ({c['ran']} ran)"),
-        (f"unlimited type: {mixed['free']['ran']}/{mixed['free']['submitted']} ran, all done after "
-        f"{mixed['free']['all_done_after_s']} s beside the limited backlog, "
-        f"{alone['free']['all_done_after_s']} s alone"),
+        (f"unlimited type: {mixed['free']['ran']}/{mixed['free']['submitted']} ran, all done "
+         f"after {mixed['free']['all_done_after_s']} s beside the limited backlog in its queue, "
+         f"{result['split']['free']['all_done_after_s']} s with the limited types in a queue "
+         f"of their own, {alone['free']['all_done_after_s']} s alone"),
     ]
     if req:
         lines.append(

@@ -21,6 +21,7 @@ bucket, plus the refused claims' leases (1 PUT each, see the docs).
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import random
@@ -133,8 +134,7 @@ class Limiter:
         self._lines: dict[tuple[str, str], Line] = {}  # refused tasks' turns, per limit and key
         #: Admitted tasks of limited types: their marker and slots, until their outcome.
         self._running: dict[str, tuple[Marker, list[slots.HeldSlot]]] = {}
-        #: Called with the store time at which a refused task may run (the worker's idle wait).
-        self.on_refusal: Callable[[float], None] | None = None
+        self._turns: list[float] = []  # a heap of the refused tasks' turns (store time)
         self._index()
 
     # -- which limits apply ----------------------------------------------------------
@@ -294,9 +294,18 @@ class Limiter:
                     log.warning("blocking %s after RateLimited failed: %s", grant.key, exc)
 
     def _refuse(self, retry_at: float, reason: str, now: float) -> Refusal:
-        if self.on_refusal is not None:
-            self.on_refusal(retry_at)
+        with self._lock:
+            if len(self._turns) < 100_000:
+                heapq.heappush(self._turns, retry_at)
         return Refusal(retry_at, reason)
+
+    def next_turn(self, now: float) -> float | None:
+        """The soonest turn (store time) of a task this limiter refused that is still to
+        come, or None: when an idle worker should claim again (``Worker``)."""
+        with self._lock:
+            while self._turns and self._turns[0] <= now:
+                heapq.heappop(self._turns)
+            return self._turns[0] if self._turns else None
 
     def _give_back(self, grants: list[Grant]) -> None:
         """Tokens taken for a task another limit refused go back to their grants (free)."""

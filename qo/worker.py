@@ -122,7 +122,6 @@ class Worker:
             admission=[self.limiter.admit] if self.limiter else [],
         )
         if self.limiter is not None:
-            self.limiter.on_refusal = self._wake_at
             self.limiter.connect(self.hooks)  # slots back on outcomes, RateLimited feedback
         self.threads = slot_threads(app, self.options.concurrency, self.options.threads)
         # tasks in flight, of any kind
@@ -130,10 +129,17 @@ class Worker:
         self.idle = IdlePoll(self.claimer, self.options.poll_min, self.options.poll_max)
         self._rng = random.Random()
 
-    def _wake_at(self, retry_at: float) -> None:
-        """A limit refused a task until ``retry_at`` (store time): idle slots poll then,
-        rather than backing off (``qo.idle``; the claimer's ``next_try``)."""
-        at = time.monotonic() + max(0.0, retry_at - self.store.now())
+    def _wake_for_limits(self) -> None:
+        """After an empty claim: if a limit refused tasks whose turn is still to come,
+        idle slots poll at the soonest one rather than backing off (``qo.idle`` reads
+        the claimer's ``next_try``); no request."""
+        if self.limiter is None:
+            return
+        now = self.store.now()
+        turn = self.limiter.next_turn(now)
+        if turn is None:
+            return
+        at = time.monotonic() + (turn - now)
         current = self.claimer.next_try
         if current is None or current <= time.monotonic() or at < current:
             self.claimer.next_try = at
@@ -303,6 +309,7 @@ class Worker:
         self.health.ok()
         self._report_seen()
         if claim is None:
+            self._wake_for_limits()
             self.idle.polled(found=False)
             if self.options.burst:
                 self._burst_done()

@@ -359,6 +359,7 @@ def test_a_refusal_tells_the_worker_when_to_poll_and_an_app_without_limits_has_n
     assert worker.limiter is not None
     assert worker.claimer.claim() is not None  # the burst
     assert worker.claimer.claim() is None  # refused: the next token is 1 s away
+    worker._wake_for_limits()  # (what an empty claim in a slot does)
     assert worker.claimer.next_try is not None
     wait = worker.claimer.next_try - time.monotonic()
     assert 0.5 < wait <= 1.5  # its turn: when the bucket refills (+ jitter), not a backoff
