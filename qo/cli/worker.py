@@ -93,6 +93,10 @@ def worker(
         "--label", metavar="NAME[=VALUE]",
         help="A capability of this worker (repeatable): it runs tasks that need only "
              "labels it has.")] = None,
+    limits: Annotated[bool | None, typer.Option(
+        "--limits/--no-limits",
+        help="Apply rate and concurrency limits, the bucket's (qo limit set) too; default: "
+             "if the app declares any.")] = None,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
     log_format: Annotated[LogFormat, typer.Option(case_sensitive=False)] = LogFormat.text,
     queue: QueueOption = None,
@@ -114,7 +118,7 @@ def worker(
     options = WorkerOptions(queues=names, concurrency=concurrency, burst=burst,
                             poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace,
                             cancel_wait=cancel_wait, threads=threads,
-                            labels=check_labels(label or []))
+                            labels=check_labels(label or []), limits=limits)
     with _restored_process_state():
         logs.setup(log_level.value, json=log_format == LogFormat.json)
         summary = Worker(app, q, options).run()
