@@ -40,6 +40,8 @@ class ErrorKind(Enum):
     UNSUPPORTED_STORE = ("unsupported_store", 1, 500)
     #: Transient: the store is unreachable or a wait ran out; a retry may succeed.
     UNAVAILABLE = ("unavailable", 5, 503)
+    #: Backpressure: the queue holds its ``max_depth`` of tasks; submit again later.
+    FULL = ("queue_full", 6, 429)
     #: A bug or a corrupt object; the API logs it and shows no detail.
     INTERNAL = ("internal_error", 1, 500)
 
@@ -210,6 +212,12 @@ class StoreRefused(StoreError):
     """The store lacks a feature qo's guarantees depend on (see ``qo doctor``)."""
 
     kind = ErrorKind.MISCONFIGURED  # choose another store, or a mode for it
+
+
+class NoStatsSnapshot(QoError):
+    """No fleet statistics snapshot has been written yet (``qo.protocol.fleetstats``)."""
+
+    kind = ErrorKind.NOT_FOUND
 
 
 class RateLimited(QoError):

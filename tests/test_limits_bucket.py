@@ -130,6 +130,14 @@ def test_the_limit_key_rides_in_the_marker_and_the_record() -> None:
     assert keys.parse_ready_key(marker.ready_key) == marker
     assert keys.parse_delayed_key(marker.delayed_key) == marker
     assert loads(TaskRecord, dumps(rec), "r") == rec
-    assert b'"v":3' in dumps(rec)
+    assert b'"v":4' in dumps(rec)
     plain = rec.model_copy(update={"limit_key": None})
     assert b'"v":2' in dumps(plain) and b"limit_key" not in dumps(plain)
+
+
+def test_the_limit_key_rides_in_an_aging_marker_too() -> None:
+    marker = keys.Marker("q", 7, 1_800_000_000.25, "abc", "send", 2, ("gpu",), aging=30,
+                         limit_key=keys.hash_limit_key("c"))
+    assert marker.ready_key.endswith("!" + marker.limit_key)
+    assert keys.parse_ready_key(marker.ready_key) == marker
+    assert keys.parse_delayed_key(marker.delayed_key) == marker
