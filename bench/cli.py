@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import aio_io, fleet, idle_cost, report, scenarios
+from bench import aio_io, fleet, idle_cost, limits, report, scenarios
 from bench.backends import Backend
 
 #: Scenario sizes per profile. ``tiny`` is for the smoke test (seconds, memory store).
@@ -22,6 +22,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "latency": (2, 50.0, 0.6), "timeout": 60.0,
         "fleet": {"tasks": 20, "layouts": [(1, 1), (2, 2)], "scaling": [], "peer": [2],
                   "timeout": 60.0, "peer_idle": (1.0, 2.0)},
+        "limits": {"procs": 2, "concurrency": 2, "duration": 3.0, "free": 10},
     },
     "quick": {
         "tasks": 100, "workers": [1, 2, 4, 8, 16, 32], "layouts": ["independent", "shared"],
@@ -34,6 +35,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fleet": {"tasks": 150, "layouts": [(1, 8), (8, 1), (8, 4), (32, 1)],
                   "scaling": [1, 2, 4, 8, 16], "peer": [8], "timeout": 180.0,
                   "peer_idle": (10.0, 30.0)},
+        "limits": {"procs": 3, "concurrency": 4, "duration": 30.0, "free": 100},
     },
     "full": {
         "tasks": 500, "workers": [1, 2, 4, 8, 16, 32], "layouts": ["independent", "shared"],
@@ -46,9 +48,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fleet": {"tasks": 500, "layouts": [(1, 8), (8, 1), (8, 4), (32, 1)],
                   "scaling": [1, 2, 4, 8, 16, 32], "peer": [1, 8, 32], "timeout": 400.0,
                   "peer_idle": (15.0, 60.0)},
+        "limits": {"procs": 4, "concurrency": 4, "duration": 90.0, "free": 200},
     },
 }
-SCENARIOS = ("throughput", "claim", "idle", "submit", "latency", "fleet", "aio")
+SCENARIOS = ("throughput", "claim", "idle", "submit", "latency", "fleet", "aio", "limits")
 #: ``idle`` entries are (concurrency, scale, seconds): intervals divided by scale, latency
 #: not (it must stay small against poll_max / scale); the runs go in parallel.
 #: ``fleet``: N tasks; (processes, slots) layouts; the P x 1 scaling series; buquet's
@@ -170,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                                           fl["peer"], fl["timeout"], fl.get("peer_idle"))
         if "aio" in only:  # async handler sleeping 100 ms, concurrency 1, 10, 200 (bench/aio_io.py)
             result["aio_io"] = aio_io.run(backend, [1, 10, 200], 3, prof["timeout"])
+        if "limits" in only:  # rate and concurrency limits under P processes (bench/limits.py)
+            result["limits"] = limits.run_scenario(backend, prof["limits"], latency)
     finally:
         backend.close()
     result["meta"]["load_after"] = report.loadavg()

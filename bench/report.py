@@ -256,6 +256,9 @@ def print_report(result: dict[str, Any]) -> None:
     from bench import fleet_report
 
     fleet_report.print_fleet(result)
+    from bench import limits
+
+    limits.print_limits(result, _table)
     tg = result.get("targets", {})
     if tg:
         print("\nTargets:")
@@ -337,4 +340,9 @@ def markdown(result: dict[str, Any]) -> str:
     fleet_md = fleet_report.markdown_fleet(result)
     if fleet_md:
         out.append(fleet_md)
+    from bench import limits
+
+    limits_md = limits.markdown_limits(result, _md)
+    if limits_md:
+        out.append(limits_md)
     return "\n\n".join(out) + "\n"

@@ -3,7 +3,7 @@
 from qo.aio import AsyncQueue, AsyncTaskHandle
 from qo.app import App, Fatal, TaskFunction
 from qo.context import Context, StopReason
-from qo.errors import QoError
+from qo.errors import QoError, RateLimited
 from qo.hooks import Event, Kind
 from qo.middleware import AsyncNext, Next, TaskCall
 from qo.models import RetryPolicy, Status
@@ -26,6 +26,7 @@ __all__ = [
     "Next",
     "QoError",
     "Queue",
+    "RateLimited",
     "Retry",
     "RetryDecision",
     "RetryPolicy",

@@ -24,6 +24,7 @@ from qo.protocol import identity as identities
 from qo.protocol.identity import Identity
 from qo.protocol.identity import check as check_identity
 from qo.protocol.keys import handler_name
+from qo.protocol.limits import LimitSpec, make_spec
 from qo.protocol.registry import PublishReport, TypeDefinition, publish
 from qo.protocol.submit import SubmitRequest
 from qo.queue import Queue, TaskHandle
@@ -135,6 +136,26 @@ class App:
         self.middleware_stack: list[Middleware] = list(middleware or [])
         #: ``start``, ``success``, ``failure``, ``retry``, ``dead``, ``cancel`` (``qo.lifecycle``).
         self.lifecycle = LifecycleHooks()
+        #: Rate and concurrency limits by name (``limit``, ``@app.task(rate=...)``; section 11).
+        self.limits: dict[str, LimitSpec] = {}
+
+    def limit(self, name: str, *, rate: str | float | None = None, burst: int | None = None,
+              concurrency: int | None = None, per_key: bool = False,
+              concurrency_per_key: bool = False, shards: int = 1) -> LimitSpec:
+        """Declare a named limit that task types share (``@app.task(rate_limit=name)``)."""
+        spec = make_spec(name, rate=rate, burst=burst, concurrency=concurrency,
+                         per_key=per_key, concurrency_per_key=concurrency_per_key,
+                         shards=shards, types=list(self.limits[name].types)
+                         if name in self.limits else [])
+        self.limits[name] = spec
+        return spec
+
+    def _use_limit(self, name: str, task_type: str) -> None:
+        spec = self.limits.get(name)
+        if spec is None:  # declared later (``limit``) or only in the bucket (``qo limit set``)
+            spec = self.limits[name] = LimitSpec.model_construct(name=name, types=[])
+        if task_type not in spec.types:
+            spec.types.append(task_type)
 
     def on(self, when: str, fn: Hook | None = None, *, task: str | None = None) -> Any:
         """Call ``fn(event)`` at each ``when`` transition a worker of this app records, for
@@ -178,6 +199,12 @@ class App:
         labels: tuple[str, ...] | list[str] = (),
         identity: Identity | None = None,
         unique_for: float | None = None,
+        rate: str | float | None = None,
+        burst: int | None = None,
+        rate_key: str | Callable[[Any], Any] | None = None,
+        concurrency: int | None = None,
+        concurrency_key: str | Callable[[Any], Any] | None = None,
+        rate_limit: str | list[str] | tuple[str, ...] = (),
     ) -> Any:
         """Register a handler. Several versions of one type may be registered side by
         side (``version=``); ``migrate(input, from_version)`` lets one run older ones."""
@@ -189,6 +216,18 @@ class App:
         check_identity(identity)
         if unique_for is not None and not 0 < unique_for <= 366 * 86_400:
             raise QoError(f"unique_for must be between 0 s and 366 days, got {unique_for!r}")
+        if rate_key is not None and concurrency_key is not None and rate_key != concurrency_key:
+            raise QoError("rate_key and concurrency_key must be the same: a task has one limit key")
+        shared = [rate_limit] if isinstance(rate_limit, str) else list(rate_limit)
+        for limit_name in shared:
+            check_name(limit_name, "limit name")
+        own_limit = None
+        if rate is not None or concurrency is not None:
+            own_limit = make_spec(name or "t", rate=rate, burst=burst, concurrency=concurrency,
+                                  per_key=rate_key is not None,
+                                  concurrency_per_key=concurrency_key is not None)
+        elif burst is not None:
+            raise QoError("burst needs a rate (@app.task(rate=\"10/s\", burst=20))")
 
         def register(f: Callable[P, R]) -> TaskFunction[P, R]:
             task_name = check_name(name or f.__name__, "task type")
@@ -206,7 +245,13 @@ class App:
                 wants_ctx="ctx" in inspect.signature(f).parameters, params=params,
                 version=version, labels=tuple(required), migrate=migrate,
                 identity=identity, unique_for=unique_for,
+                limit_key=rate_key if rate_key is not None else concurrency_key,
+                limits=(*([task_name] if own_limit else []), *shared),
             )
+            if own_limit is not None:  # the type's own limit is named after it
+                self.limits[task_name] = own_limit.model_copy(update={"name": task_name})
+            for limit_name in definition.limits:
+                self._use_limit(limit_name, task_name)
             self.tasks[definition.key] = definition
             return TaskFunction(self, definition)
 
@@ -219,6 +264,8 @@ class App:
         """
         definition = self.definition(task_type)
         defaults = self.submit_defaults(definition)
+        if definition.limit_key is not None and "limit_key" not in options:
+            defaults["limit_key"] = definition.limit_key_of(input)
         if definition.identity is not None and options.get("key") is None:
             defaults["key"] = identities.derive_key(definition.identity, input, task_type)
             if definition.unique_for is not None:

@@ -218,3 +218,21 @@ class NoStatsSnapshot(QoError):
     """No fleet statistics snapshot has been written yet (``qo.protocol.fleetstats``)."""
 
     kind = ErrorKind.NOT_FOUND
+
+
+class RateLimited(QoError):
+    """Raise in a handler when the remote API said "too many requests" (a 429).
+
+    The task goes back to the queue without consuming an attempt, due again in
+    ``retry_after`` seconds, and the worker's limiter admits no task of that
+    type's rate limits and key until then, in every process (docs/protocol.md §11).
+    """
+
+    kind = ErrorKind.UNAVAILABLE
+
+    def __init__(self, message: str = "rate limited by the remote service", *,
+                 retry_after: float = 1.0) -> None:
+        if not 0 <= retry_after <= 7 * 86_400:
+            raise ValueError(f"retry_after must be between 0 s and 7 days, got {retry_after!r}")
+        super().__init__(message)
+        self.retry_after = float(retry_after)

@@ -98,8 +98,10 @@ class TaskRecord(BaseModel):
     since_v2: ClassVar[dict[str, Any]] = {"version": 1, "labels": []}
     #: Fields of schema version 3, likewise: a record without them is written as 2 or 1.
     since_v3: ClassVar[dict[str, Any]] = {"trace": None, "aging": None}
+    #: Fields of schema version 4 (a record without them is written as 3, 2 or 1).
+    since_v4: ClassVar[dict[str, Any]] = {"limit_key": None}
 
-    v: int = 3  # the schema version (see the module docstring and ``body_version``)
+    v: int = 4  # the schema version (see the module docstring and ``body_version``)
     id: str
     queue: str
     type: str
@@ -110,6 +112,8 @@ class TaskRecord(BaseModel):
     #: Seconds of waiting worth one priority level, from its queue's settings at submit
     #: (None: strict priority); in its marker keys (docs/protocol.md section 12).
     aging: int | None = Field(None, ge=1, le=86_400)
+    #: The hashed rate/concurrency key (``keys.hash_limit_key``), in its marker key.
+    limit_key: str | None = Field(None, pattern=r"^[0-9a-f]{16}$")
     input: Any = None
     input_ref: str | None = None
     input_hash: str
@@ -211,7 +215,7 @@ def schema_version(cls: type[BaseModel]) -> int | None:
 def dumps(model: BaseModel) -> bytes:
     omit: set[str] = set(getattr(model, "omit_unset", ())) - model.model_fields_set
     ladder: list[tuple[int, dict[str, Any]]] = [
-        (n, fields) for n in (2, 3) if (fields := getattr(model, f"since_v{n}", {}))]
+        (n, fields) for n in (2, 3, 4) if (fields := getattr(model, f"since_v{n}", {}))]
     unused = {name for _, fields in ladder for name, default in fields.items()
               if getattr(model, name) == default}
     data = model.model_dump(mode="json", exclude_defaults=False, exclude=(omit | unused) or None)

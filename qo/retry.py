@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from qo.errors import RateLimited
 from qo.models import RetryPolicy
 
 #: A retry policy as a function: ``(error, attempt) -> seconds``, or None (or False) to
@@ -57,6 +58,8 @@ class RetryDecision:
     retry: bool
     delay: float = 0.0  # seconds from the failure until the next attempt may start
     reason: str = ""
+    #: False for a ``RateLimited`` handler: the attempt is given back, not used up.
+    consumes_attempt: bool = True
 
     @classmethod
     def decide(
@@ -72,6 +75,8 @@ class RetryDecision:
         or None/False to give up. A decider that raises or answers nonsense is
         logged and the policy decides.
         """
+        if isinstance(error, RateLimited):  # before the attempt count: none is used up
+            return cls(True, error.retry_after, reason="rate limited", consumes_attempt=False)
         if not retryable:
             return cls(False, reason="not retryable")
         if attempt >= max_attempts:

@@ -58,6 +58,23 @@ class TaskDef:
     #: and how long it stays unique (the key's retention; default: the queue's).
     identity: Identity | None = None
     unique_for: float | None = None
+    #: The limits governing it (names in ``App.limits``), and how a task's limit key is
+    #: read from its input: a field name or a callable (``rate_key=``/``concurrency_key=``).
+    limits: tuple[str, ...] = ()
+    limit_key: str | Callable[[Any], Any] | None = None
+
+    def limit_key_of(self, payload: Any) -> str | None:
+        """The limit key value of a task with this input (None: it has none)."""
+        if self.limit_key is None:
+            return None
+        if callable(self.limit_key):
+            value = self.limit_key(payload)
+        elif isinstance(payload, dict):
+            value = payload.get(self.limit_key)
+        else:
+            raise QoError(f"task {self.name!r}: its limit key is the field "
+                          f"{self.limit_key!r}, but its input is not an object")
+        return None if value is None else str(value)
 
     @property
     def key(self) -> str:

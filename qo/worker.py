@@ -35,6 +35,7 @@ from qo.errors import ErrorKind, QoError
 from qo.health import Notices, StoreHealth
 from qo.idle import IdlePoll
 from qo.ids import new_token
+from qo.limiter import Limiter
 from qo.models import WorkerInfo, dumps
 from qo.protocol import keys, sweep
 from qo.protocol.cas import delete_quietly
@@ -79,6 +80,8 @@ class WorkerOptions:
     threads: int | None = None
     #: Capability labels (``--label gpu``): it claims only tasks needing a subset of them.
     labels: list[str] | None = None
+    #: Apply rate and concurrency limits (``qo.limiter``); default: if the app declares any.
+    limits: bool | None = None
 
 
 class Worker:
@@ -114,18 +117,38 @@ class Worker:
                              summary=self.summary, abort=self._abort,
                              deadline=self.options.deadline,
                              deadline_error=self.options.deadline_error)
+        use_limits = self.options.limits if self.options.limits is not None else bool(app.limits)
+        self.limiter = Limiter(self.store, app.limits, owner=self.id) if use_limits else None
         self.claimer = Claimer(
             self.store, self.settings, queues=self.queues,
             task_types=self.accepted,
             owner=self.id, spread=1, hooks=self.hooks,
             fleet=Fleet(self.store, self.id, serves_like_me=self._info("running")),
             labels=self.labels,
+            admission=[self.limiter.admit] if self.limiter else [],
         )
+        if self.limiter is not None:
+            self.limiter.connect(self.hooks)  # slots back on outcomes, RateLimited feedback
         self.threads = slot_threads(app, self.options.concurrency, self.options.threads)
         # tasks in flight, of any kind
         self._capacity = threading.BoundedSemaphore(self.options.concurrency)
         self.idle = IdlePoll(self.claimer, self.options.poll_min, self.options.poll_max)
         self._rng = random.Random()
+
+    def _wake_for_limits(self) -> None:
+        """After an empty claim: if a limit refused tasks whose turn is still to come,
+        idle slots poll at the soonest one rather than backing off (``qo.idle`` reads
+        the claimer's ``next_try``); no request."""
+        if self.limiter is None:
+            return
+        now = self.store.now()
+        turn = self.limiter.next_turn(now)
+        if turn is None:
+            return
+        at = time.monotonic() + (turn - now)
+        current = self.claimer.next_try
+        if current is None or current <= time.monotonic() or at < current:
+            self.claimer.next_try = at
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -302,6 +325,7 @@ class Worker:
         self.health.ok()
         self._report_seen()
         if claim is None:
+            self._wake_for_limits()
             self.idle.polled(found=False)
             if self.options.burst:
                 self._burst_done()

@@ -85,6 +85,7 @@ EXPECTED = {
     "qo.errors.NotSupported": ErrorKind.UNSUPPORTED_STORE,
     "qo.errors.StoreRefused": ErrorKind.MISCONFIGURED,
     "qo.errors.PreconditionFailed": ErrorKind.CONFLICT,
+    "qo.errors.RateLimited": ErrorKind.UNAVAILABLE,
     "qo.errors.StoreError": ErrorKind.INTERNAL,
     "qo.errors.StoreUnavailable": ErrorKind.UNAVAILABLE,
     "qo.models.CorruptRecord": ErrorKind.INTERNAL,
@@ -103,6 +104,8 @@ EXPECTED = {
     "qo.protocol.backpressure.QueueFull": ErrorKind.FULL,
     "qo.protocol.registry.InvalidInput": ErrorKind.INVALID,
     "qo.protocol.identity.InvalidIdentity": ErrorKind.INVALID,
+    "qo.protocol.limits.InvalidLimit": ErrorKind.INVALID,
+    "qo.protocol.limits.LimitNotFound": ErrorKind.NOT_FOUND,
     "qo.protocol.registry.UnregisteredType": ErrorKind.INVALID,
     "qo.protocol.submit.InvalidBatchItem": ErrorKind.INVALID,  # an instance takes its item's kind
     "qo.worker.StoreCheckFailed": ErrorKind.MISCONFIGURED,  # an instance takes its cause's

@@ -101,7 +101,7 @@ def root(
 
 
 def _register() -> None:
-    from qo.cli import doctor, health, queues, schedule, tasks, types, worker
+    from qo.cli import doctor, health, limits, queues, schedule, tasks, types, worker
 
     tasks.register(app)
     types.register(app)
@@ -110,6 +110,7 @@ def _register() -> None:
     schedule.register(app)
     queues.register(app)
     health.register(app)
+    limits.register(app)
 
 
 _register()

@@ -115,6 +115,10 @@ def worker(
     metrics_host: Annotated[str, typer.Option(
         metavar="HOST", help="The address the metrics and health servers listen on.")
     ] = "127.0.0.1",
+    limits: Annotated[bool | None, typer.Option(
+        "--limits/--no-limits",
+        help="Apply rate and concurrency limits, the bucket's (qo limit set) too; default: "
+             "if the app declares any.")] = None,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
     log_format: Annotated[LogFormat, typer.Option(case_sensitive=False)] = LogFormat.text,
     queue: QueueOption = None,
@@ -137,7 +141,7 @@ def worker(
     options = WorkerOptions(queues=names, concurrency=concurrency, burst=burst,
                             poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace,
                             cancel_wait=cancel_wait, threads=threads,
-                            labels=check_labels(label or []))
+                            labels=check_labels(label or []), limits=limits)
     if metrics is not None:
         q.store = metrics.observe_store(q.store)  # before the worker holds it
     w = Worker(app, q, options)

@@ -3,7 +3,7 @@
 ::
 
     tasks/{id}.json                                  record: the truth
-    ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}[@{version}][~{label}...]   claimable now
+    ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}[@{version}][~{label}...][!{lkey}]   claimable now
     ready/{queue}/!paused                            queue is paused (sorts first)
     ready/{queue}/aged/{eff_us:016d}-{255-prio:03d}-{aging}-{id}-{type}[@{version}][~{label}...]
                                                      claimable now, in an aging queue (§12)
@@ -20,10 +20,14 @@
     stats/fleet.json                                 fleet statistics snapshot
     doctor/...                                       qo doctor's scratch objects
     meta/capabilities.json, meta/delete-failures/*   store checks and failure reports
+    limits/{name}.json                               a rate/concurrency limit's settings
+    buckets/{name}/{lkey}/{shard}.json               a token bucket (qo/protocol/limits.py)
+    slots/{name}/{lkey}/{n}                          a concurrency slot (qo/protocol/slots.py)
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 TASKS = "tasks/"
@@ -55,6 +59,37 @@ PAUSED_MARK = "!paused"
 #: The ready directory of an aging queue's markers: after every ``{255-prio:03d}``.
 AGED_DIR = "aged"
 SCHEDULE_INPUTS = "schedule-inputs/"  # {name}/{sha256 of the input}: large schedule inputs
+#: Limits (docs/protocol.md section 11): settings, token buckets, concurrency slots.
+LIMITS = "limits/"
+BUCKETS = "buckets/"
+SLOTS = "slots/"
+#: The limit key of a task that has none (a global or per-type limit's one bucket).
+NO_LIMIT_KEY = "_"
+
+
+def limit_key(name: str) -> str:
+    return f"{LIMITS}{name}.json"
+
+
+def limit_name_of(key: str) -> str | None:
+    """The limit a ``limits/{name}.json`` key names, or None."""
+    if key.startswith(LIMITS) and key.endswith(".json") and "/" not in key[len(LIMITS):]:
+        return key[len(LIMITS):-len(".json")] or None
+    return None
+
+
+def bucket_key(name: str, lkey: str, shard: int) -> str:
+    return f"{BUCKETS}{name}/{lkey or NO_LIMIT_KEY}/{shard}.json"
+
+
+def slots_prefix(name: str, lkey: str) -> str:
+    return f"{SLOTS}{name}/{lkey or NO_LIMIT_KEY}/"
+
+
+def hash_limit_key(value: str) -> str:
+    """The limit key a marker carries for a task's rate/concurrency key value: 16 hex
+    digits of its SHA-256 (any value is safe in a key, and keys stay short)."""
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def micros(ts: float) -> int:
@@ -164,6 +199,7 @@ class Marker:
     #: Seconds of waiting worth one priority level (0: strict priority). An aging
     #: marker sorts by ``available_at + (255 - priority) * aging`` (section 12).
     aging: int = 0
+    limit_key: str = ""  # the hashed rate/concurrency key (``hash_limit_key``), if any
 
     @property
     def handler(self) -> str:
@@ -173,7 +209,8 @@ class Marker:
     @property
     def needs(self) -> str:
         """The handler and its required labels, as the key ends: ``type[@N][~label...]``."""
-        return self.handler + "".join(LABEL_SEP + label for label in self.labels)
+        tail = self.handler + "".join(LABEL_SEP + label for label in self.labels)
+        return tail + LIMIT_KEY_SEP + self.limit_key if self.limit_key else tail
 
     def runnable_with(self, labels: frozenset[str] | None) -> bool:
         """Does a worker with these labels have what it needs (None: no labels checked)?"""
@@ -207,13 +244,21 @@ class Marker:
 
 #: Separates required labels in a marker key (it never occurs in a type or a label).
 LABEL_SEP = "~"
+#: Precedes a marker's limit key (it never occurs in a type, a label or a hash).
+LIMIT_KEY_SEP = "!"
 
 
 def split_needs(tail: str) -> tuple[str, int, tuple[str, ...]]:
-    """A key's ``type[@N][~label...]`` read back as (type, version, labels)."""
-    head, *labels = tail.split(LABEL_SEP)
+    """A key's ``type[@N][~label...]`` (its ``!lkey`` cut off) read back as (type, version,
+    labels); ``limit_key_of`` reads the limit key."""
+    head, *labels = tail.partition(LIMIT_KEY_SEP)[0].split(LABEL_SEP)
     task_type, version = split_handler_name(head)
     return task_type, version, tuple(labels)
+
+
+def limit_key_of(tail: str) -> str:
+    """The limit key a key's ``...[!lkey]`` tail ends with ("" if none)."""
+    return tail.partition(LIMIT_KEY_SEP)[2]
 
 
 def parse_ready_key(key: str) -> Marker | None:
@@ -228,7 +273,7 @@ def parse_ready_key(key: str) -> Marker | None:
     if len(fields) != 3 or not inv.isdigit() or not fields[0].isdigit():
         return None
     return Marker(queue, 255 - int(inv), int(fields[0]) / 1_000_000, fields[1],
-                  *split_needs(fields[2]))
+                  *split_needs(fields[2]), limit_key=limit_key_of(fields[2]))
 
 
 def _parse_aged(queue: str, rest: str) -> Marker | None:
@@ -241,7 +286,7 @@ def _parse_aged(queue: str, rest: str) -> Marker | None:
         return None
     available_us = eff - inv * aging * 1_000_000
     return Marker(queue, 255 - inv, available_us / 1_000_000, fields[3], *split_needs(fields[4]),
-                  aging=aging)
+                  aging=aging, limit_key=limit_key_of(fields[4]))
 
 
 def parse_delayed_key(key: str) -> Marker | None:
@@ -256,4 +301,5 @@ def parse_delayed_key(key: str) -> Marker | None:
     if dot and not (aging.isdigit() and int(aging) >= 1):
         return None
     return Marker(queue, 255 - int(inv), int(due) / 1_000_000, fields[0],
-                  *split_needs(fields[1]), aging=int(aging) if dot else 0)
+                  *split_needs(fields[1]), aging=int(aging) if dot else 0,
+                  limit_key=limit_key_of(fields[1]))

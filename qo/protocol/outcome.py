@@ -117,7 +117,9 @@ def fail(
             max_attempts=(declared or {}).get("max_attempts", rec.max_attempts))
         changes: dict[str, Any] = {
             **(declared or {}),
-            "attempt": claim.attempt, "error": error, "worker": claim.lease.value.owner,
+            # a RateLimited attempt is given back: the next claim runs the same number
+            "attempt": claim.attempt if decided.consumes_attempt else claim.attempt - 1,
+            "error": error, "worker": claim.lease.value.owner,
             "started_at": claim.lease.value.claimed_at, "last_lease": claim.lease.value.token,
         }
         if decided.retry:

@@ -64,6 +64,9 @@ class SubmitRequest(BaseModel):
     version: int = Field(1, ge=1, le=1_000_000)
     #: Labels a worker needs to run it (``qo worker --label``); the type's by default.
     labels: list[str] = Field(default_factory=list)
+    #: The value a per-key limit counts it under (``@app.task(rate_key=...)``, e.g. a
+    #: customer id); its hash goes into the record and the marker key (section 11).
+    limit_key: str | None = Field(None, min_length=1, max_length=1024)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -175,6 +178,7 @@ def prepare(req: SubmitRequest, settings: Settings, now: float, *,
         version=req.version,
         labels=req.labels,
         aging=aging,
+        limit_key=None if req.limit_key is None else keys.hash_limit_key(req.limit_key),
         input=None if ref else inline,
         input_ref=ref,
         input_hash=records.input_hash(req.type, encoded),

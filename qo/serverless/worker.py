@@ -38,6 +38,7 @@ from typing import Any
 from qo import eventlog, lifecycle
 from qo.app import App
 from qo.errors import ErrorKind, QoError
+from qo.limiter import Limiter
 from qo.protocol import keys, outcome
 from qo.protocol.claim import Claim, Claimer
 from qo.runner import Runner, TaskTimeout
@@ -118,19 +119,23 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
     request_id = getattr(context, "aws_request_id", None) or "local"
     owner = f"lambda-{str(request_id)[:36]}"
     q = rt.queue
+    limiter = Limiter(q.store, app.limits, owner=owner) if app.limits else None
     invocation = Invocation(
         app=app, deadline=deadline,
         claimer=Claimer(q.store, q.settings, queues=queues, task_types=app.accepted(()),
-                        owner=owner, spread=1, hooks=q.hooks, labels=frozenset()),
+                        owner=owner, spread=1, hooks=q.hooks, labels=frozenset(),
+                        admission=[limiter.admit] if limiter else []),
         runner=Runner(app, q.store, q.settings, hooks=q.hooks, deadline=deadline,
                       deadline_error=InvocationDeadline))
     disconnect = eventlog.connect(q.hooks, owner)
     stop_hooks = lifecycle.connect(app.lifecycle, q.hooks, owner, app.type_names())
+    stop_limits = limiter.connect(q.hooks) if limiter else (lambda: None)
     try:
         _work(invocation, parsed, rt.config, report)
     finally:
         disconnect()
         stop_hooks()
+        stop_limits()
     summary = invocation.runner.summary
     report.succeeded, report.failed = summary.succeeded, summary.failed
     report.fenced = summary.fenced
