@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class StopReason(StrEnum):
@@ -48,7 +49,25 @@ class Context:
     version: int = 1
     cancelled: threading.Event = field(default_factory=threading.Event)
     cancel_reason: StopReason | None = None
+    #: The ids of the tasks it depended on (``depends_on``), in order.
+    depends_on: tuple[str, ...] = ()
     _heartbeat: Callable[[], bool] | None = field(default=None, repr=False)
+    _load_dependencies: Callable[[], list[Any]] | None = field(default=None, repr=False)
+    _dependencies: list[Any] | None = field(default=None, repr=False)
+
+    @property
+    def dependencies(self) -> list[Any]:
+        """How each dependency ended (``qo.protocol.deps.DependencyOutcome``: ``id``,
+        ``type``, ``status``, ``result``, ``error``, ``node``), read once, when first
+        asked (1 GET per dependency); empty for a task without dependencies."""
+        if self._dependencies is None:
+            loader = self._load_dependencies
+            self._dependencies = [] if loader is None else loader()
+        return self._dependencies
+
+    def parent_results(self) -> dict[str, Any]:
+        """The results of the dependencies that succeeded, by workflow node name (or id)."""
+        return {d.node or d.id: d.result for d in self.dependencies if d.succeeded}
 
     def is_cancelled(self) -> bool:
         return self.cancelled.is_set()

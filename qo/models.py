@@ -34,11 +34,22 @@ class Status(StrEnum):
     FAILED = "failed"  # an attempt failed, a retry is scheduled
     DEAD = "dead"
     CANCELLED = "cancelled"
+    BLOCKED = "blocked"  # waits on its dependencies (qo/protocol/deps.py): no marker
+    SKIPPED = "skipped"  # will never run: its trigger rule said so (terminal)
 
 
 #: Stored statuses of a task that still has to run once it is due.
 WAITING = frozenset({Status.PENDING, Status.SCHEDULED, Status.FAILED})
-TERMINAL = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED})
+TERMINAL = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED, Status.SKIPPED})
+
+
+class Trigger(StrEnum):
+    """When a task with dependencies runs (``depends_on``; qo/protocol/deps.py)."""
+
+    ALL_SUCCESS = "all_success"  # every dependency succeeded (the default)
+    ALL_DONE = "all_done"  # every dependency is terminal, whatever its outcome
+    NONE_FAILED = "none_failed"  # none dead or cancelled (skipped counts as done)
+    ALWAYS = "always"  # the handler decides: it runs once all are terminal, sees each outcome
 
 
 class CorruptRecord(QoError):
@@ -96,8 +107,11 @@ class TaskRecord(BaseModel):
     #: Fields of schema version 2, left out at their default: a record that does not
     #: use them is written as version 1, byte for byte what qo before them wrote.
     since_v2: ClassVar[dict[str, Any]] = {"version": 1, "labels": []}
+    #: Fields of schema version 3 (dependencies), left out at their default likewise.
+    since_v3: ClassVar[dict[str, Any]] = {"depends_on": [], "trigger": Trigger.ALL_SUCCESS,
+                                          "dependents": False, "workflow": None}
 
-    v: int = 2  # the schema version (see the module docstring and ``body_version``)
+    v: int = 3  # the schema version (see the module docstring and ``body_version``)
     id: str
     queue: str
     type: str
@@ -130,6 +144,13 @@ class TaskRecord(BaseModel):
     #: A fresh token on every write (records.create/replace), so that no two
     #: writes of a record have the same bytes; see qo/protocol/cas.py.
     rev: str | None = None
+    #: The tasks it waits for (``depends_on``) and when it runs then (qo/protocol/deps.py).
+    depends_on: list[str] = Field(default_factory=list, max_length=1000)
+    trigger: Trigger = Trigger.ALL_SUCCESS
+    #: Set (once, by a CAS) when some task depends on this one: its end readies them.
+    dependents: bool = False
+    #: The workflow this task is a node of (qo/protocol/workflow.py), if any.
+    workflow: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -204,10 +225,14 @@ def schema_version(cls: type[BaseModel]) -> int | None:
 def dumps(model: BaseModel) -> bytes:
     omit: set[str] = set(getattr(model, "omit_unset", ())) - model.model_fields_set
     since_v2: dict[str, Any] = getattr(model, "since_v2", {})
-    unused = {name for name, default in since_v2.items() if getattr(model, name) == default}
+    since_v3: dict[str, Any] = getattr(model, "since_v3", {})
+    later = {**since_v2, **since_v3}
+    unused = {name for name, default in later.items() if getattr(model, name) == default}
     data = model.model_dump(mode="json", exclude_defaults=False, exclude=(omit | unused) or None)
     version = schema_version(type(model))
-    if since_v2 and not set(since_v2) - unused:
+    if since_v3 and set(since_v3) - unused:
+        version = 3  # dependencies: readers before them refuse the body (FutureSchema)
+    elif later and not set(later) - unused:
         version = 1  # nothing of version 2 is used: the body old readers read
     elif since_v2:
         version = 2

@@ -38,7 +38,7 @@ from qo.heartbeat import MAX_BACKOFF, LeaseKeeper, Renewal
 from qo.hooks import NO_HOOKS, Hooks
 from qo.middleware import TaskCall
 from qo.models import ErrorInfo, Status, TaskRecord
-from qo.protocol import outcome, records
+from qo.protocol import deps, outcome, records
 from qo.protocol.claim import Claim
 from qo.retry import RetryDecision
 from qo.settings import Settings
@@ -171,6 +171,9 @@ class Runner:
                       max_attempts=declared.get("max_attempts", record.max_attempts))
         running = Running(claim, ctx, keeper, timeout, declared, capped=capped)
         ctx._heartbeat = lambda: self._heartbeat(running)
+        if record.depends_on:  # read only if the handler asks (ctx.dependencies)
+            ctx.depends_on = tuple(record.depends_on)
+            ctx._load_dependencies = lambda: deps.outcomes(self.store, record)
         if claim.input_error is not None:  # an unreadable payload never reaches the handler
             error = ErrorInfo(type="CorruptPayload", message=claim.input_error,
                               attempt=claim.attempt, retryable=False)

@@ -78,6 +78,8 @@ EXPECTED = {
     "qo.errors.AccessDenied": ErrorKind.MISCONFIGURED,
     "qo.errors.BucketNotFound": ErrorKind.MISCONFIGURED,
     "qo.errors.ConfigError": ErrorKind.MISCONFIGURED,
+    "qo.errors.DependencyCycle": ErrorKind.INVALID,
+    "qo.errors.DependencyError": ErrorKind.INVALID,
     "qo.errors.InvalidName": ErrorKind.INVALID,
     "qo.errors.ListingStalled": ErrorKind.UNSUPPORTED_STORE,
     "qo.errors.NotSupported": ErrorKind.UNSUPPORTED_STORE,

@@ -39,8 +39,8 @@ from typing import Any
 
 from qo.errors import PreconditionFailed, StoreError
 from qo.hooks import NO_HOOKS, Hooks, Kind
-from qo.models import WAITING, CorruptRecord, TaskRecord
-from qo.protocol import cursor, fleet, index, keys, leases, records
+from qo.models import WAITING, CorruptRecord, Status, TaskRecord
+from qo.protocol import cursor, deps, fleet, index, keys, leases, records
 from qo.settings import Settings
 from qo.store.base import Store
 
@@ -129,6 +129,10 @@ def scan(
         report.examined += 1
         try:
             current = records.read(store, task_id)
+            if fix and current is not None and current.value.status == Status.BLOCKED:
+                if deps.repair_blocked(store, current.value, now):  # its submit died early
+                    report.repaired += 1
+                continue
             if current is None or not is_stranded(store, current.value):
                 continue
             report.stranded.append(task_id)

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from qo.errors import ErrorKind, PreconditionFailed, QoError, shorten
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import idempotent_task_id, new_task_id
-from qo.models import RetryPolicy, Status, TaskRecord
+from qo.models import RetryPolicy, Status, TaskRecord, Trigger
 from qo.names import check_free_text, check_labels, check_name
-from qo.protocol import index, keys, leases, records
+from qo.protocol import deps, index, keys, leases, records
 from qo.protocol.cas import delete_quietly, put_checked
 from qo.settings import Settings
 from qo.store.base import Store
@@ -62,6 +62,16 @@ class SubmitRequest(BaseModel):
     version: int = Field(1, ge=1, le=1_000_000)
     #: Labels a worker needs to run it (``qo worker --label``); the type's by default.
     labels: list[str] = Field(default_factory=list)
+    #: Tasks (ids or handles) it waits for, ``blocked``, and when it runs then (deps.py).
+    depends_on: list[str] = Field(default_factory=list, max_length=1000)
+    trigger: Trigger = Trigger.ALL_SUCCESS
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _depends_on(cls, v: Any) -> list[str]:
+        if isinstance(v, str) or not isinstance(v, (list, tuple)):
+            v = [v]
+        return deps.ids_of(v)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -172,7 +182,8 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
         input_ref=ref,
         input_hash=records.input_hash(req.type, encoded),
         priority=req.priority,
-        status=Status.PENDING if when <= now else Status.SCHEDULED,
+        status=(Status.BLOCKED if req.depends_on
+                else Status.PENDING if when <= now else Status.SCHEDULED),
         retry=req.retry,
         timeout=req.timeout,
         created_at=now,
@@ -180,6 +191,8 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
         idempotency_key=req.key,
         idempotency_expires_at=(when + retention) if req.key else None,
         tags=req.tags,
+        depends_on=req.depends_on,
+        trigger=req.trigger,
         # unset, the record omits it and a worker applies its handler's declared value
         **({"max_attempts": req.max_attempts} if "max_attempts" in req.model_fields_set else {}),
     )
@@ -213,6 +226,8 @@ def submit_prepared(store: Store, prepared: Prepared, settings: Settings, now: f
                     *, hooks: Hooks = NO_HOOKS) -> Submitted:
     """Write one prepared task (emits SUBMITTED when this call created it)."""
     record, req = prepared.record, prepared.req
+    if record.depends_on:
+        return _submit_blocked(store, prepared, settings, now, hooks)
     if record.input_ref:
         put_checked(store, record.input_ref, prepared.encoded_input)
     marker = index.index_key(record, now)
@@ -236,6 +251,35 @@ def submit_prepared(store: Store, prepared: Prepared, settings: Settings, now: f
         hooks.emit(Kind.SUBMITTED, record.id, queue=record.queue, task_type=record.type,
                    status=record.status)
     return done
+
+
+def _submit_blocked(store: Store, prepared: Prepared, settings: Settings, now: float,
+                    hooks: Hooks) -> Submitted:
+    """A task with dependencies: no marker; its edges, its record (``blocked``), then
+    ``deps.arm``. Unknown dependencies are refused before any write (docs/protocol.md §10)."""
+    record, req = prepared.record, prepared.req
+    seen = deps.validate(store, record.id, record.depends_on)
+    if record.input_ref:
+        put_checked(store, record.input_ref, prepared.encoded_input)
+    deps.write_edges(store, record)
+    try:
+        records.create(store, record, prepared.body)
+    except PreconditionFailed:
+        current = records.read(store, record.id)
+        if current is None:
+            return submit_one(store, req, settings, now)
+        old = current.value
+        if old.input_hash != record.input_hash or old.type != record.type:
+            raise IdempotencyConflict(
+                f"idempotency key {shorten(req.key)} is already used by task {old.id} "
+                f"with a different input (status {old.status})") from None
+        if old.status == Status.BLOCKED:
+            deps.arm(store, old, now)  # the first submit may have died before arming it
+        return Submitted(old.id, False, old.status)
+    deps.arm(store, record, now, seen)
+    hooks.emit(Kind.SUBMITTED, record.id, queue=record.queue, task_type=record.type,
+               status=record.status)
+    return Submitted(record.id, True, record.status)
 
 
 def _existing(
