@@ -12,6 +12,7 @@ from qo.queue import Queue, TaskCancelled, TaskFailed, TaskHandle
 from qo.results import wait
 from qo.retry import Retry, RetryDecision
 from qo.settings import Settings
+from qo.workflow import Workflow, WorkflowRun
 
 __all__ = [
     "App",
@@ -38,6 +39,8 @@ __all__ = [
     "TaskFailed",
     "TaskFunction",
     "TaskHandle",
+    "Workflow",
+    "WorkflowRun",
     "wait",
 ]
 

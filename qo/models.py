@@ -109,7 +109,7 @@ class TaskRecord(BaseModel):
     since_v2: ClassVar[dict[str, Any]] = {"version": 1, "labels": []}
     #: Fields of schema version 3 (dependencies), left out at their default likewise.
     since_v3: ClassVar[dict[str, Any]] = {"depends_on": [], "trigger": Trigger.ALL_SUCCESS,
-                                          "dependents": False, "workflow": None}
+                                          "has_dependents": False, "workflow": None}
 
     v: int = 3  # the schema version (see the module docstring and ``body_version``)
     id: str
@@ -148,7 +148,7 @@ class TaskRecord(BaseModel):
     depends_on: list[str] = Field(default_factory=list, max_length=1000)
     trigger: Trigger = Trigger.ALL_SUCCESS
     #: Set (once, by a CAS) when some task depends on this one: its end readies them.
-    dependents: bool = False
+    has_dependents: bool = False
     #: The workflow this task is a node of (qo/protocol/workflow.py), if any.
     workflow: str | None = None
 

@@ -100,6 +100,7 @@ EXPECTED = {
     "qo.serverless.worker.TaskTooLong": ErrorKind.MISCONFIGURED,
     "qo.store.faulty.InjectedFault": ErrorKind.UNAVAILABLE,
     "qo.protocol.submit.IdempotencyConflict": ErrorKind.CONFLICT,
+    "qo.protocol.workflow.WorkflowNotFound": ErrorKind.NOT_FOUND,
     "qo.protocol.registry.InvalidInput": ErrorKind.INVALID,
     "qo.protocol.identity.InvalidIdentity": ErrorKind.INVALID,
     "qo.protocol.registry.UnregisteredType": ErrorKind.INVALID,

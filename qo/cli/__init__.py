@@ -101,13 +101,14 @@ def root(
 
 
 def _register() -> None:
-    from qo.cli import doctor, schedule, tasks, types, worker
+    from qo.cli import doctor, graph, schedule, tasks, types, worker
 
     tasks.register(app)
     types.register(app)
     worker.register(app)
     doctor.register(app)
     schedule.register(app)
+    graph.register(app)
 
 
 _register()

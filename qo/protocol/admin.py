@@ -90,7 +90,7 @@ def cancel(store: Store, task_id: str, reason: str = "cancelled by user",
         except PreconditionFailed:
             continue
         index.drop_markers(store, record)
-        if new.dependents:  # their trigger rules decide now (a crash here: the audit)
+        if new.has_dependents:  # their trigger rules decide now (a crash here: the audit)
             deps.on_terminal(store, new, now)
         hooks.emit(Kind.CANCELLED, task_id, queue=record.queue, task_type=record.type,
                    reason=reason)
@@ -126,7 +126,7 @@ def retry(store: Store, settings: Settings, task_id: str) -> TaskView:
             "attempt": 0, "finished_at": None, "cancel_reason": None,
             **({"error": None} if upstream else {})})
         records.replace(store, new, current.etag)
-        if old.dependents and old.terminal:  # still under the lease: nobody claims it yet
+        if old.has_dependents and old.terminal:  # still under the lease: nobody claims it yet
             deps.rearm(store, new, old.status, now)
         if upstream:  # ended by a dependency: its trigger rule decides again
             delete_quietly(store, keys.dead_key(old.queue, old.id))

@@ -178,6 +178,18 @@ def remove_gone_workers(store: Store, now: float) -> int:
     return removed
 
 
+def _complete_workflows(store: Store, settings: Settings, now: float,
+                        report: AuditReport) -> int:
+    """Workflows a crashed submit left half-written (1 LIST; see qo/protocol/workflow.py)."""
+    from qo.protocol import workflow  # it imports submit, which the audit needs nowhere else
+
+    try:
+        return workflow.complete_pending(store, settings, now)
+    except (StoreError, CorruptRecord) as exc:
+        report.errors.append(f"{keys.WORKFLOWS_PENDING}: {exc}")
+        return 0
+
+
 def run_audit(
     store: Store,
     settings: Settings,
@@ -201,6 +213,7 @@ def run_audit(
     if listed < budget:
         report.pass_done = True
         report.workers_removed = remove_gone_workers(store, now)
+        report.repaired += _complete_workflows(store, settings, now, report)
         new_cursor = {"after": None, "finished_at": now}
     else:
         new_cursor = {"after": last, "finished_at": finished, "at": now}

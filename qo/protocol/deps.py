@@ -9,7 +9,7 @@ dependent's own record.
 * ``deps/done/{child}/{parent}/{status}``: the parent has ended so; created
   (create-only, idempotent) by the parent's outcome follow-up, or by the child
   when it finds the parent already ended.
-* ``TaskRecord.dependents``: set once on a parent (a CAS, by its first
+* ``TaskRecord.has_dependents``: set once on a parent (a CAS, by its first
   dependent's submit, while the parent is not terminal): only then does the
   parent's end cost anything (a task with no dependents pays nothing).
 
@@ -165,38 +165,43 @@ def arm(store: Store, record: TaskRecord, now: float,
     """After the child's record is written: make sure each dependency's end reaches it.
 
     For each dependency: terminal, write its done marker ourselves; else set its
-    ``dependents`` flag by a CAS (skipped when a read made after our record was
+    ``has_dependents`` flag by a CAS (skipped when a read made after our record was
     written shows it set). Either the flag lands before the parent's terminal CAS
     (whose follow-up then sees our edge and record), or our read sees the parent
     terminal. ``seen``: the validation reads, whose etags save a GET when the
     flag is still to be set.
     """
     seen = seen or {}
-    ended = [s for s in _each(record.depends_on, lambda p: _flag(store, p, seen.get(p)))
+    ended = [s for s in _each(record.depends_on,
+                              lambda p: _flag(store, p, seen.get(p), record.workflow))
              if s is not None]
     for parent, status in ended:
         put_if_absent(store, keys.done_key(record.id, parent, status), index.marker_body())
     if ended:  # listed after every marker we wrote: the parent that ends last sees ours
         decided = settle(store, record.id, now)
-        if decided is not None and decided.terminal and decided.dependents:
+        if decided is not None and decided.terminal and decided.has_dependents:
             on_terminal(store, decided, now)
 
 
-def _flag(store: Store, parent: str, current: Versioned[TaskRecord] | None
-          ) -> tuple[str, str] | None:
-    """(parent, status) if it has ended; otherwise it is flagged as having dependents."""
+def _flag(store: Store, parent: str, current: Versioned[TaskRecord] | None,
+          workflow: str | None = None) -> tuple[str, str] | None:
+    """(parent, status) if it has ended; otherwise it is flagged as having dependents.
+
+    A missing dependency of a workflow node is one its workflow has still to write
+    (flagged from the start, qo/protocol/workflow.py): nothing to do.
+    """
     fresh = current is None
     for _ in range(MAX_CAS):
-        if current is None or (current.value.dependents and not fresh):
+        if current is None or (current.value.has_dependents and not fresh):
             current, fresh = records.read(store, parent), True
         if current is None:
-            return parent, MISSING
+            return None if workflow is not None else (parent, MISSING)
         if current.value.terminal:
             return parent, current.value.status.value
-        if current.value.dependents:
+        if current.value.has_dependents:
             return None  # read after our record was written, still running: it will tell us
         try:
-            records.replace(store, current.value.model_copy(update={"dependents": True}),
+            records.replace(store, current.value.model_copy(update={"has_dependents": True}),
                             current.etag)
             return None
         except PreconditionFailed:
@@ -208,8 +213,8 @@ def _flag(store: Store, parent: str, current: Versioned[TaskRecord] | None
 
 
 def follow_up(store: Store, record: TaskRecord, now: float) -> None:
-    """The outcome follow-up (qo/protocol/outcome.py): free unless ``record.dependents``."""
-    if record.dependents and record.terminal:
+    """The outcome follow-up (qo/protocol/outcome.py): free unless ``record.has_dependents``."""
+    if record.has_dependents and record.terminal:
         on_terminal(store, record, now)
 
 
@@ -227,7 +232,7 @@ def on_terminal(store: Store, record: TaskRecord, now: float, *, repair: bool = 
         for child in ended:
             if child is not None:
                 decided += 1
-                if child.terminal and child.dependents:
+                if child.terminal and child.has_dependents:
                     todo.append(child)
     return decided
 

@@ -179,6 +179,6 @@ def _repair(store: Store, held: leases.HeldLease, run_token: str | None,
         records.replace(store, record, current.etag)
         counted = True
     index.ensure_indexed(store, record, now)
-    if record.terminal and record.dependents:  # the outcome's follow-up may not have run
+    if record.terminal and record.has_dependents:  # the outcome's follow-up may not have run
         deps.on_terminal(store, record, now, repair=True)
     return record, counted
