@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from qo.errors import DependencyError, QoError
 from qo.ids import new_task_id
 from qo.protocol import admin, graph, workflow
-from qo.protocol.submit import InvalidBatchItem, SubmitRequest
+from qo.protocol.submit import SubmitRequest
 from qo.protocol.workflow import WorkflowView
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class Workflow:
         """Check the graph and every request, then write it (see the module docstring).
         With ``app``, node options come from the app's handlers, else from the registry."""
         requests = []
-        for n, (name, fields, after) in enumerate(self._nodes):
+        for name, fields, after in self._nodes:
             try:
                 if app is not None:
                     fields = app.submit_defaults(app.definition(fields["type"])) | fields
@@ -63,7 +63,8 @@ class Workflow:
                     fields = queue.resolve(fields, allow_unregistered=allow_unregistered)
                 requests.append((name, SubmitRequest(**fields), after))
             except QoError as exc:
-                raise InvalidBatchItem(n, QoError(f"workflow node {name!r}: {exc}")) from None
+                exc.args = (f"workflow node {name!r}: {exc}",)
+                raise
         store = queue.store
         now = store.now()
         workflow_id = new_task_id(now)

@@ -244,3 +244,25 @@ def test_the_audit_arms_a_blocked_task_whose_submit_died_before_arming() -> None
     assert status(queue, child) == Status.PENDING
     drain(queue, app, [child])
     assert status(queue, child) == Status.SUCCEEDED
+
+
+def test_retention_deletes_the_edges_and_arrivals_of_the_tasks_it_deletes() -> None:
+    from qo.protocol import retention
+    from qo.testing.clock import FakeClock
+
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    queue = Queue(store, Settings())
+    app = App(queue)
+
+    @app.task
+    def ok(ctx) -> int:
+        return 1
+
+    a = queue.submit("ok")
+    b = queue.submit("ok", depends_on=[a])
+    drain(queue, app, [a.id, b.id])
+    assert len(list(store.list("deps/"))) == 2  # the edge and its arrival
+    clock.advance(10 * 86_400)
+    assert retention.run_retention(store, 86_400).deleted == 2
+    assert list(store.list("deps/")) == []

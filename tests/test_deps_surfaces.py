@@ -116,3 +116,24 @@ def test_the_api_takes_depends_on_and_workflows(api: Queue) -> None:
                                                            "after": ["a"]}]
     status, error = call("POST", "/workflows", {"nodes": cycle})
     assert status == 400 and error["message"] == "workflow has a cycle: a -> b -> a", error
+
+
+def test_workflow_submit_status_graph_cancel_through_the_cli(url: str, tmp_path: Path) -> None:
+    spec = tmp_path / "wf.json"
+    spec.write_text('{"name": "w", "nodes": [{"name": "a", "type": "add", "input": {"x": 1, '
+                    '"y": 2}}, {"name": "b", "type": "add", "input": {"x": 2, "y": 2}, '
+                    '"after": ["a"]}]}')
+    made = as_json(qo("-q", url, "workflow", "submit", str(spec), "--unregistered", "--json"))
+    status = as_json(qo("-q", url, "workflow", "status", made["id"], "--json"))
+    assert status["status"] == "running" and [n["status"] for n in status["nodes"]] == [
+        "pending", "blocked"]
+    assert "a<br/>pending" in ok(qo("-q", url, "graph", made["id"])).stdout
+    work(url)
+    assert as_json(qo("-q", url, "workflow", "status", made["id"], "--json"))["status"] == \
+        "succeeded"
+    assert show(url, made["tasks"]["b"])["result"] == 4
+    assert "cancelled 0 task(s)" in ok(qo("-q", url, "workflow", "cancel", made["id"])).stdout
+    spec.write_text('{"nodes": [{"name": "a", "type": "add", "input": {"x": 1, "y": 1}, '
+                    '"after": ["a"]}]}')
+    assert_one_line_error(qo("-q", url, "workflow", "submit", str(spec), "--unregistered"), 2,
+                          "workflow has a cycle: a -> a")

@@ -20,7 +20,43 @@ from qo.workflow import Workflow
 def register(app: typer.Typer) -> None:
     app.command("graph")(graph)
     common.add_group(app, "workflow", "Workflows: graphs of tasks submitted as one.",
-                     {"status": workflow_status, "cancel": workflow_cancel})
+                     {"submit": workflow_submit, "status": workflow_status,
+                      "cancel": workflow_cancel})
+
+
+def workflow_submit(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(
+        metavar="FILE|-", help='JSON: {"name": ..., "nodes": [{"name", "type", "input", '
+                               '"after": [names], "trigger", ...}]}')],
+    unregistered: Annotated[bool, typer.Option(
+        "--unregistered", help="Allow task types no worker has published yet.")] = False,
+    queue: QueueOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Submit a workflow: checked whole (unknown nodes, cycles) before anything is written."""
+    from qo.cli.submit import read_json_arg
+
+    spec = read_json_arg(source if source == "-" else f"@{source}", "workflow")
+    if not isinstance(spec, dict) or not isinstance(spec.get("nodes"), list):
+        raise CliError('a workflow is a JSON object with "nodes": [...]')
+    unknown = sorted(set(spec) - {"name", "nodes"})
+    if unknown:
+        raise CliError(f"unknown workflow field(s) {', '.join(unknown)}: name and nodes only")
+    wf = Workflow(spec.get("name") if isinstance(spec.get("name"), str) else None)
+    for n, node in enumerate(spec["nodes"]):
+        if not isinstance(node, dict) or not isinstance(node.get("name"), str) \
+                or not isinstance(node.get("type"), str):
+            raise CliError(f"nodes[{n}]: an object with string fields name and type")
+        fields = dict(node)
+        after = fields.pop("after", [])
+        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+            raise CliError(f"nodes[{n}]: after must be an array of node names")
+        wf.add(fields.pop("name"), fields.pop("type"), fields.pop("input", None), after=after,
+               **fields)
+    run = wf.submit(common.open_queue(ctx, queue), allow_unregistered=unregistered)
+    data = {"id": run.id, "tasks": {name: h.id for name, h in run.tasks.items()}}
+    common.answer(data, run.id, json=json)
 
 
 def graph(

@@ -109,7 +109,7 @@ def retry(store: Store, settings: Settings, task_id: str) -> TaskView:
                              Status.SKIPPED):
         raise InvalidTransition(
             f"task {task_id} is {_view(store, record).status}; only dead, cancelled, "
-            "failed or scheduled tasks can be retried")
+            "skipped, failed or scheduled tasks can be retried")
     now = store.now()
     held = leases.acquire(store, record.queue, task_id, owner="admin", kind="admin",
                           seconds=settings.repair_lease_seconds, now=now)

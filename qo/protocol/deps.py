@@ -362,6 +362,16 @@ def _unblock(store: Store, child_id: str) -> str | None:
     return None
 
 
+def forget(store: Store, record: TaskRecord) -> None:
+    """Retention deleted ``record``: its arrivals and its edges go too (1 LIST each
+    of those it has, DELETEs free). A dependent still waiting keeps its own arrival."""
+    prefixes = ([keys.done_prefix(record.id)] if record.depends_on else []) + (
+        [keys.edges_prefix(record.id)] if record.has_dependents else [])
+    for prefix in prefixes:
+        for info in store.list(prefix):
+            delete_quietly(store, info.key)
+
+
 # -- what a handler sees ------------------------------------------------------------------
 
 
