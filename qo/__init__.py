@@ -2,7 +2,7 @@
 
 from qo.aio import AsyncQueue, AsyncTaskHandle
 from qo.app import App, Fatal, TaskFunction
-from qo.context import Context, StopReason
+from qo.context import Context, Skip, StopReason
 from qo.errors import QoError
 from qo.hooks import Event, Kind
 from qo.middleware import AsyncNext, Next, TaskCall
@@ -31,6 +31,7 @@ __all__ = [
     "RetryDecision",
     "RetryPolicy",
     "Settings",
+    "Skip",
     "Status",
     "StopReason",
     "SubmitRequest",

@@ -25,6 +25,11 @@ class StopReason(StrEnum):
     ABANDONED = "the worker stopped waiting for it"  # the worker is exiting
 
 
+class Skip(Exception):
+    """Raised by a handler (or ``ctx.skip(reason)``): the task ends ``skipped``, not run
+    again; its dependents' trigger rules see it skipped (docs/protocol.md section 10)."""
+
+
 @dataclass
 class Context:
     """Per-attempt facts and controls for a handler.
@@ -64,6 +69,10 @@ class Context:
             loader = self._load_dependencies
             self._dependencies = [] if loader is None else loader()
         return self._dependencies
+
+    def skip(self, reason: str = "skipped by its handler") -> None:
+        """End this task as ``skipped`` (raises ``Skip``): e.g. a branch not taken."""
+        raise Skip(reason)
 
     def parent_results(self) -> dict[str, Any]:
         """The results of the dependencies that succeeded, by workflow node name (or id)."""

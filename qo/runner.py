@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from qo.app import App, TaskDef
 from qo.calls import sync_call
-from qo.context import Context, StopReason
+from qo.context import Context, Skip, StopReason
 from qo.errors import PreconditionFailed, QoError, StoreError
 from qo.health import StoreHealth
 from qo.heartbeat import MAX_BACKOFF, LeaseKeeper, Renewal
@@ -311,6 +311,12 @@ class Runner:
                 return
         error = running.error
         assert error is not None
+        if isinstance(error, Skip):
+            result = self._settle(running, lambda: outcome.skip(
+                self.store, claim, str(error) or "skipped by its handler",
+                declared=running.declared, hooks=self.hooks))
+            self._report(running, result, "skipped")
+            return
         if retryable is None:
             retryable = definition.retryable(error)
         decision = RetryDecision.decide(retryable=retryable, attempt=claim.attempt,

@@ -266,3 +266,35 @@ def test_retention_deletes_the_edges_and_arrivals_of_the_tasks_it_deletes() -> N
     clock.advance(10 * 86_400)
     assert retention.run_retention(store, 86_400).deleted == 2
     assert list(store.list("deps/")) == []
+
+
+def test_a_handler_that_skips_and_the_rules_that_see_it() -> None:
+    _, queue, app, seen = setup()
+
+    @app.task
+    def branch(ctx, take: bool) -> str:
+        if not take:
+            ctx.skip("not this branch")
+        return "taken"
+
+    @app.task(name="decide")
+    def decide_task(ctx) -> list[str]:  # the handler-decides mode
+        return [f"{d.node or d.id}:{d.status}" for d in ctx.dependencies]
+
+    no = queue.submit("branch", {"take": False})
+    yes = queue.submit("branch", {"take": True})
+    strict = queue.submit("ok", None, depends_on=[no, yes])  # all_success: skipped
+    lenient = queue.submit("ok", None, depends_on=[no, yes], trigger="none_failed")
+    after_strict = queue.submit("ok", None, depends_on=[strict], trigger="none_failed")
+    decider = queue.submit("decide", None, depends_on=[no, yes], trigger="always")
+    ids = [no.id, yes.id, strict.id, lenient.id, after_strict.id, decider.id]
+    drain(queue, app, ids)
+    rec = queue.get(no.id).record
+    assert rec.status == Status.SKIPPED and rec.error is not None
+    assert (rec.error.type, rec.error.message, rec.attempt) == ("Skipped", "not this branch", 1)
+    assert status(queue, strict.id) == Status.SKIPPED
+    assert queue.get(strict.id).record.error.type == deps.UPSTREAM_SKIPPED  # type: ignore[union-attr]
+    assert status(queue, lenient.id) == Status.SUCCEEDED
+    assert status(queue, after_strict.id) == Status.SUCCEEDED  # skipped counts as done
+    assert decider.result() == [f"{no.id}:skipped", f"{yes.id}:succeeded"]
+    assert strict.id not in seen["ran"]

@@ -47,7 +47,7 @@ FollowUp = Callable[[Store, TaskRecord, float], None]
 BUILTIN_FOLLOW_UPS: tuple[FollowUp, ...] = (deps.follow_up,)
 
 _EVENT_OF = {Status.SUCCEEDED: Kind.SUCCEEDED, Status.FAILED: Kind.RETRYING,
-             Status.DEAD: Kind.DEAD}
+             Status.DEAD: Kind.DEAD, Status.SKIPPED: Kind.SUCCEEDED}  # status says which
 
 
 class Outcome(StrEnum):
@@ -99,6 +99,27 @@ def succeed(
         })
 
     return _record(store, claim, update, now, "succeeded", declared, hooks, follow_ups)
+
+
+def skip(
+    store: Store, claim: Claim, reason: str, *, declared: dict[str, Any] | None = None,
+    hooks: Hooks = NO_HOOKS, follow_ups: Sequence[FollowUp] = (),
+) -> Outcome:
+    """Record that the handler skipped the task (``qo.Skip``): ``skipped``, terminal,
+    the reason as its error (type ``Skipped``). The same single CAS as ``succeed``."""
+    now = store.now()
+    info = ErrorInfo(type="Skipped", message=reason[:2000], attempt=claim.attempt,
+                     retryable=False)
+
+    def update(rec: TaskRecord) -> TaskRecord:
+        return rec.model_copy(update={
+            **(declared or {}),
+            "status": Status.SKIPPED, "attempt": claim.attempt, "error": info,
+            "started_at": claim.lease.value.claimed_at, "finished_at": now,
+            "worker": claim.lease.value.owner, "last_lease": claim.lease.value.token,
+        })
+
+    return _record(store, claim, update, now, "skipped", declared, hooks, follow_ups)
 
 
 def fail(
