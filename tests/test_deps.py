@@ -298,3 +298,19 @@ def test_a_handler_that_skips_and_the_rules_that_see_it() -> None:
     assert status(queue, after_strict.id) == Status.SUCCEEDED  # skipped counts as done
     assert decider.result() == [f"{no.id}:skipped", f"{yes.id}:succeeded"]
     assert strict.id not in seen["ran"]
+
+
+def test_retry_of_a_dependent_that_failed_upstream_waits_again_and_ls_lists_blocked() -> None:
+    _, queue, app, seen = setup()
+    a = queue.submit("boom")
+    b = queue.submit("ok", None, depends_on=[a])
+    assert [v.record.id for v in queue.ls(status=Status.BLOCKED)] == [b.id]
+    drain(queue, app, [a.id, b.id])
+    assert status(queue, b.id) == Status.DEAD
+    view = queue.retry(b.id)  # its dependency is still dead: decided again, at once
+    assert view.status == Status.DEAD and b.id not in seen["ran"]
+    seen["fail"] = False
+    queue.retry(a.id)
+    assert status(queue, b.id) == Status.BLOCKED
+    drain(queue, app, [a.id, b.id])
+    assert status(queue, b.id) == Status.SUCCEEDED
