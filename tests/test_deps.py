@@ -314,3 +314,20 @@ def test_retry_of_a_dependent_that_failed_upstream_waits_again_and_ls_lists_bloc
     assert status(queue, b.id) == Status.BLOCKED
     drain(queue, app, [a.id, b.id])
     assert status(queue, b.id) == Status.SUCCEEDED
+
+
+def test_a_batch_with_an_unknown_dependency_writes_nothing() -> None:
+    from qo.protocol.submit import InvalidBatchItem
+
+    store, queue, app, _ = setup()
+    root = queue.submit("ok", {"n": 5})
+    before = {i.key for i in store.list("")}
+    reqs: list[dict[str, Any]] = [{"type": "ok", "input": {"n": i}, "depends_on": [root.id]}
+                                  for i in range(3)]
+    reqs.append({"type": "ok", "depends_on": ["0123456789abcdef"]})
+    with pytest.raises(InvalidBatchItem, match="item 3: unknown dependency"):
+        queue.submit_many(reqs)
+    assert {i.key for i in store.list("")} == before
+    kids = queue.submit_many(reqs[:3])
+    drain(queue, app, [k.id for k in kids])
+    assert [k.result() for k in kids] == [0, 1, 2]
