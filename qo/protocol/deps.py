@@ -102,13 +102,15 @@ def decide(trigger: Trigger, parents: list[str], done: dict[str, str]) -> Verdic
 
 
 def arrived(store: Store, child_id: str) -> dict[str, str]:
-    """The dependencies of ``child_id`` that ended, and how (1 LIST per 1,000)."""
-    done: dict[str, str] = {}
+    """The dependencies of ``child_id`` that ended, and how (1 LIST per 1,000). Two
+    markers of one dependency (a retry whose re-arm died before deleting the old one):
+    the newer one says how it ended last."""
+    newest: dict[str, tuple[float, str]] = {}
     for info in store.list(keys.done_prefix(child_id)):
         parsed = keys.parse_done_key(info.key)
-        if parsed is not None:
-            done[parsed[1]] = parsed[2]
-    return done
+        if parsed is not None and info.last_modified >= newest.get(parsed[1], (-1.0, ""))[0]:
+            newest[parsed[1]] = (info.last_modified, parsed[2])
+    return {parent: status for parent, (_, status) in newest.items()}
 
 
 def edges(store: Store, parent_id: str) -> list[tuple[str, int]]:
