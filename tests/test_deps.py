@@ -331,3 +331,19 @@ def test_a_batch_with_an_unknown_dependency_writes_nothing() -> None:
     kids = queue.submit_many(reqs[:3])
     drain(queue, app, [k.id for k in kids])
     assert [k.result() for k in kids] == [0, 1, 2]
+
+
+def test_a_finisher_whose_clock_is_behind_the_child_still_makes_it_ready() -> None:
+    """The follow-up's ``now`` is taken when the parent's outcome starts; the child may be
+    submitted after that (the race test found a child left 'scheduled' without a sweep)."""
+    from qo.protocol import index
+
+    store, queue, _, _ = setup()
+    a = queue.submit("ok")
+    b = queue.submit("ok", depends_on=[a])
+    store.put(keys.done_key(b.id, a.id, "succeeded"), b"t", if_none_match=True)
+    behind = queue.get(b.id).record.created_at - 5.0
+    decided = deps.settle(store, b.id, behind)
+    assert decided is not None and decided.status == Status.PENDING
+    assert store.head(index.marker_of(decided).ready_key) is not None
+    assert list(store.list(keys.DELAYED)) == []

@@ -34,6 +34,13 @@ def workers(any_store: Store) -> Iterator[tuple[Queue, App, Runs, threading.Even
         runs.hit(ctx.task_id)
         return n
 
+    @app.task(max_attempts=1)
+    def flaky(ctx, fail: bool) -> str:
+        runs.hit(ctx.task_id)
+        if fail:
+            raise RuntimeError("no")
+        return "ok"
+
     stop = threading.Event()
 
     def loop() -> None:
@@ -50,6 +57,19 @@ def workers(any_store: Store) -> Iterator[tuple[Queue, App, Runs, threading.Even
     stop.set()
     for t in threads:
         t.join(30)
+
+
+def stuck(queue: Queue, ids: list[str]) -> dict[str, object]:
+    """What a task that never ended waits for (for the failure message)."""
+    from qo.protocol import deps
+
+    out: dict[str, object] = {}
+    for i in ids:
+        rec = queue.get(i).record
+        if rec.status not in TERMINAL:
+            out[i] = (queue.get(i).status, {p: queue.get(p).status for p in rec.depends_on},
+                      deps.arrived(queue.store, i))
+    return out
 
 
 def test_dependents_submitted_while_their_dependencies_finish(
@@ -70,6 +90,29 @@ def test_dependents_submitted_while_their_dependencies_finish(
     def all_ended() -> bool:
         return all(queue.get(i).record.status in TERMINAL for i in everything)
 
-    wait_for(all_ended, timeout=120)
+    try:
+        wait_for(all_ended, timeout=120)
+    except AssertionError:
+        raise AssertionError(stuck(queue, everything)) from None
     assert {queue.get(i).record.status for i in everything} == {Status.SUCCEEDED}
     assert all(runs.counts[i] == 1 for i in everything), runs.counts
+
+
+def test_a_workflow_with_a_failing_branch(
+        workers: tuple[Queue, App, Runs, threading.Event]) -> None:
+    from qo import Workflow
+
+    queue, _, _, _ = workers
+
+    wf = Workflow("w")
+    good = wf.add("good", "work", {"n": 1})
+    bad = wf.add("bad", "flaky", {"fail": True})
+    wf.add("join", "work", {"n": 2}, after=[good, bad])
+    wf.add("report", "work", {"n": 3}, after=[good, bad], trigger="all_done")
+    run = wf.submit(queue)
+    ids = [h.id for h in run.tasks.values()]
+    wait_for(lambda: all(queue.get(i).record.status in TERMINAL for i in ids), timeout=120)
+    assert {n: h.status() for n, h in run.tasks.items()} == {
+        "good": Status.SUCCEEDED, "bad": Status.DEAD, "join": Status.DEAD,
+        "report": Status.SUCCEEDED}
+    assert run.status() == "failed" and "join<br/>dead" in run.graph()

@@ -49,6 +49,17 @@ UPSTREAM_FAILED = "UpstreamFailed"
 #: The error type (the reason) of a dependent skipped by its trigger rule.
 UPSTREAM_SKIPPED = "UpstreamSkipped"
 UPSTREAM = frozenset({UPSTREAM_FAILED, UPSTREAM_SKIPPED})
+#: How far ahead of this reader's clock a released task may be due and still count as
+#: due now (claimers accept as much: ``qo.protocol.claim.CLOCK_TOLERANCE``).
+CLOCK_TOLERANCE = 1.0
+
+
+def _index(store: Store, record: TaskRecord, now: float) -> None:
+    """The marker a decided record needs: a ``pending`` one is due now (its ready key)."""
+    index.ensure_indexed(store, record, max(now, record.available_at)
+                         if record.status == Status.PENDING else now)
+
+
 #: The status a done marker gives a dependency that no longer exists.
 MISSING = "missing"
 #: Parallel requests of one fan-out (like ``submit_all``'s batches).
@@ -275,6 +286,10 @@ def settle(store: Store, child_id: str, now: float, done: dict[str, str] | None 
     1 GET; when decided, 1 PUT (the CAS, the linearization point) and 1 PUT (its
     ready, delayed or dead marker). ``done``: the arrivals, listed if not given.
     """
+    # ``now`` may be the finisher's, taken before this child was submitted, or another
+    # process's clock (up to CLOCK_TOLERANCE behind): a child with no delay of its own
+    # must not look "due later" and wait for a sweep to promote it.
+    now = max(now, store.now())
     for _ in range(MAX_CAS):
         current = records.read(store, child_id)
         if current is None:
@@ -282,7 +297,7 @@ def settle(store: Store, child_id: str, now: float, done: dict[str, str] | None 
         rec = current.value
         if rec.status != Status.BLOCKED:
             if repair and rec.status in WAITING and rec.depends_on:
-                index.ensure_indexed(store, rec, now)  # a crash between the CAS and the marker
+                _index(store, rec, now)  # a crash between the CAS and the marker
             return None
         if done is None or len(done) < len(rec.depends_on):
             done = arrived(store, child_id)
@@ -290,7 +305,8 @@ def settle(store: Store, child_id: str, now: float, done: dict[str, str] | None 
         if verdict is None:
             return None
         if verdict.status == Status.PENDING:
-            status = Status.PENDING if rec.available_at <= now else Status.SCHEDULED
+            due = rec.available_at <= now + CLOCK_TOLERANCE
+            status = Status.PENDING if due else Status.SCHEDULED
             new = rec.model_copy(update={"status": status})
         else:
             reason = _first_failure(store, verdict, done)
@@ -302,7 +318,7 @@ def settle(store: Store, child_id: str, now: float, done: dict[str, str] | None 
             records.replace(store, new, current.etag)
         except PreconditionFailed:
             continue  # another evaluator won, or a dependent flagged it: read again
-        index.ensure_indexed(store, new, now)
+        _index(store, new, now)
         log.info("task %s: %s (%s)", child_id, new.status,
                  new.error.message if new.error else "its dependencies allow it",
                  extra={"event": "dependency_settled", "task_id": child_id})
