@@ -8,7 +8,10 @@ and buquet: the task's last write follows). Requests are counted on the wire
 by the bench server. Per layout it reports:
 
 - tasks/s: N / that time; steady tasks/s between 10 % and 90 % done;
-- billable requests per task (PUT, GET, HEAD, LIST; submit + drain, / N) and
+- billable requests per task (PUT, GET, HEAD, LIST; submit + drain, / N), the
+  same in the steady window (the drain's requests between 10 % and 90 % done per
+  task done meanwhile, plus the submit's per task: without the processes'
+  start-up and burst-exit requests, which a 500-task run spreads over few tasks) and
   $ per million tasks (PUT/LIST $0.005 per 1,000, GET/HEAD $0.0004, DELETE
   free; a failed conditional PUT is billed like any PUT);
 - failed conditional writes (412, and 409 ConditionalRequestConflict) per
@@ -175,7 +178,8 @@ def run_one(backend: Backend, system: str, procs: int, concurrency: int, tasks: 
         server0 = backend.server_cpu()
         machine0 = report.cpu_times()
         released = fleet.release()
-        done_at, marks = fleet.wait_done(tasks, timeout)
+        done_at, marks = fleet.wait_done(
+            tasks, timeout, on_mark=backend.snapshot if backend.spec.counted_on_wire else None)
         if system == "buquet" and done_at is not None:
             _wait_buquet_settled(backend, c2, tasks)
         results = fleet.collect(60.0)
@@ -209,7 +213,7 @@ def run_one(backend: Backend, system: str, procs: int, concurrency: int, tasks: 
 
 def summarize(system: str, procs: int, concurrency: int, tasks: int,
               results: list[ProcResult], released: float, done_at: float | None,
-              exited: float, marks: list[tuple[float, int]], submit_c: Counts,
+              exited: float, marks: list[tuple[float, int, Any]], submit_c: Counts,
               drain_c: Counts, ideal: list[str], prio: dict[str, int]) -> dict[str, Any]:
     starts = [s for r in results for s in r.starts]
     errors = [e for r in results for e in r.errors]
@@ -220,9 +224,15 @@ def summarize(system: str, procs: int, concurrency: int, tasks: int,
     failed = conditional_failures(drain_c)
     writes = drain_c.get("PUT") + drain_c.get("DELETE")
     cpu = sum(r.cpu_seconds for r in results)
-    steady = None
+    steady = steady_billable = None
     if len(marks) == 2 and marks[1][0] > marks[0][0]:
         steady = round((marks[1][1] - marks[0][1]) / (marks[1][0] - marks[0][0]), 2)
+        (_, n0, m0), (_, n1, m1) = marks
+        if m0 is not None and m1 is not None and n1 > n0:
+            # The drain's requests between 10 % and 90 % done, plus the submit's share:
+            # what a task costs once the fleet is running, without its start and end.
+            window = per_unit((m1 - m0).kinds, n1 - n0)["billable"]
+            steady_billable = round(window + per_unit(submit_c.kinds, tasks)["billable"], 3)
     stats: dict[str, int] = {}
     for r in results:
         for k, v in r.claim_stats.items():
@@ -236,6 +246,7 @@ def summarize(system: str, procs: int, concurrency: int, tasks: int,
         "exit_seconds": round(exited - released, 3),
         "tasks_per_s": round(tasks / seconds, 2) if seconds else None,
         "steady_tasks_per_s": steady,
+        "steady_billable_per_task": steady_billable,
         "requests_per_s": round(sum(drain_c.get(k) for k in KINDS) / seconds, 1)
         if seconds else None,
         "per_task": gross,

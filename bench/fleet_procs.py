@@ -25,6 +25,7 @@ import os
 import queue as queue_mod
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -246,18 +247,20 @@ class ProcessFleet:
         self.go.set()
         return self.started_at
 
-    def wait_done(self, tasks: int, timeout: float, marks: tuple[float, ...] = (0.1, 0.9)
-                  ) -> tuple[float | None, list[tuple[float, int]]]:
+    def wait_done(self, tasks: int, timeout: float, marks: tuple[float, ...] = (0.1, 0.9),
+                  on_mark: Callable[[], Any] | None = None,
+                  ) -> tuple[float | None, list[tuple[float, int, Any]]]:
         """Poll the done counter every 10 ms until ``tasks`` are done (time.time()),
-        or None at the timeout; and (time, done) when the counter passed each mark."""
+        or None at the timeout; and (time, done, ``on_mark()``) when the counter passed
+        each mark (the request counts then, for the steady window's cost)."""
         deadline = time.monotonic() + timeout
-        points: list[tuple[float, int]] = []
+        points: list[tuple[float, int, Any]] = []
         pending = list(marks)
         while time.monotonic() < deadline:
             n = self.done.value
             now = time.time()
             while pending and n >= pending[0] * tasks:
-                points.append((now, n))
+                points.append((now, n, on_mark() if on_mark is not None else None))
                 pending.pop(0)
             if n >= tasks:
                 return now, points

@@ -97,7 +97,8 @@ def _rows(fl: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 HEADER = ["system", "P x C", "tasks/s", "steady tasks/s", "buquet tasks/s", "qo/buquet",
-          "req/s", "billable/task", "$/M tasks", "412/task", "412 % of writes",
+          "req/s", "billable/task", "steady billable/task", "$/M tasks", "412/task",
+          "412 % of writes",
           "CPU ms/task", "max rank inversion", "max priority inversion", "server CPU",
           "machine busy", "ok"]
 
@@ -106,7 +107,8 @@ def _cells(r: dict[str, Any]) -> list[Any]:
     o = r["order"]
     return [r["system"], _layout(r), r["tasks_per_s"], r["steady_tasks_per_s"] or "-",
             r.get("buquet_tasks_per_s") or "-", r.get("ratio_tasks_per_s") or "-",
-            r["requests_per_s"], r["per_task"]["billable"], r["cost_per_million_usd"],
+            r["requests_per_s"], r["per_task"]["billable"],
+            r.get("steady_billable_per_task") or "-", r["cost_per_million_usd"],
             r["failed_per_task"], f"{r['failed_share']:.1%}", r["cpu_per_task_ms"],
             o["max_rank_inversion"], o.get("max_priority_inversion", "-"),
             "-" if r.get("server_cpu_share") is None else f"{r['server_cpu_share']:.0%}",

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Awaitable
 from typing import Any
 
+from qo import tracing
 from qo.app import App, TaskDef
 from qo.context import Context
 from qo.middleware import AsyncNext, Middleware, Next, TaskCall, achain, chain, is_async
@@ -46,9 +47,9 @@ def has_sync_tasks(app: App) -> bool:
 def sync_call(app: App, definition: TaskDef) -> Next:
     """The handler behind the app's middleware, as a call that returns its result."""
     if not is_async_task(definition):
-        return chain([_bridged(m) if is_async(m) else m for m in app.middleware_stack],
-                     definition.run)
-    run = achain(app.middleware_stack, definition.run)
+        stack = [*tracing.middleware(False), *app.middleware_stack]
+        return chain([_bridged(m) if is_async(m) else m for m in stack], definition.run)
+    run = achain([*tracing.middleware(True), *app.middleware_stack], definition.run)
     return lambda call: asyncio.run(_until_cancelled(run(call), call.ctx))
 
 
@@ -92,7 +93,7 @@ async def _in_thread(fn: Next, call: TaskCall) -> Any:
 
 def async_call(app: App, definition: TaskDef) -> AsyncNext:
     """The handler behind the app's middleware, as a coroutine function."""
-    return achain(app.middleware_stack, definition.run)
+    return achain([*tracing.middleware(True), *app.middleware_stack], definition.run)
 
 
 async def _until_cancelled(work: Awaitable[Any], ctx: Context) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -52,6 +52,8 @@ class Context:
     deadline: float | None  # time.monotonic() value, or None for no timeout
     #: The handler version the task was submitted for (a migrating handler may be newer).
     version: int = 1
+    #: The W3C trace context stored with the task at submit (``qo.tracing``), or None.
+    trace: Mapping[str, str] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     cancel_reason: StopReason | None = None
     #: The ids of the tasks it depended on (``depends_on``), in order.

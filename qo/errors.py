@@ -40,6 +40,8 @@ class ErrorKind(Enum):
     UNSUPPORTED_STORE = ("unsupported_store", 1, 500)
     #: Transient: the store is unreachable or a wait ran out; a retry may succeed.
     UNAVAILABLE = ("unavailable", 5, 503)
+    #: Backpressure: the queue holds its ``max_depth`` of tasks; submit again later.
+    FULL = ("queue_full", 6, 429)
     #: A bug or a corrupt object; the API logs it and shows no detail.
     INTERNAL = ("internal_error", 1, 500)
 
@@ -225,3 +227,9 @@ class DependencyCycle(DependencyError):
     """A workflow's dependencies form a cycle; the message names it (``a -> b -> a``)."""
 
     kind = ErrorKind.INVALID
+
+
+class NoStatsSnapshot(QoError):
+    """No fleet statistics snapshot has been written yet (``qo.protocol.fleetstats``)."""
+
+    kind = ErrorKind.NOT_FOUND

@@ -107,11 +107,13 @@ class TaskRecord(BaseModel):
     #: Fields of schema version 2, left out at their default: a record that does not
     #: use them is written as version 1, byte for byte what qo before them wrote.
     since_v2: ClassVar[dict[str, Any]] = {"version": 1, "labels": []}
-    #: Fields of schema version 3 (dependencies), left out at their default likewise.
-    since_v3: ClassVar[dict[str, Any]] = {"depends_on": [], "trigger": Trigger.ALL_SUCCESS,
+    #: Fields of schema version 3, likewise: a record without them is written as 2 or 1.
+    since_v3: ClassVar[dict[str, Any]] = {"trace": None, "aging": None}
+    #: Fields of schema version 4 (dependencies, qo/protocol/deps.py), likewise.
+    since_v4: ClassVar[dict[str, Any]] = {"depends_on": [], "trigger": Trigger.ALL_SUCCESS,
                                           "has_dependents": False, "workflow": None}
 
-    v: int = 3  # the schema version (see the module docstring and ``body_version``)
+    v: int = 4  # the schema version (see the module docstring and ``body_version``)
     id: str
     queue: str
     type: str
@@ -119,6 +121,9 @@ class TaskRecord(BaseModel):
     version: int = Field(1, ge=1, le=1_000_000)
     #: Labels a worker needs to run it (``qo worker --label``), sorted; in its marker key.
     labels: list[str] = Field(default_factory=list)
+    #: Seconds of waiting worth one priority level, from its queue's settings at submit
+    #: (None: strict priority); in its marker keys (docs/protocol.md section 12).
+    aging: int | None = Field(None, ge=1, le=86_400)
     input: Any = None
     input_ref: str | None = None
     input_hash: str
@@ -141,6 +146,8 @@ class TaskRecord(BaseModel):
     worker: str | None = None
     cancel_reason: str | None = None
     last_lease: str | None = None  # token of the last run lease whose outcome is recorded
+    #: The W3C trace context of the submit (``traceparent``, ``tracestate``; ``qo.tracing``).
+    trace: dict[str, str] | None = None
     #: A fresh token on every write (records.create/replace), so that no two
     #: writes of a record have the same bytes; see qo/protocol/cas.py.
     rev: str | None = None
@@ -224,18 +231,14 @@ def schema_version(cls: type[BaseModel]) -> int | None:
 
 def dumps(model: BaseModel) -> bytes:
     omit: set[str] = set(getattr(model, "omit_unset", ())) - model.model_fields_set
-    since_v2: dict[str, Any] = getattr(model, "since_v2", {})
-    since_v3: dict[str, Any] = getattr(model, "since_v3", {})
-    later = {**since_v2, **since_v3}
-    unused = {name for name, default in later.items() if getattr(model, name) == default}
+    ladder: list[tuple[int, dict[str, Any]]] = [
+        (n, fields) for n in (2, 3, 4) if (fields := getattr(model, f"since_v{n}", {}))]
+    unused = {name for _, fields in ladder for name, default in fields.items()
+              if getattr(model, name) == default}
     data = model.model_dump(mode="json", exclude_defaults=False, exclude=(omit | unused) or None)
     version = schema_version(type(model))
-    if since_v3 and set(since_v3) - unused:
-        version = 3  # dependencies: readers before them refuse the body (FutureSchema)
-    elif later and not set(later) - unused:
-        version = 1  # nothing of version 2 is used: the body old readers read
-    elif since_v2:
-        version = 2
+    if ladder:  # the lowest version whose readers know every field used: what old qo reads
+        version = max((n for n, fields in ladder if set(fields) - unused), default=1)
     if version is not None:
         data["v"] = version  # what was read is held as the current version (see ``loads``)
         if version == 1 and getattr(model, "unversioned_v1", False):

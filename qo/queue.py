@@ -10,16 +10,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace as dc_replace
 from typing import Any
 
-from qo import results
+from qo import results, tracing
 from qo.errors import ErrorKind, QoError
 from qo.hooks import Hooks
 from qo.models import Status, TaskRecord
-from qo.protocol import admin, audit, records, sweep
+from qo.protocol import admin, audit, fleetstats, records, sweep
 from qo.protocol.admin import TaskView
+from qo.protocol.backpressure import DepthGauge, QueueSettings
 from qo.protocol.firing import Firer, FireReport
 from qo.protocol.registry import Registry
 from qo.protocol.submit import (
     InvalidBatchItem,
+    Prepared,
     SubmitRequest,
     Submitted,
     prepare,
@@ -133,6 +135,9 @@ class Queue:
         self._submitter: ThreadPoolExecutor | None = None
         self._lazy = threading.Lock()
         self._registry: Registry | None = None
+        self._stats_next = 0.0  # monotonic time of the next look at the stats snapshot
+        #: Counts of bounded queues' depths (``max_depth``; qo/protocol/backpressure.py).
+        self.depth = DepthGauge(self.settings.depth_ttl)
 
     @property
     def results(self) -> results.ResultPoller:
@@ -172,6 +177,33 @@ class Queue:
         """
         return self.registry.resolve(fields, allow_unregistered=allow_unregistered)
 
+    def queue_settings(self, queue: str, *, first_listing: bool = True) -> QueueSettings | None:
+        """A queue's ``max_depth`` and ``aging``, from the registry listing (see
+        ``Registry.queue_settings``: free while it is fresh)."""
+        return self.registry.queue_settings(queue, first_listing=first_listing)
+
+    def aging_of(self, *, first_listing: bool = True) -> Callable[[str], int | None]:
+        """``queue -> its priority aging``, for ``prepare`` and ``prepare_batch``."""
+        def aging(queue: str) -> int | None:
+            found = self.queue_settings(queue, first_listing=first_listing)
+            return found.aging if found else None
+        return aging
+
+    def admit(self, prepared: list[Prepared], *, first_listing: bool = True) -> None:
+        """Raise ``QueueFull`` if these tasks would take a queue past its ``max_depth``.
+
+        Call it after ``check_store`` and before writing. A queue without
+        ``max_depth`` costs nothing; a bounded one a count now and then
+        (``DepthGauge``).
+        """
+        per_queue: dict[str, int] = {}
+        for p in prepared:
+            per_queue[p.record.queue] = per_queue.get(p.record.queue, 0) + 1
+        for name, n in per_queue.items():
+            found = self.queue_settings(name, first_listing=first_listing)
+            if found is not None and found.max_depth is not None:
+                self.depth.admit(self.store, name, n, found.max_depth)
+
     def check_store(self) -> Queue:
         """Refuse a store that cannot keep qo's guarantees; once per Queue.
 
@@ -206,11 +238,22 @@ class Queue:
         return self.submit_request(SubmitRequest(**fields))
 
     def submit_request(self, req: SubmitRequest) -> TaskHandle:
-        """Submit a request exactly as it is (no registry lookup: ``App.submit`` uses this)."""
+        """Submit a request exactly as it is (no registry lookup: ``App.submit`` uses this).
+
+        Queue settings (``max_depth``, ``aging``) apply once this Queue has listed the
+        registry (``Queue.submit`` does, and ``queue_settings()``): it lists nothing
+        for them itself.
+        """
         now = self.store.now()
-        prepared = prepare(req, self.settings, now)  # everything that can refuse it
-        self.check_store()  # then the first submit checks the store, before any write
-        done = submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
+        queue_name = req.queue or self.settings.default_queue
+        aging = self.aging_of(first_listing=False)(queue_name)
+        with tracing.producer(queue_name, req.type) as traced:
+            prepared = prepare(req, self.settings, now, aging=aging)  # all that can refuse it
+            if traced is not None:
+                traced(prepared.record.id)
+            self.check_store()  # then the first submit checks the store, before any write
+            self.admit([prepared], first_listing=False)
+            done = submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
         return TaskHandle(self, done.id, done.created)
 
     def submit_many(self, requests: list[SubmitRequest | dict[str, Any]], *,
@@ -228,10 +271,14 @@ class Queue:
         if not reqs:
             return []
         now = self.store.now()
-        prepared = prepare_batch(reqs, self.settings, now)
-        self.check_store()
-        return [self._handle(d) for d in submit_all(self.store, prepared, self.settings, now,
-                                                       hooks=self.hooks)]
+        queues = {r.queue or self.settings.default_queue for r in reqs}
+        with tracing.producer(queues.pop() if len(queues) == 1 else "(several)",
+                              count=len(reqs)):  # one span for the batch (qo.tracing)
+            prepared = prepare_batch(reqs, self.settings, now, self.aging_of())
+            self.check_store()
+            self.admit(prepared)
+            done = submit_all(self.store, prepared, self.settings, now, hooks=self.hooks)
+        return [self._handle(d) for d in done]
 
     def _handle(self, done: Submitted) -> TaskHandle:
         return TaskHandle(self, done.id, done.created)
@@ -259,6 +306,23 @@ class Queue:
 
     def stats(self) -> dict[str, dict[str, int]]:
         return admin.stats(self.store)
+
+    def fleet_stats(self, fresh: bool = False) -> fleetstats.FleetStats | None:
+        """The fleet statistics snapshot (1 GET; None if none was written yet), or with
+        ``fresh`` one computed now from the indexes (``qo.protocol.fleetstats``), not stored."""
+        if fresh:
+            return fleetstats.compute(self.store, "fresh")
+        return fleetstats.read(self.store)[0]
+
+    def refresh_stats(self, owner: str) -> fleetstats.FleetStats | None:
+        """Write a new fleet statistics snapshot if the stored one is stale; called by
+        whoever sweeps. Free until ``stats_interval`` has passed in this process since
+        its last look, then 1 GET (+ the snapshot's cost when it is stale)."""
+        interval = self.settings.stats_interval
+        if interval <= 0 or time.monotonic() < self._stats_next:
+            return None
+        self._stats_next = time.monotonic() + 0.9 * interval
+        return fleetstats.refresh(self.store, owner, interval=interval)
 
     def pause(self, queue: str) -> None:
         admin.pause(self.store, queue)

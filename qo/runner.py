@@ -168,6 +168,7 @@ class Runner:
             deadline = self.deadline
         ctx = Context(task_id=record.id, task_type=record.type, queue=record.queue,
                       attempt=claim.attempt, deadline=deadline, version=record.version,
+                      trace=record.trace,
                       max_attempts=declared.get("max_attempts", record.max_attempts))
         running = Running(claim, ctx, keeper, timeout, declared, capped=capped)
         ctx._heartbeat = lambda: self._heartbeat(running)

@@ -293,8 +293,9 @@ def trigger(queue: Queue, name: str) -> str:
     now = queue.store.now()
     sched = load(queue, name).value
     req = slot_request(sched, now, "trigger", load_input(queue.store, sched))
-    task_id = submit_prepared(queue.store, prepare(req, queue.settings, now), queue.settings,
-                              now).id
+    aging = queue.aging_of()(req.queue or queue.settings.default_queue)
+    task_id = submit_prepared(queue.store, prepare(req, queue.settings, now, aging=aging),
+                              queue.settings, now).id
     entry = HistoryEntry(slot=now, task_id=task_id, fired_at=now, kind="trigger")
     _update(queue, name, lambda s, _now: s.model_copy(
         update={"history": trim_history(s.history + [entry])}))

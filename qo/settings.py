@@ -26,3 +26,8 @@ class Settings:
     default_queue: str = "default"
     #: How long a submitter trusts its listing of the task-type registry (types/).
     registry_ttl: float = 30.0
+    #: Whoever sweeps writes the fleet statistics snapshot at most this often (0: never).
+    stats_interval: float = 300.0
+    #: How long a submitter trusts its count of a bounded queue's ready tasks
+    #: (``max_depth``, qo/protocol/backpressure.py), its own submits added.
+    depth_ttl: float = 1.0

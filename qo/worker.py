@@ -101,6 +101,7 @@ class Worker:
         self.started_at = time.time()
         self._stop = threading.Event()  # stop claiming
         self._abort = threading.Event()  # grace is over: give back what runs
+        self._burst_check = threading.Lock()  # one slot at a time asks "is all done?"
         self._signals: list[int] = []  # noted by the signal handler, acted on by run()
         self._signals_handled = 0
         runner = AsyncRunner if has_async_tasks(app) else Runner
@@ -179,17 +180,20 @@ class Worker:
                 self.runner.close()
             stop_logging()
             stop_hooks()
-            self._write_heartbeat("stopped")
-            delete_quietly(self.store, keys.worker_key(self.id))
+            if not delete_quietly(self.store, keys.worker_key(self.id)):
+                self._write_heartbeat("stopped")  # what stays says it is gone
             log.info("worker %s stopped: %s", self.id, self.summary,
                      extra={"event": "worker_stopped", "worker": self.id})
         return self.summary
 
     def _publish_types(self) -> None:
         """Publish the app's task types that changed (``qo.protocol.registry``): 1 GET each,
-        + 1 PUT for each that changed. A failure is logged; the worker runs on."""
+        + 1 PUT for each that changed. Then 1 LIST of the registry, so that what handlers
+        submit (``App.submit``) follows the queues' settings (docs/protocol.md section 12).
+        A failure is logged; the worker runs on."""
         try:
             report = self.app.publish(self.store, self.id)
+            self.app.queue.registry.listing()
         except QoError as exc:
             self.health.failed(exc, "publishing task types")
             return
@@ -331,21 +335,27 @@ class Worker:
 
     def _burst_done(self) -> bool:
         """In burst mode: is nothing ready, even after promoting due tasks?"""
+        if (self.runner.running() or self._in_flight() or self._busy > 1
+                or self.idle.others_pending()):
+            return False  # not done while a slot still works (checked first: no LIST)
+        if not self._burst_check.acquire(blocking=False):
+            return False  # another slot is asking; it stops the worker if so
         try:
+            if self._stop.is_set():
+                return True
             sweep.promote(self.store)
             self.claimer.forget()
-            if (self.runner.running() or self._in_flight() or self._busy > 1
-                    or self.idle.others_pending()):
-                return False
             claim = self.claimer.claim()
+            if claim is None:
+                if self.idle.others_pending():
+                    return False
+                self._stop.set()
+                return True
         except QoError as exc:
             self.health.failed(exc, "burst check")
             return False
-        if claim is None:
-            if self.idle.others_pending():
-                return False
-            self._stop.set()
-            return True
+        finally:
+            self._burst_check.release()
         self.idle.polled(found=True)
         self.runner.run(claim)
         return False
@@ -364,6 +374,7 @@ class Worker:
                 try:
                     if due_sweep or sweep.take_sweep_turn(self.store, self.id, interval):
                         report = self.queue.sweep(owner=self.id)
+                        self.queue.refresh_stats(owner=self.id)  # at most every stats_interval
                         due_sweep = False
                         if report.next_due is not None:  # wake up when the next one is due
                             wait = max(0.05, report.next_due - self.store.now())

@@ -97,6 +97,34 @@ def test_a_fleet_ranked_by_rendezvous_hashing_almost_never_collides() -> None:
     assert _wasted(claimers) / n > 0.3, _wasted(claimers)
 
 
+def test_a_stall_is_timed_from_when_a_key_is_first_held_back_not_from_its_age() -> None:
+    # One old task, ranked first by a live worker that has nothing ahead of it: another
+    # worker leaves it alone (it is within the owner's margin) until it has seen it held
+    # back for STALLED_AFTER, however long the task had been ready before (a backlog
+    # that is old is not a stalled worker).
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    queue = Queue(store, Settings())
+    queue.submit("t", {})
+    key = next(iter(store.list(keys.ready_prefix("default")))).key
+    me, other = next((f"me{i}", f"other{i}") for i in range(100)
+                     if score(f"other{i}", key) > score(f"me{i}", key))
+    clock.advance(3 * STALLED_AFTER)
+    _register(store, other)
+    claimer = Claimer(store, queue.settings, queues=["default"], task_types={"t"}, owner=me,
+                      fleet=Fleet(store, me))
+    assert claimer.claim() is None  # held back, though ready for 3 x STALLED_AFTER
+    clock.advance(STALLED_AFTER - STEP)
+    _register(store, other)  # its heartbeat: alive, and not claiming
+    claimer.forget()
+    assert claimer.claim() is None
+    clock.advance(2 * STEP)
+    _register(store, other)
+    claimer.forget()
+    claim = claimer.claim()
+    assert claim is not None and claim.lease.value.owner == me
+
+
 def test_keys_ranked_first_by_a_silent_worker_are_taken_by_the_others() -> None:
     n = 60
     _, queue, clock, claimers = _fleet(3, ownership=True, ghosts=2)
@@ -110,7 +138,9 @@ def test_keys_ranked_first_by_a_silent_worker_are_taken_by_the_others() -> None:
         done += len(held)
         if not held:
             clock.advance(STEP)
-    silent_margin = 2 * STEAL_MARGIN  # two silent workers of one slot each
+    # Two silent workers of one slot each; for each, the best live taker of a key may rank
+    # third (after the other silent one), and the third-ranked holds back twice the margin.
+    silent_margin = 2 * STEAL_MARGIN * 2
     assert done >= n - silent_margin
     _run_round_robin(queue, clock, claimers, n - done)  # the rest once they count as stalled
     assert sum(c.stats.claims for c in claimers) == n
@@ -266,3 +296,23 @@ def test_no_thread_claims_by_an_empty_view_while_the_first_read_is_under_way() -
         t.join(60)
     assert claimed and all(fleet.wait(key, marker) == 0 for key, marker in claimed)
     assert fleet.refreshes == 1
+
+
+def test_a_lower_ranked_taker_needs_a_longer_backlog_before_it_steals() -> None:
+    store = MemoryStore(clock=FakeClock())
+    ids = ["a", "b", "c"]
+    for worker_id in ids:
+        _register(store, worker_id)
+    key = keys.Marker("default", 128, 1.0, "x", "t").ready_key
+    marker = keys.parse_ready_key(key)
+    assert marker is not None
+    order = sorted(ids, key=lambda w: score(w, key), reverse=True)
+    needed = {}
+    for worker_id in ids:
+        fleet = Fleet(store, worker_id)
+        fleet.refresh_if_due()
+        wait, first, needed[worker_id] = fleet.rank(key, marker)
+        assert first == order[0]
+        assert wait == order.index(worker_id) * STEP
+    # the second-ranked steals past STEAL_MARGIN keys per slot, the third past twice that
+    assert needed[order[1]] == STEAL_MARGIN and needed[order[2]] == 2 * STEAL_MARGIN

@@ -30,6 +30,7 @@ FOUNDATION = {
     "qo.logs",
     "qo.shutdown",
     "qo.retry",
+    "qo.tracing",
     "qo.protocol.keys",
 }
 SURFACES = ("qo.cli", "qo.serverless", "qo.testing", "qo.examples", "qo.web", "qo.__main__")

@@ -101,7 +101,7 @@ def root(
 
 
 def _register() -> None:
-    from qo.cli import doctor, graph, schedule, tasks, types, worker
+    from qo.cli import doctor, graph, queues, schedule, tasks, types, worker
 
     tasks.register(app)
     types.register(app)
@@ -109,6 +109,7 @@ def _register() -> None:
     doctor.register(app)
     schedule.register(app)
     graph.register(app)
+    queues.register(app)
 
 
 _register()

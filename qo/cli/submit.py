@@ -216,10 +216,11 @@ def _submit_batch(queue: Queue, app: App | None, items: list[dict[str, Any]],
             raise CliError(f"batch item {n}: {_reason(exc)}") from None
     now = queue.store.now()
     try:  # sizes, delay+at...: refuse before writing anything
-        prepared = prepare_batch(reqs, queue.settings, now)
+        prepared = prepare_batch(reqs, queue.settings, now, queue.aging_of())
     except InvalidBatchItem as exc:
         raise CliError(f"batch item {exc.index + 1}: {_reason(exc.error)}") from None
     queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
+    queue.admit(prepared)  # QueueFull past a queue's max_depth: nothing is written
     handles: list[TaskHandle] = []
     with common.progress(len(prepared), "submitting") as advance:
         for start in range(0, len(prepared), BATCH_CHUNK):

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from qo.cli import common, dlq, submit
+from qo.cli import fleetstats as fleetstats_cli
 from qo.cli.common import (
     CliError,
     JsonOption,
@@ -25,7 +26,7 @@ from qo.cli.common import (
     say,
 )
 from qo.models import Status, TaskRecord
-from qo.protocol import admin, deps, fleet, records
+from qo.protocol import admin, backpressure, deps, fleet, records
 from qo.protocol.admin import TaskView
 from qo.queue import Queue
 from qo.store.failures import summary as delete_failures_summary
@@ -186,19 +187,30 @@ def stats(
     ctx: typer.Context,
     queue: QueueOption = None,
     json: JsonOption = False,
+    fleet_view: Annotated[bool, typer.Option(
+        "--fleet", help="The fleet snapshot whoever sweeps writes (1 GET): depth by "
+        "priority, oldest ready age, throughput, live workers.")] = False,
+    fresh: Annotated[bool, typer.Option(
+        help="The fleet snapshot computed now from the indexes (implies --fleet).")] = False,
 ) -> None:
-    """Tasks waiting, scheduled, running and dead, per queue (from the indexes)."""
+    """Tasks waiting (the depth), scheduled, running and dead, per queue (from the
+    indexes), and each queue's max depth and aging (``qo queue set``)."""
     q = common.open_queue(ctx, queue)
+    if fleet_view or fresh:
+        fleetstats_cli.show(q, fresh=fresh, json=json)
+        return
     counts = q.stats()
     paused = sorted(admin.paused_queues(q.store))
+    limits = backpressure.list_settings(q.store)  # 1 LIST (+1 GET per queue with settings)
     table_data = {name: {k: counts.get(name, {}).get(k, 0) for k in _COUNTS}
-                  for name in sorted(set(counts) | set(paused))}
+                  for name in sorted(set(counts) | set(paused) | set(limits))}
     served = fleet.coverage(q.store)  # ready task types no running worker serves
     failed = delete_failures_summary(q.store)  # 1 LIST (+1 GET per reporting process)
     if json:
         emit_json({"queues": table_data, "paused": paused, "unserved": [
             {"queue": u.queue, "type": u.task_type, "ready": u.ready} for u in served.unserved]}
-                  | ({"delete_failures": failed.count} if failed.count else {}))
+                  | ({"delete_failures": failed.count} if failed.count else {})
+                  | ({"settings": {n: s.as_dict() for n, s in limits.items()}} if limits else {}))
         return
     if failed.count:
         note(f"warning: {failed.line()}")
@@ -206,11 +218,15 @@ def stats(
         note(f"no queued, running or dead tasks in {q.url}")
         return
     table = Table()
-    for name in ("queue", *_COUNTS, "paused"):
+    extra = ("max depth", "aging") if limits else ()
+    for name in ("queue", *_COUNTS, "paused", *extra):
         table.add_column(name, justify="left" if name == "queue" else "right")
     for name, row in table_data.items():
+        found = limits.get(name)
+        more = [cell(found.max_depth if found and found.max_depth else "-"),
+                cell(f"{found.aging} s" if found and found.aging else "-")] if limits else []
         table.add_row(cell(name), *(cell(row[k]) for k in _COUNTS),
-                      cell("yes" if name in paused else ""))
+                      cell("yes" if name in paused else ""), *more)
     common.console().print(table)
     if served.unserved:
         note(served.describe() or "")

@@ -11,7 +11,9 @@ server; the worker runs the same app::
 - ``GET /tasks/{id}`` answers the task's status;
 - ``GET /tasks/{id}/result?timeout=10`` awaits the result for up to
   ``timeout`` seconds (at most ``MAX_WAIT``): 200 with the result, 202 if it
-  is still running, 409 if it failed or was cancelled, 404 if no such task.
+  is still running, 409 if it failed or was cancelled, 404 if no such task;
+- ``GET /metrics`` answers the fleet statistics snapshot as Prometheus text
+  (one GET of the bucket; needs ``prometheus_client``, the ``metrics`` extra).
 
 Waiting requests cost no thread each: they share the queue's poller.
 """
@@ -28,7 +30,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
         "the FastAPI example needs FastAPI: pip install 'qo-queue[fastapi]'") from exc
 from pydantic import BaseModel, Field
 
-from qo import App, AsyncQueue, QoError
+from qo import App, AsyncQueue, QoError, fleet_metrics
 from qo.protocol.admin import TaskNotFound
 from qo.queue import ResultTimeout, TaskCancelled, TaskFailed
 
@@ -87,5 +89,13 @@ def create_api(tasks: App = app) -> FastAPI:
         except QoError as exc:
             raise HTTPException(400, str(exc)) from None
         return {"id": task_id, "status": "succeeded", "result": value}
+
+    @api.get("/metrics")
+    async def metrics() -> Response:
+        q = tasks.queue  # the snapshot whoever sweeps wrote; one computed now if none yet
+        snap = await asyncio.to_thread(lambda: q.fleet_stats() or q.fleet_stats(fresh=True))
+        assert snap is not None
+        return Response(fleet_metrics.exposition(snap, q.store.now()),
+                        media_type=fleet_metrics.CONTENT_TYPE)
 
     return api

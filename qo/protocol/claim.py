@@ -137,6 +137,7 @@ class Claimer:
         self._inflight: set[str] = set()  # keys a thread of this process is claiming now
         self._misses: dict[str, int] = {}  # key -> times in a row it was unusable
         self._floor: dict[str, tuple[str, float]] = {}  # queue -> (list after, until)
+        self._held_back: dict[str, float] = {}  # key -> store time first held back (fleet)
 
     def claim(self) -> Claim | None:
         """Claim the best available task, or None if there is none right now."""
@@ -207,6 +208,8 @@ class Claimer:
                 if len(self._skip) > 1000:
                     self._skip = {k: t for k, t in self._skip.items() if t > now}
                     self._misses = {k: n for k, n in self._misses.items() if k in self._skip}
+                if len(self._held_back) > 1000:
+                    self._held_back.clear()  # only delays a steal from a stalled worker
                 if listing.paused:
                     return None
                 usable = [
@@ -214,7 +217,8 @@ class Claimer:
                     if self._skip.get(info.key, 0) <= now and info.key not in self._inflight
                 ]
                 if self.fleet is not None and usable:
-                    usable, stealing, soonest = triable(self.fleet, listing, usable, store_now)
+                    usable, stealing, soonest = triable(self.fleet, listing, usable, store_now,
+                                                       self._held_back)
                     if soonest is not None and not (self.next_try is not None
                                                     and now < self.next_try <= now + soonest):
                         self.next_try = now + soonest

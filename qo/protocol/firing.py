@@ -245,7 +245,9 @@ class Firer:
             req = SubmitRequest(**(req.model_dump(exclude_unset=True)
                                    | {"version": definition.version,
                                       "labels": definition.labels}))
-        return prepare(req, self.settings, now)
+        found = None if self.registry is None else self.registry.queue_settings(
+            req.queue or self.settings.default_queue)  # free: the listing just read
+        return prepare(req, self.settings, now, aging=found.aging if found else None)
 
     def _fire_one(self, name: str, report: FireReport) -> None:
         for _ in range(5):

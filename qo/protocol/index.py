@@ -30,7 +30,7 @@ def marker_body() -> bytes:
 
 def marker_of(record: TaskRecord) -> Marker:
     return Marker(record.queue, record.priority, record.available_at, record.id, record.type,
-                  record.version, tuple(record.labels))
+                  record.version, tuple(record.labels), record.aging or 0)
 
 
 def index_key(record: TaskRecord, now: float) -> str | None:

@@ -5,6 +5,8 @@
     tasks/{id}.json                                  record: the truth
     ready/{queue}/{255-prio:03d}/{avail_us:016d}-{id}-{type}[@{version}][~{label}...]   claimable now
     ready/{queue}/!paused                            queue is paused (sorts first)
+    ready/{queue}/aged/{eff_us:016d}-{255-prio:03d}-{aging}-{id}-{type}[@{version}][~{label}...]
+                                                     claimable now, in an aging queue (§12)
     delayed/{due_us:016d}/{queue}/{255-prio:03d}/{id}-{type}[@{version}][~{label}...]   later
     leases/{queue}/{id}                              who works on a task
     dead/{queue}/{id}                                dead-letter index
@@ -13,7 +15,9 @@
     quarantine/{queue}/{id}                          unreadable records, for qo doctor
     schedules/{name}.json                            a schedule and its state
     types/{type}/{version}.json                      a published task type (registry)
+    types/!queues/{queue}/settings.json              a queue's max_depth and aging (§12)
     sweep/turn, sweep/retention-cursor, sweep/audit-cursor   housekeeping state
+    stats/fleet.json                                 fleet statistics snapshot
     doctor/...                                       qo doctor's scratch objects
     meta/capabilities.json, meta/delete-failures/*   store checks and failure reports
     deps/out/{parent}/{child}/{n}                    an edge: child waits on parent (n parents)
@@ -36,6 +40,10 @@ QUARANTINE = "quarantine/"
 SCHEDULES = "schedules/"
 #: Task type definitions workers publish (qo/protocol/registry.py).
 TYPES = "types/"
+#: Queue settings (max_depth, priority aging; qo/protocol/backpressure.py). They sit
+#: under ``types/`` so that the registry's one LIST per TTL, which every submitter
+#: makes anyway, shows them: learning a queue's settings costs a submit nothing.
+QUEUE_SETTINGS = f"{TYPES}!queues/"
 DOCTOR = "doctor/"  # qo doctor's scratch objects, deleted after each check
 #: Which worker swept last (qo/protocol/sweep.py: take_sweep_turn).
 SWEEP_TURN = "sweep/turn"
@@ -43,8 +51,12 @@ SWEEP_TURN = "sweep/turn"
 RETENTION_CURSOR = "sweep/retention-cursor"
 #: Where the audit (qo/protocol/audit.py) resumes its pass over tasks/.
 AUDIT_CURSOR = "sweep/audit-cursor"
+#: The fleet statistics snapshot whoever sweeps writes (qo/protocol/fleetstats.py).
+STATS = "stats/fleet.json"
 META = "meta/"  # store capabilities cache, probe keys, delete-failure reports
 PAUSED_MARK = "!paused"
+#: The ready directory of an aging queue's markers: after every ``{255-prio:03d}``.
+AGED_DIR = "aged"
 SCHEDULE_INPUTS = "schedule-inputs/"  # {name}/{sha256 of the input}: large schedule inputs
 #: Dependency edges and arrivals (qo/protocol/deps.py): one small object per edge.
 DEPS_OUT = "deps/out/"
@@ -119,6 +131,16 @@ def paused_key(queue: str) -> str:
     return f"{READY}{queue}/{PAUSED_MARK}"
 
 
+def queue_settings_key(queue: str) -> str:
+    return f"{QUEUE_SETTINGS}{queue}/settings.json"
+
+
+def queue_of_settings_key(key: str) -> str | None:
+    """The queue a ``types/!queues/{queue}/settings.json`` key names, or None."""
+    parts = key[len(QUEUE_SETTINGS):].split("/") if key.startswith(QUEUE_SETTINGS) else []
+    return parts[0] if len(parts) == 2 and parts[0] and parts[1] == "settings.json" else None
+
+
 def lease_key(queue: str, task_id: str) -> str:
     return f"{LEASES}{queue}/{task_id}"
 
@@ -191,6 +213,9 @@ class Marker:
     task_type: str
     version: int = 1  # the handler version the task was submitted for
     labels: tuple[str, ...] = ()  # capabilities a worker needs to run it, sorted
+    #: Seconds of waiting worth one priority level (0: strict priority). An aging
+    #: marker sorts by ``available_at + (255 - priority) * aging`` (section 12).
+    aging: int = 0
 
     @property
     def handler(self) -> str:
@@ -207,7 +232,17 @@ class Marker:
         return labels is None or labels.issuperset(self.labels)
 
     @property
+    def effective_us(self) -> int:
+        """What an aging marker sorts by, in microseconds (its ready time for a strict one)."""
+        return micros(self.available_at) + (255 - self.priority) * self.aging * 1_000_000
+
+    @property
     def ready_key(self) -> str:
+        if self.aging:
+            return (
+                f"{READY}{self.queue}/{AGED_DIR}/{self.effective_us:016d}-"
+                f"{255 - self.priority:03d}-{self.aging}-{self.task_id}-{self.needs}"
+            )
         return (
             f"{READY}{self.queue}/{255 - self.priority:03d}/"
             f"{micros(self.available_at):016d}-{self.task_id}-{self.needs}"
@@ -215,9 +250,10 @@ class Marker:
 
     @property
     def delayed_key(self) -> str:
+        level = f"{255 - self.priority:03d}" + (f".{self.aging}" if self.aging else "")
         return (
             f"{DELAYED}{micros(self.available_at):016d}/{self.queue}/"
-            f"{255 - self.priority:03d}/{self.task_id}-{self.needs}"
+            f"{level}/{self.task_id}-{self.needs}"
         )
 
 
@@ -238,6 +274,8 @@ def parse_ready_key(key: str) -> Marker | None:
     if len(parts) != 4 or parts[0] != READY[:-1]:
         return None
     _, queue, inv, rest = parts
+    if inv == AGED_DIR:
+        return _parse_aged(queue, rest)
     fields = rest.split("-", 2)
     if len(fields) != 3 or not inv.isdigit() or not fields[0].isdigit():
         return None
@@ -245,13 +283,29 @@ def parse_ready_key(key: str) -> Marker | None:
                   *split_needs(fields[2]))
 
 
+def _parse_aged(queue: str, rest: str) -> Marker | None:
+    """``{eff_us}-{255-prio}-{aging}-{id}-{needs}`` read back (section 12)."""
+    fields = rest.split("-", 4)
+    if len(fields) != 5 or not all(f.isdigit() for f in fields[:3]):
+        return None
+    eff, inv, aging = int(fields[0]), int(fields[1]), int(fields[2])
+    if not (0 <= inv <= 255 and aging >= 1):
+        return None
+    available_us = eff - inv * aging * 1_000_000
+    return Marker(queue, 255 - inv, available_us / 1_000_000, fields[3], *split_needs(fields[4]),
+                  aging=aging)
+
+
 def parse_delayed_key(key: str) -> Marker | None:
     parts = key.split("/")
     if len(parts) != 5 or parts[0] != DELAYED[:-1]:
         return None
-    _, due, queue, inv, rest = parts
+    _, due, queue, level, rest = parts
+    inv, dot, aging = level.partition(".")  # ``{255-prio}`` or, aging, ``{255-prio}.{aging}``
     fields = rest.split("-", 1)
     if len(fields) != 2 or not inv.isdigit() or not due.isdigit():
         return None
+    if dot and not (aging.isdigit() and int(aging) >= 1):
+        return None
     return Marker(queue, 255 - int(inv), int(due) / 1_000_000, fields[0],
-                  *split_needs(fields[1]))
+                  *split_needs(fields[1]), aging=int(aging) if dot else 0)

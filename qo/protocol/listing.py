@@ -58,6 +58,7 @@ def read_page(
 
 def triable(
     fleet: Fleet, listing: Listing, usable: list[Candidate], store_now: float,
+    held_back: dict[str, float] | None = None,
 ) -> tuple[list[Candidate], bool, float | None]:
     """The keys this worker may try now, whether they are others' keys, and in how many
     seconds the next of the others' keys becomes triable (None: none left to wait for).
@@ -65,9 +66,14 @@ def triable(
     Keys it ranks first come first, best priority first. Only with none of those at
     the best priority does it take others' keys there: those that have waited
     long enough for its rank, and whose first-ranked worker still has
-    ``STEAL_MARGIN`` keys of that priority ahead of them (or that have waited
-    ``STALLED_AFTER``), so that the two rarely meet on one key.
+    ``STEAL_MARGIN`` keys of that priority ahead of them, so that the two rarely
+    meet on one key. A key held back that way is taken anyway once it has been
+    held back for ``STALLED_AFTER`` (store time, from when this worker first saw it
+    so, kept in ``held_back``): its first-ranked worker is alive but not working.
+    How long a key has been *ready* says nothing of that, since a deep backlog is
+    old and healthy.
     """
+    held_back = {} if held_back is None else held_back
     if listing.fleet_view != fleet.refreshes:
         listing.waits, listing.fleet_view = {}, fleet.refreshes
     own: list[Candidate] = []
@@ -98,9 +104,13 @@ def triable(
         # thief has its own second-ranked keys), each rank from the back (where the
         # first-ranked worker, going front to back, comes last).
         best = others[0][1].priority
-        level = [c for c in others if c[1].priority == best and (
-            margin[c[0].key] >= 0
-            or store_now - c[0].last_modified >= STALLED_AFTER)]
+        level = []
+        for c in others:
+            if c[1].priority != best:
+                continue
+            if (margin[c[0].key] >= 0  # the owner has enough ahead of it, or is stalled
+                    or store_now - held_back.setdefault(c[0].key, store_now) >= STALLED_AFTER):
+                level.append(c)
         order = sorted(range(len(level)), key=lambda i: (listing.waits[level[i][0].key][0], -i))
         if level or not own:
             return [level[i] for i in order], True, soonest

@@ -42,9 +42,10 @@ STEP = 1.0
 #: How often a busy worker reads ``workers/`` again.
 FLEET_TTL = 30.0
 #: A worker takes another's key only while that worker has at least this many keys of the
-#: same priority ahead of it per slot, so that the two do not meet on the last ones ...
+#: same priority ahead of it per slot (and per rank of the taker after it), so that the
+#: two do not meet on the last ones ...
 STEAL_MARGIN = 2
-#: ... unless the key has waited this long (a worker that is hung or gone).
+#: ... unless the key has been held back this long (its worker is alive but hung).
 STALLED_AFTER = 30.0
 #: How soon after a lost lease race it reads ``workers/`` again (a worker it does not know).
 CONFLICT_TTL = 5.0
@@ -52,7 +53,7 @@ CONFLICT_TTL = 5.0
 MINE_TTL = 0.25
 #: The first reads come sooner: workers started at the same time write their records
 #: at the same time, so the first view may miss some (the first read is at once).
-STARTUP_TTLS = (0.0, 0.5, 1.0)
+STARTUP_TTLS = (0.0, 1.0)
 
 
 def signature(queues: list[str], task_types: set[str] | list[str] | None) -> str:
@@ -98,8 +99,10 @@ class Fleet:
 
     def rank(self, key: str, marker: Marker) -> tuple[float, str, int]:
         """``wait`` for ``key``, the worker ranked first for it, and how many of that
-        worker's keys must be ahead of it before another takes it (``STEAL_MARGIN``
-        per slot of that worker)."""
+        worker's keys must be ahead of it before this one takes it: ``STEAL_MARGIN``
+        per slot of that worker, times this worker's rank after it (the second-ranked
+        steals first, the third only from a longer backlog, so two thieves rarely
+        meet on the last keys)."""
         with self._lock:
             live = self._live
         mine = best = score(self.me, key)
@@ -112,7 +115,7 @@ class Fleet:
                 ahead += 1
             if theirs > best:
                 best, first, slots = theirs, w.id, w.concurrency
-        return ahead * STEP, first, STEAL_MARGIN * max(1, slots)
+        return ahead * STEP, first, STEAL_MARGIN * max(1, slots) * max(1, ahead)
 
     def refresh_if_due(self, *, conflict: bool = False, mine: bool = False) -> None:
         """Read ``workers/`` again if the view is older than its TTL (``MINE_TTL`` after

@@ -28,6 +28,8 @@ Lookup (``Registry``), per process: 1 LIST of ``types/`` at the first
 submit, then at most once per ``ttl`` seconds (default 30), and only when a
 submit happens; 1 GET per definition used, once per etag seen in the
 listing. A submit within the ``ttl`` of the last LIST costs nothing extra.
+The same LIST shows the queues' settings (``types/!queues/``,
+qo/protocol/backpressure.py): 1 GET per queue with settings, once per etag.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ from qo.errors import ErrorKind, QoError, shorten
 from qo.ids import new_token
 from qo.models import CorruptRecord, FutureSchema, RetryPolicy, dumps, loads
 from qo.protocol import identity, input_schema, keys
+from qo.protocol.backpressure import QueueSettings, read_settings
 from qo.protocol.cas import Lost, get_retrying, put_or_current
 from qo.protocol.submit import SubmitRequest
-from qo.store.base import Store
+from qo.store.base import Store, StoredObject
 
 log = logging.getLogger("qo.protocol.registry")
 
@@ -133,7 +136,10 @@ class PublishReport:
 
 def _read(store: Store, key: str) -> tuple[TypeDefinition | None, str | None, bool]:
     """The stored definition, its etag, and whether it is readable (False: newer or corrupt)."""
-    obj = get_retrying(store, key)
+    return _parse(key, get_retrying(store, key))
+
+
+def _parse(key: str, obj: StoredObject | None) -> tuple[TypeDefinition | None, str | None, bool]:
     if obj is None:
         return None, None, True
     try:
@@ -152,8 +158,9 @@ def publish(store: Store, definitions: Iterable[TypeDefinition], *, owner: str,
     for definition in definitions:
         ours = definition.model_copy(update={"published_by": owner, "published_at": when})
         key = ours.key
+        current = _read(store, key)
         for _ in range(PUBLISH_TRIES):
-            stored, etag, readable = _read(store, key)
+            stored, etag, readable = current
             if not readable:
                 log.warning("%s was written by a newer qo; left as it is", key)
                 break
@@ -165,6 +172,9 @@ def publish(store: Store, definitions: Iterable[TypeDefinition], *, owner: str,
             if not isinstance(result, Lost):
                 report.written.append(key)
                 break
+            # Another worker wrote first (workers start together): what it wrote came
+            # back with the 412, so judge that instead of reading the key again.
+            current = _parse(key, result.current) if result.read else _read(store, key)
         else:
             log.warning("task type %s version %d: other workers keep publishing another "
                         "definition; the last one written wins", definition.name,
@@ -179,6 +189,8 @@ class Listing:
 
     etags: dict[tuple[str, int], str]
     fetched: float
+    #: queue -> etag of its settings object (qo/protocol/backpressure.py)
+    queues: dict[str, str] = field(default_factory=dict)
 
     def types(self) -> list[str]:
         return sorted({name for name, _ in self.etags})
@@ -189,12 +201,20 @@ class Listing:
 
 def list_types(store: Store) -> dict[tuple[str, int], str]:
     """(type, version) -> etag, for every definition stored; 1 LIST per 1,000."""
+    return list_catalog(store)[0]
+
+
+def list_catalog(store: Store) -> tuple[dict[tuple[str, int], str], dict[str, str]]:
+    """``list_types``, and queue -> etag of its settings, from the same LIST of ``types/``."""
     found: dict[tuple[str, int], str] = {}
+    queues: dict[str, str] = {}
     for info in store.list(keys.TYPES):
         parsed = keys.parse_type_key(info.key)
         if parsed is not None:
             found[parsed] = info.etag
-    return found
+        elif (queue := keys.queue_of_settings_key(info.key)) is not None:
+            queues[queue] = info.etag
+    return found, queues
 
 
 def read_definition(store: Store, name: str, version: int) -> TypeDefinition | None:
@@ -212,13 +232,17 @@ class Registry:
         self._lock = threading.Lock()
         self._listing: Listing | None = None
         self._definitions: dict[tuple[str, int, str], TypeDefinition | None] = {}
+        self._settings: dict[tuple[str, str], QueueSettings | None] = {}
 
     def listing(self) -> Listing:
         """The cached listing, listed again once older than ``ttl``."""
         with self._lock:
             listing = self._listing
             if listing is None or self.clock() - listing.fetched >= self.ttl:
-                listing = self._listing = Listing(list_types(self.store), self.clock())
+                types, queues = list_catalog(self.store)
+                listing = self._listing = Listing(types, self.clock(), queues)
+                self._settings = {k: v for k, v in self._settings.items()
+                                  if queues.get(k[0]) == k[1]}
                 self._definitions = {k: d for k, d in self._definitions.items()
                                      if listing.etags.get((k[0], k[1])) == k[2]}
             return listing
@@ -227,6 +251,32 @@ class Registry:
         """Drop the cache: the next lookup lists again."""
         with self._lock:
             self._listing = None
+
+    def queue_settings(self, queue: str, *, first_listing: bool = True) -> QueueSettings | None:
+        """The settings of ``queue`` as the listing shows them (None: it has none).
+
+        Free while the listing is fresh, plus 1 GET per etag seen. With
+        ``first_listing=False`` (``App.submit``, which reads nothing it does not
+        need) a process that never listed the registry does not list it for this.
+        """
+        with self._lock:
+            known = self._listing is not None
+        if not known and not first_listing:
+            return None
+        etag = self.listing().queues.get(queue)
+        if etag is None:
+            return None
+        with self._lock:
+            if (queue, etag) in self._settings:
+                return self._settings[(queue, etag)]
+        try:
+            found, _ = read_settings(self.store, queue)
+        except CorruptRecord as exc:  # a newer qo's, or unreadable: as if unset
+            log.warning("settings of queue %s ignored: %s", queue, exc)
+            found = None
+        with self._lock:
+            self._settings[(queue, etag)] = found
+        return found
 
     def definition(self, name: str, version: int | None = None) -> TypeDefinition | None:
         """The definition of ``name`` (its highest version unless given), or None."""

@@ -10,6 +10,7 @@ from the key, so the record's create-only PUT is the duplicate check.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from qo import tracing
 from qo.errors import ErrorKind, PreconditionFailed, QoError, shorten
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import idempotent_task_id, new_task_id
@@ -159,8 +161,12 @@ class Prepared:
     body: bytes  # the record's bytes for its create-only PUT (records.body)
 
 
-def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
-    """Everything that can refuse a request, before any write."""
+def prepare(req: SubmitRequest, settings: Settings, now: float, *,
+            aging: int | None = None) -> Prepared:
+    """Everything that can refuse a request, before any write.
+
+    ``aging``: the queue's priority aging (qo/protocol/backpressure.py), kept in the record.
+    """
     queue = req.queue or settings.default_queue
     encoded = records.encode_json(req.input, f"input of task type {req.type!r}")
     records.check_size(encoded, f"input of task type {req.type!r}", settings)
@@ -179,6 +185,7 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
         type=req.type,
         version=req.version,
         labels=req.labels,
+        aging=aging,
         input=None if ref else inline,
         input_ref=ref,
         input_hash=records.input_hash(req.type, encoded),
@@ -194,6 +201,7 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
         tags=req.tags,
         depends_on=req.depends_on,
         trigger=req.trigger,
+        trace=tracing.carrier(),  # the current span's context (qo.tracing), if any
         # unset, the record omits it and a worker applies its handler's declared value
         **({"max_attempts": req.max_attempts} if "max_attempts" in req.model_fields_set else {}),
     )
@@ -204,12 +212,17 @@ def prepare(req: SubmitRequest, settings: Settings, now: float) -> Prepared:
     return Prepared(req, record, encoded, body)
 
 
-def prepare_batch(reqs: list[SubmitRequest], settings: Settings, now: float) -> list[Prepared]:
-    """Prepare every request; the first invalid one raises InvalidBatchItem."""
+def prepare_batch(reqs: list[SubmitRequest], settings: Settings, now: float,
+                  aging_of: Callable[[str], int | None] | None = None) -> list[Prepared]:
+    """Prepare every request; the first invalid one raises InvalidBatchItem.
+
+    ``aging_of(queue)``: each queue's priority aging (None: strict priority).
+    """
     prepared = []
     for n, req in enumerate(reqs):
         try:
-            prepared.append(prepare(req, settings, now))
+            aging = aging_of(req.queue or settings.default_queue) if aging_of else None
+            prepared.append(prepare(req, settings, now, aging=aging))
         except QoError as exc:
             raise InvalidBatchItem(n, exc) from None
     return prepared
@@ -217,10 +230,11 @@ def prepare_batch(reqs: list[SubmitRequest], settings: Settings, now: float) -> 
 
 def submit_one(
     store: Store, req: SubmitRequest, settings: Settings, now: float | None = None,
-    *, hooks: Hooks = NO_HOOKS,
+    *, hooks: Hooks = NO_HOOKS, aging: int | None = None,
 ) -> Submitted:
     now = store.now() if now is None else now
-    return submit_prepared(store, prepare(req, settings, now), settings, now, hooks=hooks)
+    return submit_prepared(store, prepare(req, settings, now, aging=aging), settings, now,
+                           hooks=hooks)
 
 
 def submit_prepared(store: Store, prepared: Prepared, settings: Settings, now: float,
@@ -304,7 +318,7 @@ def _existing(
     """
     current = records.read(store, record.id)
     if current is None:  # deleted in between (retention); try once more from scratch
-        return submit_one(store, req, settings, now)  # the caller emits SUBMITTED
+        return submit_one(store, req, settings, now, aging=record.aging)  # the caller emits
     old = current.value
     expired = (
         old.terminal

@@ -20,7 +20,13 @@ invocations:
 ``QO_KICK_AFTER``             sweeper: how old an unclaimed ready marker must be (default 60)
 ``QO_API_MAX_BODY``           API: largest request body in bytes (default 1 MiB)
 ``QO_LOG_LEVEL``              level of the ``qo`` loggers (default INFO)
+``QO_METRICS_PER_QUEUE``      sweeper: ``1`` adds per-queue CloudWatch gauges (default 0)
 ============================  ==============================================================
+
+Powertools' own variables name the metrics and logs (``qo.serverless.telemetry``):
+``POWERTOOLS_METRICS_NAMESPACE``, the CloudWatch namespace (default ``qo``),
+and ``POWERTOOLS_SERVICE_NAME``, the ``service`` dimension and log key
+(default ``qo-worker``, ``qo-sweeper`` or ``qo-api``).
 
 Tests (and local tools) call ``reset()`` between cases, or ``configure()`` to
 inject a queue and an app directly.
@@ -62,6 +68,11 @@ class Config:
     kick_after: float = 60.0
     api_max_body: int = 1 * MiB
     log_level: str = "INFO"
+    #: CloudWatch namespace and ``service`` dimension of the EMF metrics (Powertools' names).
+    metrics_namespace: str = "qo"
+    service_name: str | None = None
+    #: Also the sweeper's gauges per queue (3 more custom metrics a queue).
+    metrics_per_queue: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -108,6 +119,9 @@ class Config:
             kick_after=number("QO_KICK_AFTER", cls.kick_after),
             api_max_body=int(number("QO_API_MAX_BODY", cls.api_max_body, 1)),
             log_level=level,
+            metrics_namespace=text("POWERTOOLS_METRICS_NAMESPACE") or cls.metrics_namespace,
+            service_name=text("POWERTOOLS_SERVICE_NAME"),
+            metrics_per_queue=(text("QO_METRICS_PER_QUEUE") or "0").lower() in ("1", "true"),
         )
 
 

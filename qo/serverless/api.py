@@ -15,6 +15,8 @@ Requests arrive in payload format 2.0. Routes:
 ``POST /tasks/{id}/cancel`` optional ``{"reason": "..."}``                      200, 404, 409
 ``POST /tasks/{id}/retry``  run a dead, cancelled or failed task again         200, 404, 409
 ``GET /stats``              counts by queue and status                         200
+``GET /stats/fleet``        the fleet statistics snapshot (``?fresh=1``: now)  200
+``GET /metrics``            the same as Prometheus text (``prometheus_client``) 200
 ``GET /schedules``          cron schedules (when this qo has a scheduler)      200
 ==========================  =================================================  ============
 
@@ -55,10 +57,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from qo import fleet_metrics, tracing
 from qo.errors import ErrorKind, QoError, shorten
 from qo.models import Status
 from qo.names import check_free_text, check_task_id
-from qo.protocol import admin, deps, records
+from qo.protocol import admin, deps, fleetstats, records
 from qo.protocol import graph as graphs
 from qo.protocol.admin import TaskView
 from qo.protocol.submit import (
@@ -70,10 +73,11 @@ from qo.protocol.submit import (
     submit_prepared,
 )
 from qo.scheduler import list_schedules
-from qo.serverless import Runtime, runtime
+from qo.serverless import Runtime, runtime, telemetry
 from qo.serverless.function_url import (
     HttpError,
     Request,
+    TextBody,
     answer_error,
     bad_request,
     describe_validation,
@@ -150,10 +154,16 @@ def _submit_request(rt: Runtime, fields: Any, where: str = "") -> SubmitRequest:
 def post_task(rt: Runtime, req: Request) -> tuple[int, Any]:
     submit = _submit_request(rt, req.json_object())
     now = rt.queue.store.now()
-    prepared = prepare(submit, rt.queue.settings, now)  # refuse before any write
-    rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
-    done = submit_prepared(rt.queue.store, prepared, rt.queue.settings, now,
-                           hooks=rt.queue.hooks)
+    queue_name = submit.queue or rt.queue.settings.default_queue
+    aging = rt.queue.aging_of()(queue_name)
+    with tracing.producer(queue_name, submit.type) as traced:
+        prepared = prepare(submit, rt.queue.settings, now, aging=aging)  # refuse before any write
+        if traced is not None:
+            traced(prepared.record.id)
+        rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
+        rt.queue.admit([prepared])  # QueueFull (429) past the queue's max_depth
+        done = submit_prepared(rt.queue.store, prepared, rt.queue.settings, now,
+                               hooks=rt.queue.hooks)
     body = {"id": done.id, "created": done.created, "status": done.status.value}
     return (201 if done.created else 200), body
 
@@ -174,10 +184,11 @@ def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
     store, settings = rt.queue.store, rt.queue.settings
     now = store.now()
     try:  # sizes, delay and at: refuse before writing anything
-        prepared = prepare_batch(reqs, settings, now)
+        prepared = prepare_batch(reqs, settings, now, rt.queue.aging_of())
     except InvalidBatchItem as exc:  # of the kind of the item's error
         raise HttpError.of(exc.kind, f"tasks[{exc.index}]: {exc.error}") from None
     rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
+    rt.queue.admit(prepared)  # QueueFull (429) past a queue's max_depth: none is written
     done = submit_all(rt.queue.store, prepared, settings, now, hooks=rt.queue.hooks)
     rows = [{"id": d.id, "created": d.created, "status": d.status.value} for d in done]
     return (201 if any(d.created for d in done) else 200), {"tasks": rows}
@@ -310,6 +321,27 @@ def get_stats(rt: Runtime, req: Request) -> tuple[int, Any]:
     return 200, {"queues": admin.stats(rt.queue.store)}
 
 
+def _fleet(rt: Runtime, req: Request) -> fleetstats.FleetStats:
+    """The stored snapshot (1 GET), or one computed now (not stored) with ``?fresh=1``
+    or when none was written yet."""
+    fresh = req.query.get("fresh", "") in ("1", "true")
+    snap = None if fresh else rt.queue.fleet_stats()
+    return snap or fleetstats.compute(rt.queue.store, "api")
+
+
+@route("/stats/fleet", "GET")
+def get_fleet_stats(rt: Runtime, req: Request) -> tuple[int, Any]:
+    snap = _fleet(rt, req)
+    return 200, fleetstats.as_dict(snap) | {"age": round(rt.queue.store.now() - snap.at, 3)}
+
+
+@route("/metrics", "GET")
+def get_metrics(rt: Runtime, req: Request) -> tuple[int, Any]:
+    snap = _fleet(rt, req)
+    return 200, TextBody(fleet_metrics.exposition(snap, rt.queue.store.now()),
+                         fleet_metrics.CONTENT_TYPE)
+
+
 @route("/schedules", "GET")
 def get_schedules(rt: Runtime, req: Request) -> tuple[int, Any]:
     return 200, {"schedules": plain(list(list_schedules(rt.queue)))}
@@ -351,6 +383,7 @@ def _dispatch(event: Any) -> tuple[int, Any, dict[str, str]]:
     raise HttpError.of(ErrorKind.NOT_FOUND, f"no route {req.method} {req.path}")
 
 
+@telemetry.instrumented("qo-api")
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
     """The Lambda entry point of the API function."""
     request_id = str(getattr(context, "aws_request_id", None) or "local")

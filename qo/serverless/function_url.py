@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -144,6 +146,9 @@ def answer_error(exc: Exception, request_id: str) -> tuple[int, dict[str, str], 
         return kind.http_status, error_body(kind.code, describe_validation(exc)), {}
     if isinstance(exc, QoError):
         status, body = refusal(exc, request_id)
+        retry_after = getattr(exc, "retry_after", None)  # e.g. QueueFull: when to try again
+        if isinstance(retry_after, (int, float)) and retry_after >= 0:
+            return status, body, {"Retry-After": str(max(1, math.ceil(retry_after)))}
         return status, body, {}
     log.error("request %s failed", request_id, exc_info=exc)
     status, body = internal_error(request_id)
@@ -185,8 +190,19 @@ def error_body(code: str, message: str) -> dict[str, str]:
 # -- the response -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TextBody:
+    """A route's answer that is not JSON (``GET /metrics``): sent as it is."""
+
+    text: str
+    content_type: str
+
+
 def response(status: int, body: Any, headers: dict[str, str]) -> dict[str, Any]:
-    """A Lambda (payload format 2.0) response with a JSON body."""
+    """A Lambda (payload format 2.0) response with a JSON body (or a ``TextBody``)."""
+    if isinstance(body, TextBody):
+        return {"statusCode": status, "headers": {"content-type": body.content_type, **headers},
+                "body": body.text, "isBase64Encoded": False}
     return {
         "statusCode": status,
         "headers": {**JSON_HEADERS, **headers},
@@ -203,5 +219,5 @@ def method_and_path(event: Any) -> tuple[str, str]:
         return "?", "?"
 
 
-__all__ = ["HttpError", "Request", "bad_request", "describe_validation", "refusal",
+__all__ = ["HttpError", "Request", "TextBody", "bad_request", "describe_validation", "refusal",
            "response"]

@@ -10,7 +10,9 @@ reported, the rest still run):
    this version of qo has them.
 3. **Retention** (``qo.protocol.retention``): delete finished tasks older than
    ``QO_RETENTION_DAYS`` (default 7; 0 disables), a bounded number per run.
-4. **Kick** (only with ``QO_WORKER_FUNCTION``): if a ready marker of a queue
+4. **Stats**: write the fleet statistics snapshot (``qo.protocol.fleetstats``)
+   when the stored one is older than ``stats_interval`` (300 s): every fifth run.
+5. **Kick** (only with ``QO_WORKER_FUNCTION``): if a ready marker of a queue
    the worker serves has sat unclaimed for ``QO_KICK_AFTER`` seconds (its
    event was lost, the queue was resumed, the bucket's notification is not
    wired yet), invoke the worker once, asynchronously, to drain the queue.
@@ -34,7 +36,7 @@ from qo.protocol import keys
 from qo.protocol.keys import parse_ready_key
 from qo.protocol.retention import run_retention
 from qo.queue import Queue
-from qo.serverless import Runtime, runtime
+from qo.serverless import Runtime, runtime, telemetry
 from qo.serverless.events import KICK_EVENT
 
 log = logging.getLogger("qo.serverless.sweeper")
@@ -102,6 +104,7 @@ def invoke_worker(function_name: str) -> None:
                           Payload=orjson.dumps(KICK_EVENT))
 
 
+@telemetry.instrumented("qo-sweeper")
 def handler(event: Any = None, context: Any = None) -> dict[str, Any]:
     """The Lambda entry point of the sweeper function."""
     rt = runtime()
@@ -109,7 +112,8 @@ def handler(event: Any = None, context: Any = None) -> dict[str, Any]:
     started = time.monotonic()
     request_id = str(getattr(context, "aws_request_id", None) or "local")[:36]
     report: dict[str, Any] = {"promoted": 0, "reaped": 0, "schedules": None,
-                              "retention": None, "kicked": False, "errors": []}
+                              "retention": None, "stats": False, "kicked": False,
+                              "errors": []}
 
     def step(name: str, fn: Callable[[], None]) -> None:
         try:
@@ -136,6 +140,11 @@ def handler(event: Any = None, context: Any = None) -> dict[str, Any]:
                                  budget=rt.config.retention_budget)
             report["retention"] = plain(done)
 
+    def stats() -> None:  # at most every stats_interval (qo.protocol.fleetstats)
+        snap = rt.queue.refresh_stats(owner=f"sweeper-{request_id}")
+        report["stats"] = snap is not None
+        telemetry.sweep_snapshot(snap)  # its gauges go out with this invocation's metrics
+
     def kick() -> None:
         function = rt.config.worker_function
         if function and _stuck(rt):
@@ -147,6 +156,7 @@ def handler(event: Any = None, context: Any = None) -> dict[str, Any]:
     step("sweep", sweep)
     step("schedules", schedules)
     step("retention", retention)
+    step("stats", stats)
     step("kick", kick)
     log.info("sweep: %d promoted, %d reaped%s", report["promoted"], report["reaped"],
              ", kicked the worker" if report["kicked"] else "",

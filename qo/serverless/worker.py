@@ -41,7 +41,7 @@ from qo.errors import ErrorKind, QoError
 from qo.protocol import keys, outcome
 from qo.protocol.claim import Claim, Claimer
 from qo.runner import Runner, TaskTimeout
-from qo.serverless import Config, runtime
+from qo.serverless import Config, runtime, telemetry
 from qo.serverless.events import WorkerEvent, parse_worker_event
 
 log = logging.getLogger("qo.serverless.worker")
@@ -91,6 +91,7 @@ def remaining_seconds(context: Any, config: Config) -> float:
     return max(0.0, get() / 1000.0)
 
 
+@telemetry.instrumented("qo-worker")
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
     """The Lambda entry point of the worker function."""
     rt = runtime()
