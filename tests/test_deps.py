@@ -347,3 +347,15 @@ def test_a_finisher_whose_clock_is_behind_the_child_still_makes_it_ready() -> No
     assert decided is not None and decided.status == Status.PENDING
     assert store.head(index.marker_of(decided).ready_key) is not None
     assert list(store.list(keys.DELAYED)) == []
+
+
+def test_only_records_with_dependency_fields_are_schema_4() -> None:
+    import orjson
+
+    store, queue, _, _ = setup()
+    a = queue.submit("ok")
+    assert orjson.loads(store.get(keys.task_key(a.id)).body)["v"] == 1  # type: ignore[union-attr]
+    b = queue.submit("ok", depends_on=[a])
+    assert orjson.loads(store.get(keys.task_key(b.id)).body)["v"] == 4  # type: ignore[union-attr]
+    flagged = orjson.loads(store.get(keys.task_key(a.id)).body)  # type: ignore[union-attr]
+    assert flagged["v"] == 4 and flagged["has_dependents"] is True
