@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import aio_io, fleet, idle_cost, limits, report, scenarios
+from bench import aio_io, deps, fleet, idle_cost, limits, report, scenarios
 from bench.backends import Backend
 
 #: Scenario sizes per profile. ``tiny`` is for the smoke test (seconds, memory store).
@@ -23,6 +23,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fleet": {"tasks": 20, "layouts": [(1, 1), (2, 2)], "scaling": [], "peer": [2],
                   "timeout": 60.0, "peer_idle": (1.0, 2.0)},
         "limits": {"procs": 2, "concurrency": 2, "duration": 3.0, "free": 10},
+        "deps": {"fan_in": 20, "fan_out": 20, "chain": 5},
     },
     "quick": {
         "tasks": 100, "workers": [1, 2, 4, 8, 16, 32], "layouts": ["independent", "shared"],
@@ -36,6 +37,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "scaling": [1, 2, 4, 8, 16], "peer": [8], "timeout": 180.0,
                   "peer_idle": (10.0, 30.0)},
         "limits": {"procs": 3, "concurrency": 4, "duration": 30.0, "free": 100},
+        "deps": {"fan_in": 100, "fan_out": 200, "chain": 20},
     },
     "full": {
         "tasks": 500, "workers": [1, 2, 4, 8, 16, 32], "layouts": ["independent", "shared"],
@@ -48,10 +50,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fleet": {"tasks": 500, "layouts": [(1, 8), (8, 1), (8, 4), (32, 1)],
                   "scaling": [1, 2, 4, 8, 16, 32], "peer": [1, 8, 32], "timeout": 400.0,
                   "peer_idle": (15.0, 60.0)},
+        "deps": {"fan_in": 1000, "fan_out": 1000, "chain": 100},
         "limits": {"procs": 4, "concurrency": 4, "duration": 90.0, "free": 200},
     },
 }
-SCENARIOS = ("throughput", "claim", "idle", "submit", "latency", "fleet", "aio", "limits")
+SCENARIOS = ("throughput", "claim", "idle", "submit", "latency", "fleet", "aio", "limits",
+             "deps")
 #: ``idle`` entries are (concurrency, scale, seconds): intervals divided by scale, latency
 #: not (it must stay small against poll_max / scale); the runs go in parallel.
 #: ``fleet``: N tasks; (processes, slots) layouts; the P x 1 scaling series; buquet's
@@ -102,7 +106,8 @@ def _layout(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.markdown:
-        print(report.markdown(json.loads(Path(args.markdown).read_text())), end="")
+        loaded = json.loads(Path(args.markdown).read_text())
+        print(report.markdown(loaded) + deps.markdown(loaded), end="")
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     prof = dict(PROFILES[args.profile])
@@ -175,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             result["aio_io"] = aio_io.run(backend, [1, 10, 200], 3, prof["timeout"])
         if "limits" in only:  # rate and concurrency limits under P processes (bench/limits.py)
             result["limits"] = limits.run_scenario(backend, prof["limits"], latency)
+        if "deps" in only:  # requests per edge, release latency (bench/deps.py; memory store)
+            result["deps"] = deps.run(args.latency, prof["deps"])
     finally:
         backend.close()
     result["meta"]["load_after"] = report.loadavg()
@@ -185,5 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
     report.print_report(result)
+    deps.print_report(result)
     print(f"\nJSON written to {out}")
     return 0

@@ -2,7 +2,7 @@
 
 from qo.aio import AsyncQueue, AsyncTaskHandle
 from qo.app import App, Fatal, TaskFunction
-from qo.context import Context, StopReason
+from qo.context import Context, Skip, StopReason
 from qo.errors import QoError, RateLimited
 from qo.hooks import Event, Kind
 from qo.middleware import AsyncNext, Next, TaskCall
@@ -12,6 +12,7 @@ from qo.queue import Queue, TaskCancelled, TaskFailed, TaskHandle
 from qo.results import wait
 from qo.retry import Retry, RetryDecision
 from qo.settings import Settings
+from qo.workflow import Workflow, WorkflowRun
 
 __all__ = [
     "App",
@@ -31,6 +32,7 @@ __all__ = [
     "RetryDecision",
     "RetryPolicy",
     "Settings",
+    "Skip",
     "Status",
     "StopReason",
     "SubmitRequest",
@@ -39,6 +41,8 @@ __all__ = [
     "TaskFailed",
     "TaskFunction",
     "TaskHandle",
+    "Workflow",
+    "WorkflowRun",
     "wait",
 ]
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class StopReason(StrEnum):
@@ -23,6 +24,11 @@ class StopReason(StrEnum):
     LEASE_LOST = "lease lost"  # taken over, or expired during a store outage
     SHUTTING_DOWN = "worker shutting down"  # handed back after the grace period
     ABANDONED = "the worker stopped waiting for it"  # the worker is exiting
+
+
+class Skip(Exception):
+    """Raised by a handler (or ``ctx.skip(reason)``): the task ends ``skipped``, not run
+    again; its dependents' trigger rules see it skipped (docs/protocol.md section 10)."""
 
 
 @dataclass
@@ -51,7 +57,29 @@ class Context:
     trace: Mapping[str, str] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     cancel_reason: StopReason | None = None
+    #: The ids of the tasks it depended on (``depends_on``), in order.
+    depends_on: tuple[str, ...] = ()
     _heartbeat: Callable[[], bool] | None = field(default=None, repr=False)
+    _load_dependencies: Callable[[], list[Any]] | None = field(default=None, repr=False)
+    _dependencies: list[Any] | None = field(default=None, repr=False)
+
+    @property
+    def dependencies(self) -> list[Any]:
+        """How each dependency ended (``qo.protocol.deps.DependencyOutcome``: ``id``,
+        ``type``, ``status``, ``result``, ``error``, ``node``), read once, when first
+        asked (1 GET per dependency); empty for a task without dependencies."""
+        if self._dependencies is None:
+            loader = self._load_dependencies
+            self._dependencies = [] if loader is None else loader()
+        return self._dependencies
+
+    def skip(self, reason: str = "skipped by its handler") -> None:
+        """End this task as ``skipped`` (raises ``Skip``): e.g. a branch not taken."""
+        raise Skip(reason)
+
+    def parent_results(self) -> dict[str, Any]:
+        """The results of the dependencies that succeeded, by workflow node name (or id)."""
+        return {d.node or d.id: d.result for d in self.dependencies if d.succeeded}
 
     @property
     def log(self) -> logging.Logger:

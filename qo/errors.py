@@ -214,6 +214,21 @@ class StoreRefused(StoreError):
     kind = ErrorKind.MISCONFIGURED  # choose another store, or a mode for it
 
 
+class DependencyError(QoError):
+    """A ``depends_on`` or a workflow that cannot be submitted: an unknown id, a cycle.
+
+    Refused before anything is written (qo/protocol/deps.py, qo/protocol/workflow.py).
+    """
+
+    kind = ErrorKind.INVALID
+
+
+class DependencyCycle(DependencyError):
+    """A workflow's dependencies form a cycle; the message names it (``a -> b -> a``)."""
+
+    kind = ErrorKind.INVALID
+
+
 class NoStatsSnapshot(QoError):
     """No fleet statistics snapshot has been written yet (``qo.protocol.fleetstats``)."""
 

@@ -34,11 +34,22 @@ class Status(StrEnum):
     FAILED = "failed"  # an attempt failed, a retry is scheduled
     DEAD = "dead"
     CANCELLED = "cancelled"
+    BLOCKED = "blocked"  # waits on its dependencies (qo/protocol/deps.py): no marker
+    SKIPPED = "skipped"  # will never run: its trigger rule said so (terminal)
 
 
 #: Stored statuses of a task that still has to run once it is due.
 WAITING = frozenset({Status.PENDING, Status.SCHEDULED, Status.FAILED})
-TERMINAL = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED})
+TERMINAL = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED, Status.SKIPPED})
+
+
+class Trigger(StrEnum):
+    """When a task with dependencies runs (``depends_on``; qo/protocol/deps.py)."""
+
+    ALL_SUCCESS = "all_success"  # every dependency succeeded (the default)
+    ALL_DONE = "all_done"  # every dependency is terminal, whatever its outcome
+    NONE_FAILED = "none_failed"  # none dead or cancelled (skipped counts as done)
+    ALWAYS = "always"  # the handler decides: it runs once all are terminal, sees each outcome
 
 
 class CorruptRecord(QoError):
@@ -98,8 +109,11 @@ class TaskRecord(BaseModel):
     since_v2: ClassVar[dict[str, Any]] = {"version": 1, "labels": []}
     #: Fields of schema version 3, likewise: a record without them is written as 2 or 1.
     since_v3: ClassVar[dict[str, Any]] = {"trace": None, "aging": None}
-    #: Fields of schema version 4 (a record without them is written as 3, 2 or 1).
-    since_v4: ClassVar[dict[str, Any]] = {"limit_key": None}
+    #: Fields of schema version 4 (a record without them is written as 3, 2 or 1): the
+    #: limit key (section 11) and dependencies (section 10, qo/protocol/deps.py).
+    since_v4: ClassVar[dict[str, Any]] = {"limit_key": None, "depends_on": [],
+                                          "trigger": Trigger.ALL_SUCCESS,
+                                          "has_dependents": False, "workflow": None}
 
     v: int = 4  # the schema version (see the module docstring and ``body_version``)
     id: str
@@ -141,6 +155,13 @@ class TaskRecord(BaseModel):
     #: A fresh token on every write (records.create/replace), so that no two
     #: writes of a record have the same bytes; see qo/protocol/cas.py.
     rev: str | None = None
+    #: The tasks it waits for (``depends_on``) and when it runs then (qo/protocol/deps.py).
+    depends_on: list[str] = Field(default_factory=list, max_length=1000)
+    trigger: Trigger = Trigger.ALL_SUCCESS
+    #: Set (once, by a CAS) when some task depends on this one: its end readies them.
+    has_dependents: bool = False
+    #: The workflow this task is a node of (qo/protocol/workflow.py), if any.
+    workflow: str | None = None
 
     @property
     def terminal(self) -> bool:

@@ -32,14 +32,14 @@ from typing import Any, TypeVar
 from qo import logs
 from qo.app import App, TaskDef
 from qo.calls import sync_call
-from qo.context import Context, StopReason
+from qo.context import Context, Skip, StopReason
 from qo.errors import PreconditionFailed, QoError, StoreError
 from qo.health import StoreHealth
 from qo.heartbeat import MAX_BACKOFF, LeaseKeeper, Renewal
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.middleware import TaskCall
 from qo.models import ErrorInfo, Status, TaskRecord
-from qo.protocol import outcome, records
+from qo.protocol import deps, outcome, records
 from qo.protocol.claim import Claim
 from qo.retry import RetryDecision
 from qo.settings import Settings
@@ -173,6 +173,9 @@ class Runner:
                       max_attempts=declared.get("max_attempts", record.max_attempts))
         running = Running(claim, ctx, keeper, timeout, declared, capped=capped)
         ctx._heartbeat = lambda: self._heartbeat(running)
+        if record.depends_on:  # read only if the handler asks (ctx.dependencies)
+            ctx.depends_on = tuple(record.depends_on)
+            ctx._load_dependencies = lambda: deps.outcomes(self.store, record)
         if claim.input_error is not None:  # an unreadable payload never reaches the handler
             error = ErrorInfo(type="CorruptPayload", message=claim.input_error,
                               attempt=claim.attempt, retryable=False)
@@ -319,6 +322,12 @@ class Runner:
                 return
         error = running.error
         assert error is not None
+        if isinstance(error, Skip):
+            result = self._settle(running, lambda: outcome.skip(
+                self.store, claim, str(error) or "skipped by its handler",
+                declared=running.declared, hooks=self.hooks))
+            self._report(running, result, "skipped")
+            return
         if retryable is None:
             retryable = definition.retryable(error)
         decision = RetryDecision.decide(retryable=retryable, attempt=claim.attempt,

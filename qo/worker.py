@@ -132,6 +132,10 @@ class Worker:
         self.threads = slot_threads(app, self.options.concurrency, self.options.threads)
         # tasks in flight, of any kind
         self._capacity = threading.BoundedSemaphore(self.options.concurrency)
+        #: Slots claiming or running (outcome and follow-ups included: a follow-up may
+        #: ready dependents, so burst mode must not stop while another slot is busy).
+        self._busy = 0
+        self._busy_lock = threading.Lock()
         self.idle = IdlePoll(self.claimer, self.options.poll_min, self.options.poll_max)
         self._rng = random.Random()
 
@@ -316,6 +320,15 @@ class Worker:
     def _claim_and_run(self) -> bool:
         """One claim, run here or started on the loop; True if it took the capacity
         token with it (released when the attempt on the loop is over)."""
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            return self._claim_and_run_busy()
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+
+    def _claim_and_run_busy(self) -> bool:
         try:
             claim = self.claimer.claim()
         except QoError as exc:
@@ -358,7 +371,8 @@ class Worker:
 
     def _burst_done(self) -> bool:
         """In burst mode: is nothing ready, even after promoting due tasks?"""
-        if self.runner.running() or self._in_flight() or self.idle.others_pending():
+        if (self.runner.running() or self._in_flight() or self._busy > 1
+                or self.idle.others_pending()):
             return False  # not done while a slot still works (checked first: no LIST)
         if not self._burst_check.acquire(blocking=False):
             return False  # another slot is asking; it stops the worker if so

@@ -101,13 +101,14 @@ def root(
 
 
 def _register() -> None:
-    from qo.cli import doctor, health, limits, queues, schedule, tasks, types, worker
+    from qo.cli import doctor, graph, health, limits, queues, schedule, tasks, types, worker
 
     tasks.register(app)
     types.register(app)
     worker.register(app)
     doctor.register(app)
     schedule.register(app)
+    graph.register(app)
     queues.register(app)
     health.register(app)
     limits.register(app)

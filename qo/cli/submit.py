@@ -141,6 +141,13 @@ def submit(
     app_spec: Annotated[str | None, typer.Option(
         "--app", metavar="MODULE:OBJ",
         help="Use this App's task defaults and refuse types it does not know.")] = None,
+    after: Annotated[list[str] | None, typer.Option(
+        "--after", metavar="ID",
+        help="Wait for this task to end first (repeatable): the task is blocked until then.")
+    ] = None,
+    trigger: Annotated[str | None, typer.Option(
+        metavar="all_success|all_done|none_failed|always",
+        help="When it runs once its --after tasks end (default: all_success).")] = None,
     batch: Annotated[str | None, typer.Option(
         metavar="FILE|-",
         help="Submit many: a JSON array or JSON lines of submit requests.")] = None,
@@ -172,7 +179,10 @@ def submit(
         "priority": priority, "delay": delay, "at": at, "key": key, "key_scope": key_scope,
         "queue": queue_name, "max_attempts": max_attempts, "timeout": timeout,
         "tags": parse_tags(tag) or None, "labels": label or None,
+        "depends_on": after or None, "trigger": trigger,
     }
+    if trigger is not None and not after:
+        raise CliError("--trigger needs at least one --after ID")
     options = {k: v for k, v in options.items() if v is not None}
     if batch is not None:
         if task_type is not None or input is not None or options:

@@ -26,7 +26,7 @@ from qo.cli.common import (
     say,
 )
 from qo.models import Status, TaskRecord
-from qo.protocol import admin, backpressure, fleet, records
+from qo.protocol import admin, backpressure, deps, fleet, records
 from qo.protocol.admin import TaskView
 from qo.queue import Queue
 from qo.store.failures import summary as delete_failures_summary
@@ -56,6 +56,8 @@ def _dump(value: Any) -> str:
 def _view_json(queue: Queue, view: TaskView) -> dict[str, Any]:
     data = view.as_dict()
     record = view.record
+    if record.has_dependents:  # 1 LIST, only for a task something depends on
+        data["dependents"] = deps.dependents_of(queue.store, record.id)
     if record.input_ref:
         data["input"] = records.load_input(queue.store, record)
     if record.result_ref:
@@ -94,6 +96,10 @@ def show(
         ("cancel reason", r.cancel_reason),
     ]
     rows += [(k, v) for k, v in optional if v]
+    if r.depends_on:
+        rows.append(("depends on", ", ".join(r.depends_on) + f" ({r.trigger.value})"))
+    if data.get("dependents"):
+        rows.append(("dependents", ", ".join(data["dependents"])))
     if view.lease is not None:
         lease = view.lease
         rows.append(("lease", f"{lease.kind} by {lease.owner} since {fmt_time(lease.claimed_at)}"))

@@ -18,7 +18,7 @@ from qo.errors import ErrorKind, PreconditionFailed, QoError, StoreError
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import TERMINAL, CorruptRecord, Lease, Status, TaskRecord
 from qo.names import check_name, check_task_id
-from qo.protocol import index, keys, leases, records
+from qo.protocol import deps, index, keys, leases, records
 from qo.protocol.cas import delete_quietly, put_if_absent
 from qo.protocol.keys import parse_delayed_key, parse_ready_key
 from qo.settings import Settings
@@ -90,6 +90,8 @@ def cancel(store: Store, task_id: str, reason: str = "cancelled by user",
         except PreconditionFailed:
             continue
         index.drop_markers(store, record)
+        if new.has_dependents:  # their trigger rules decide now (a crash here: the audit)
+            deps.on_terminal(store, new, now)
         hooks.emit(Kind.CANCELLED, task_id, queue=record.queue, task_type=record.type,
                    reason=reason)
         return TaskView(new, Status.CANCELLED)
@@ -103,10 +105,11 @@ def retry(store: Store, settings: Settings, task_id: str) -> TaskView:
     if current is None:
         raise TaskNotFound(f"no task with id {task_id}")
     record = current.value
-    if record.status not in (Status.DEAD, Status.CANCELLED, Status.FAILED, Status.SCHEDULED):
+    if record.status not in (Status.DEAD, Status.CANCELLED, Status.FAILED, Status.SCHEDULED,
+                             Status.SKIPPED):
         raise InvalidTransition(
             f"task {task_id} is {_view(store, record).status}; only dead, cancelled, "
-            "failed or scheduled tasks can be retried")
+            "skipped, failed or scheduled tasks can be retried")
     now = store.now()
     held = leases.acquire(store, record.queue, task_id, owner="admin", kind="admin",
                           seconds=settings.repair_lease_seconds, now=now)
@@ -117,10 +120,18 @@ def retry(store: Store, settings: Settings, task_id: str) -> TaskView:
         if current is None:
             raise TaskNotFound(f"no task with id {task_id}")
         old = current.value
+        upstream = old.error is not None and old.error.type in deps.UPSTREAM
         new = old.model_copy(update={
-            "status": Status.PENDING, "available_at": now, "attempt": 0,
-            "finished_at": None, "cancel_reason": None})
+            "status": Status.BLOCKED if upstream else Status.PENDING, "available_at": now,
+            "attempt": 0, "finished_at": None, "cancel_reason": None,
+            **({"error": None} if upstream else {})})
         records.replace(store, new, current.etag)
+        if old.has_dependents and old.terminal:  # still under the lease: nobody claims it yet
+            deps.rearm(store, new, old.status, now)
+        if upstream:  # ended by a dependency: its trigger rule decides again
+            delete_quietly(store, keys.dead_key(old.queue, old.id))
+            decided = deps.settle(store, task_id, now)
+            return TaskView(decided or new, (decided or new).status)
         index.ensure_indexed(store, new, now)
         index.drop_markers(store, old)
         delete_quietly(store, keys.dead_key(old.queue, old.id))

@@ -39,8 +39,8 @@ from typing import Any
 
 from qo.errors import PreconditionFailed, StoreError
 from qo.hooks import NO_HOOKS, Hooks, Kind
-from qo.models import WAITING, CorruptRecord, TaskRecord
-from qo.protocol import cursor, fleet, index, keys, leases, records
+from qo.models import WAITING, CorruptRecord, Status, TaskRecord
+from qo.protocol import cursor, deps, fleet, index, keys, leases, records
 from qo.settings import Settings
 from qo.store.base import Store
 
@@ -129,6 +129,10 @@ def scan(
         report.examined += 1
         try:
             current = records.read(store, task_id)
+            if fix and current is not None and current.value.status == Status.BLOCKED:
+                if deps.repair_blocked(store, current.value, now):  # its submit died early
+                    report.repaired += 1
+                continue
             if current is None or not is_stranded(store, current.value):
                 continue
             report.stranded.append(task_id)
@@ -174,6 +178,18 @@ def remove_gone_workers(store: Store, now: float) -> int:
     return removed
 
 
+def _complete_workflows(store: Store, settings: Settings, now: float,
+                        report: AuditReport) -> int:
+    """Workflows a crashed submit left half-written (1 LIST; see qo/protocol/workflow.py)."""
+    from qo.protocol import workflow  # it imports submit, which the audit needs nowhere else
+
+    try:
+        return workflow.complete_pending(store, settings, now)
+    except (StoreError, CorruptRecord) as exc:
+        report.errors.append(f"{keys.WORKFLOWS_PENDING}: {exc}")
+        return 0
+
+
 def run_audit(
     store: Store,
     settings: Settings,
@@ -197,6 +213,7 @@ def run_audit(
     if listed < budget:
         report.pass_done = True
         report.workers_removed = remove_gone_workers(store, now)
+        report.repaired += _complete_workflows(store, settings, now, report)
         new_cursor = {"after": None, "finished_at": now}
     else:
         new_cursor = {"after": last, "finished_at": finished, "at": now}

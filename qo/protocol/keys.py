@@ -23,6 +23,9 @@
     limits/{name}.json                               a rate/concurrency limit's settings
     buckets/{name}/{lkey}/{shard}.json               a token bucket (qo/protocol/limits.py)
     slots/{name}/{lkey}/{n}                          a concurrency slot (qo/protocol/slots.py)
+    deps/out/{parent}/{child}/{n}                    an edge: child waits on parent (n parents)
+    deps/done/{child}/{parent}/{status}              parent ended so (qo/protocol/deps.py)
+    workflows/{id}.json, workflows-pending/{id}      workflow manifests (qo/protocol/workflow.py)
 """
 
 from __future__ import annotations
@@ -90,6 +93,57 @@ def hash_limit_key(value: str) -> str:
     """The limit key a marker carries for a task's rate/concurrency key value: 16 hex
     digits of its SHA-256 (any value is safe in a key, and keys stay short)."""
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+#: Dependency edges and arrivals (qo/protocol/deps.py): one small object per edge.
+DEPS_OUT = "deps/out/"
+DEPS_DONE = "deps/done/"
+#: Workflow manifests, and the ones whose nodes are not all written yet (workflow.py).
+WORKFLOWS = "workflows/"
+WORKFLOWS_PENDING = "workflows-pending/"
+
+
+def edges_prefix(parent_id: str) -> str:
+    """``deps/out/{parent}/``: one key per task waiting on ``parent_id``."""
+    return f"{DEPS_OUT}{parent_id}/"
+
+
+def edge_key(parent_id: str, child_id: str, parents: int) -> str:
+    """The edge ``child`` waits on ``parent``; ``parents``: how many the child has."""
+    return f"{DEPS_OUT}{parent_id}/{child_id}/{parents}"
+
+
+def parse_edge_key(key: str) -> tuple[str, str, int] | None:
+    """(parent, child, number of the child's parents) of an edge key, or None."""
+    parts = key.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}/" != DEPS_OUT or not parts[4].isdigit():
+        return None
+    return parts[2], parts[3], int(parts[4])
+
+
+def done_prefix(child_id: str) -> str:
+    """``deps/done/{child}/``: one key per dependency of ``child_id`` that has ended."""
+    return f"{DEPS_DONE}{child_id}/"
+
+
+def done_key(child_id: str, parent_id: str, status: str) -> str:
+    return f"{DEPS_DONE}{child_id}/{parent_id}/{status}"
+
+
+def parse_done_key(key: str) -> tuple[str, str, str] | None:
+    """(child, parent, the parent's terminal status) of a done key, or None."""
+    parts = key.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}/" != DEPS_DONE:
+        return None
+    return parts[2], parts[3], parts[4]
+
+
+def workflow_key(workflow_id: str) -> str:
+    return f"{WORKFLOWS}{workflow_id}.json"
+
+
+def workflow_pending_key(workflow_id: str) -> str:
+    return f"{WORKFLOWS_PENDING}{workflow_id}"
 
 
 def micros(ts: float) -> int:

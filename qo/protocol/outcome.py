@@ -25,7 +25,7 @@ from typing import Any
 from qo.errors import PreconditionFailed
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import ErrorInfo, Status, TaskRecord
-from qo.protocol import index, keys, records
+from qo.protocol import deps, index, keys, records
 from qo.protocol.claim import Claim
 from qo.retry import RetryDecision
 from qo.settings import Settings
@@ -42,9 +42,12 @@ DROPPED = "OutcomeDropped"
 #: the lease is released: the reaper takes the lease over. It must be idempotent.
 #: Dependencies (ready the dependents) and bulk expansion plug in here.
 FollowUp = Callable[[Store, TaskRecord, float], None]
+#: Follow-ups every outcome runs, before the caller's: each must cost nothing for a
+#: task it does not concern (``deps.follow_up`` reads ``record.dependents`` first).
+BUILTIN_FOLLOW_UPS: tuple[FollowUp, ...] = (deps.follow_up,)
 
 _EVENT_OF = {Status.SUCCEEDED: Kind.SUCCEEDED, Status.FAILED: Kind.RETRYING,
-             Status.DEAD: Kind.DEAD}
+             Status.DEAD: Kind.DEAD, Status.SKIPPED: Kind.SUCCEEDED}  # status says which
 
 
 class Outcome(StrEnum):
@@ -96,6 +99,27 @@ def succeed(
         })
 
     return _record(store, claim, update, now, "succeeded", declared, hooks, follow_ups)
+
+
+def skip(
+    store: Store, claim: Claim, reason: str, *, declared: dict[str, Any] | None = None,
+    hooks: Hooks = NO_HOOKS, follow_ups: Sequence[FollowUp] = (),
+) -> Outcome:
+    """Record that the handler skipped the task (``qo.Skip``): ``skipped``, terminal,
+    the reason as its error (type ``Skipped``). The same single CAS as ``succeed``."""
+    now = store.now()
+    info = ErrorInfo(type="Skipped", message=reason[:2000], attempt=claim.attempt,
+                     retryable=False)
+
+    def update(rec: TaskRecord) -> TaskRecord:
+        return rec.model_copy(update={
+            **(declared or {}),
+            "status": Status.SKIPPED, "attempt": claim.attempt, "error": info,
+            "started_at": claim.lease.value.claimed_at, "finished_at": now,
+            "worker": claim.lease.value.owner, "last_lease": claim.lease.value.token,
+        })
+
+    return _record(store, claim, update, now, "skipped", declared, hooks, follow_ups)
 
 
 def fail(
@@ -202,7 +226,7 @@ def _settled(store: Store, claim: Claim, record: TaskRecord, now: float,
              follow_ups: Sequence[FollowUp]) -> None:
     """Under the lease: the marker the new state needs, the follow-ups, then the release."""
     index.ensure_indexed(store, record, now)
-    for follow_up in follow_ups:
+    for follow_up in (*BUILTIN_FOLLOW_UPS, *follow_ups):
         follow_up(store, record, now)
     claim.lease.release(store)
 

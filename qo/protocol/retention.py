@@ -33,7 +33,7 @@ from typing import Any
 from qo.errors import PreconditionFailed, StoreError
 from qo.ids import new_task_id
 from qo.models import CorruptRecord, Status, TaskRecord
-from qo.protocol import cursor, keys, records
+from qo.protocol import cursor, deps, keys, records
 from qo.protocol.cas import delete_quietly
 from qo.store.base import Store
 
@@ -133,6 +133,8 @@ def _delete_if_expired(store: Store, task_id: str, cutoff: float, now: float) ->
             delete_quietly(store, payload.key)
     if record.status == Status.DEAD:
         delete_quietly(store, keys.dead_key(record.queue, task_id))
+    if record.depends_on or record.has_dependents:  # nothing to list for other tasks
+        deps.forget(store, record)
     return True
 
 

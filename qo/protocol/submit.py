@@ -22,10 +22,11 @@ from qo import tracing
 from qo.errors import ErrorKind, PreconditionFailed, QoError, shorten
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import idempotent_task_id, new_task_id
-from qo.models import RetryPolicy, Status, TaskRecord
+from qo.models import RetryPolicy, Status, TaskRecord, Trigger
 from qo.names import check_free_text, check_labels, check_name
-from qo.protocol import index, keys, leases, records
+from qo.protocol import deps, index, keys, leases, records
 from qo.protocol.cas import delete_quietly, put_checked
+from qo.protocol.versioned import Versioned
 from qo.settings import Settings
 from qo.store.base import Store
 
@@ -67,6 +68,16 @@ class SubmitRequest(BaseModel):
     #: The value a per-key limit counts it under (``@app.task(rate_key=...)``, e.g. a
     #: customer id); its hash goes into the record and the marker key (section 11).
     limit_key: str | None = Field(None, min_length=1, max_length=1024)
+    #: Tasks (ids or handles) it waits for, ``blocked``, and when it runs then (deps.py).
+    depends_on: list[str] = Field(default_factory=list, max_length=1000)
+    trigger: Trigger = Trigger.ALL_SUCCESS
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _depends_on(cls, v: Any) -> list[str]:
+        if isinstance(v, str) or not isinstance(v, (list, tuple)):
+            v = [v]
+        return deps.ids_of(v)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -183,7 +194,8 @@ def prepare(req: SubmitRequest, settings: Settings, now: float, *,
         input_ref=ref,
         input_hash=records.input_hash(req.type, encoded),
         priority=req.priority,
-        status=Status.PENDING if when <= now else Status.SCHEDULED,
+        status=(Status.BLOCKED if req.depends_on
+                else Status.PENDING if when <= now else Status.SCHEDULED),
         retry=req.retry,
         timeout=req.timeout,
         created_at=now,
@@ -191,6 +203,8 @@ def prepare(req: SubmitRequest, settings: Settings, now: float, *,
         idempotency_key=req.key,
         idempotency_expires_at=(when + retention) if req.key else None,
         tags=req.tags,
+        depends_on=req.depends_on,
+        trigger=req.trigger,
         trace=tracing.carrier(),  # the current span's context (qo.tracing), if any
         # unset, the record omits it and a worker applies its handler's declared value
         **({"max_attempts": req.max_attempts} if "max_attempts" in req.model_fields_set else {}),
@@ -228,9 +242,13 @@ def submit_one(
 
 
 def submit_prepared(store: Store, prepared: Prepared, settings: Settings, now: float,
-                    *, hooks: Hooks = NO_HOOKS) -> Submitted:
-    """Write one prepared task (emits SUBMITTED when this call created it)."""
+                    *, hooks: Hooks = NO_HOOKS,
+                    seen: dict[str, Versioned[TaskRecord]] | None = None) -> Submitted:
+    """Write one prepared task (emits SUBMITTED when this call created it). ``seen``: its
+    dependencies, already read and checked (``deps.validate``) by the caller."""
     record, req = prepared.record, prepared.req
+    if record.depends_on:
+        return _submit_blocked(store, prepared, settings, now, hooks, seen)
     if record.input_ref:
         put_checked(store, record.input_ref, prepared.encoded_input)
     marker = index.index_key(record, now)
@@ -254,6 +272,36 @@ def submit_prepared(store: Store, prepared: Prepared, settings: Settings, now: f
         hooks.emit(Kind.SUBMITTED, record.id, queue=record.queue, task_type=record.type,
                    status=record.status)
     return done
+
+
+def _submit_blocked(store: Store, prepared: Prepared, settings: Settings, now: float,
+                    hooks: Hooks, seen: dict[str, Versioned[TaskRecord]] | None) -> Submitted:
+    """A task with dependencies: no marker; its edges, its record (``blocked``), then
+    ``deps.arm``. Unknown dependencies are refused before any write (docs/protocol.md §10)."""
+    record, req = prepared.record, prepared.req
+    if seen is None:
+        seen = deps.validate(store, record.id, record.depends_on)
+    if record.input_ref:
+        put_checked(store, record.input_ref, prepared.encoded_input)
+    deps.write_edges(store, record)
+    try:
+        records.create(store, record, prepared.body)
+    except PreconditionFailed:
+        current = records.read(store, record.id)
+        if current is None:
+            return submit_one(store, req, settings, now)
+        old = current.value
+        if old.input_hash != record.input_hash or old.type != record.type:
+            raise IdempotencyConflict(
+                f"idempotency key {shorten(req.key)} is already used by task {old.id} "
+                f"with a different input (status {old.status})") from None
+        if old.status == Status.BLOCKED:
+            deps.arm(store, old, now)  # the first submit may have died before arming it
+        return Submitted(old.id, False, old.status)
+    deps.arm(store, record, now, seen)
+    hooks.emit(Kind.SUBMITTED, record.id, queue=record.queue, task_type=record.type,
+               status=record.status)
+    return Submitted(record.id, True, record.status)
 
 
 def _existing(
@@ -318,13 +366,40 @@ def _replace_expired(
         held.release(store)
 
 
+def _validate_all(store: Store, prepared: list[Prepared]) -> dict[str, Versioned[TaskRecord]]:
+    """Every dependency of the batch, read once (1 GET each); ``InvalidBatchItem`` names
+    the first item with an unknown one."""
+    wanted = sorted({d for p in prepared for d in p.record.depends_on})
+    if not wanted:
+        return {}
+    with ThreadPoolExecutor(min(MAX_BATCH_THREADS, len(wanted))) as pool:
+        found = dict(zip(wanted, pool.map(lambda d: records.read(store, d), wanted),
+                         strict=True))
+    for n, p in enumerate(prepared):
+        missing = [d for d in p.record.depends_on if found[d] is None]
+        if p.record.id in p.record.depends_on or missing:
+            try:
+                deps.validate(store, p.record.id, p.record.depends_on)
+            except QoError as exc:
+                raise InvalidBatchItem(n, exc) from None
+    return {d: cur for d, cur in found.items() if cur is not None}
+
+
 def submit_all(
     store: Store, prepared: list[Prepared], settings: Settings, now: float,
     *, hooks: Hooks = NO_HOOKS,
 ) -> list[Submitted]:
-    """Write prepared tasks: about 2 round trips per 32 tasks, not 2 per task."""
+    """Write prepared tasks: about 2 round trips per 32 tasks, not 2 per task.
+
+    The dependencies of every task are read and checked first, so that an unknown
+    one refuses the whole batch before any write (a task may not depend on another
+    task of the same batch: submit those as a ``Workflow``)."""
+    seen = _validate_all(store, prepared)
+
     def one(p: Prepared) -> Submitted:
-        return submit_prepared(store, p, settings, now, hooks=hooks)
+        return submit_prepared(store, p, settings, now, hooks=hooks,
+                               seen={d: seen[d] for d in p.record.depends_on if d in seen}
+                               if seen else None)
 
     if len(prepared) <= 1:
         return [one(p) for p in prepared]

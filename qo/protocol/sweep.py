@@ -20,7 +20,7 @@ from qo.errors import PreconditionFailed, StoreError
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.ids import new_token
 from qo.models import CorruptRecord, ErrorInfo, FutureSchema, Lease, Status, TaskRecord, dumps
-from qo.protocol import index, keys, leases, records
+from qo.protocol import deps, index, keys, leases, records
 from qo.protocol.cas import delete_quietly, put_checked, put_if_absent
 from qo.protocol.keys import parse_delayed_key
 from qo.retry import RetryDecision
@@ -179,4 +179,6 @@ def _repair(store: Store, held: leases.HeldLease, run_token: str | None,
         records.replace(store, record, current.etag)
         counted = True
     index.ensure_indexed(store, record, now)
+    if record.terminal and record.has_dependents:  # the outcome's follow-up may not have run
+        deps.on_terminal(store, record, now, repair=True)
     return record, counted

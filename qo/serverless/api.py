@@ -61,7 +61,8 @@ from qo import fleet_metrics, tracing
 from qo.errors import ErrorKind, QoError, shorten
 from qo.models import Status
 from qo.names import check_free_text, check_task_id
-from qo.protocol import admin, fleetstats, records
+from qo.protocol import admin, deps, fleetstats, records
+from qo.protocol import graph as graphs
 from qo.protocol.admin import TaskView
 from qo.protocol.submit import (
     InvalidBatchItem,
@@ -216,7 +217,83 @@ def list_tasks(rt: Runtime, req: Request) -> tuple[int, Any]:
 def get_task(rt: Runtime, req: Request) -> tuple[int, Any]:
     view = admin.show(rt.queue.store, check_task_id(req.params["task_id"]))
     wants = req.query.get("traceback", "").lower() in ("1", "true", "yes")
-    return 200, _view(rt, view, payloads=True, traceback=wants)
+    data = _view(rt, view, payloads=True, traceback=wants)
+    if view.record.has_dependents:  # 1 LIST, only for a task something depends on
+        data["dependents"] = deps.dependents_of(rt.queue.store, view.record.id)
+    return 200, data
+
+
+@route("/tasks/{task_id}/graph", "GET")
+def get_task_graph(rt: Runtime, req: Request) -> tuple[int, Any]:
+    """The graph of a task (its workflow's, or its dependencies and dependents)."""
+    return _graph(rt, req, req.params["task_id"])
+
+
+@route("/workflows/{workflow_id}/graph", "GET")
+def get_workflow_graph(rt: Runtime, req: Request) -> tuple[int, Any]:
+    return _graph(rt, req, req.params["workflow_id"])
+
+
+def _graph(rt: Runtime, req: Request, some_id: str) -> tuple[int, Any]:
+    fmt = req.query.get("format", "mermaid")
+    if fmt not in graphs.FORMATS:
+        raise bad_request(f"invalid format {shorten(fmt)}: one of {', '.join(graphs.FORMATS)}")
+    found = graphs.collect(rt.queue.store, check_task_id(some_id))
+    return 200, {"format": fmt, "text": graphs.render(found, fmt), **found.as_dict()}
+
+
+@route("/workflows", "POST")
+def post_workflow(rt: Runtime, req: Request) -> tuple[int, Any]:
+    """``{"name": ..., "nodes": [{"name", "type", "input", "after": [names], ...}]}``."""
+    from qo.workflow import Workflow
+
+    data = req.json_object()
+    assert data is not None
+    unknown = sorted(set(data) - {"name", "nodes"})
+    if unknown:
+        raise bad_request(f"unknown field(s) {', '.join(unknown)}: send name and nodes")
+    nodes = data.get("nodes")
+    if not isinstance(nodes, list) or not nodes:
+        raise bad_request('field "nodes" must be a non-empty array of node objects')
+    if len(nodes) > MAX_BATCH:
+        raise HttpError.of(ErrorKind.TOO_LARGE, f"{len(nodes)} nodes; at most {MAX_BATCH}")
+    name = data.get("name")
+    if name is not None and not isinstance(name, str):
+        raise bad_request('field "name" must be a string')
+    wf = Workflow(name)
+    for n, node in enumerate(nodes):
+        where = f"nodes[{n}]"
+        if not isinstance(node, dict) or not isinstance(node.get("name"), str):
+            raise bad_request(f"{where}: must be an object with a string field 'name'")
+        fields = dict(node)
+        node_name, after = fields.pop("name"), fields.pop("after", [])
+        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+            raise bad_request(f"{where}: field 'after' must be an array of node names")
+        checked = _submit_request(rt, fields, where).model_dump(exclude_unset=True)
+        wf.add(node_name, checked.pop("type"), checked.pop("input", None), after=after,
+               **checked)
+    run = wf.submit(rt.queue, app=rt.app, allow_unregistered=True)
+    return 201, {"id": run.id, "tasks": {name: h.id for name, h in run.tasks.items()}}
+
+
+@route("/workflows/{workflow_id}", "GET")
+def get_workflow(rt: Runtime, req: Request) -> tuple[int, Any]:
+    from qo.protocol import workflow
+
+    view = workflow.view(rt.queue.store, check_task_id(req.params["workflow_id"]))
+    nodes = [{"node": n.name, "id": n.task_id, "after": n.after,
+              "status": r.status.value if (r := view.records[n.name]) is not None
+              else "unwritten"} for n in view.manifest.nodes]
+    return 200, {"id": view.manifest.id, "name": view.manifest.name, "status": view.status,
+                 "counts": view.counts(), "nodes": nodes}
+
+
+@route("/workflows/{workflow_id}/cancel", "POST")
+def cancel_workflow(rt: Runtime, req: Request) -> tuple[int, Any]:
+    from qo.workflow import Workflow
+
+    run = Workflow.run(rt.queue, check_task_id(req.params["workflow_id"]))
+    return 200, {"id": run.id, "cancelled": run.cancel("workflow cancelled through the API")}
 
 
 @route("/tasks/{task_id}/cancel", "POST")
