@@ -244,17 +244,22 @@ class Queue:
         registry (``Queue.submit`` does, and ``queue_settings()``): it lists nothing
         for them itself.
         """
+        return self._handle(self.submit_one(req, first_listing=False))
+
+    def submit_one(self, req: SubmitRequest, *, first_listing: bool = True) -> Submitted:
+        """``submit_request``'s steps, answering what was written (id, created, status:
+        what the HTTP API returns). ``first_listing``: may the queue settings' first
+        look list the registry (False: only a listing already made is used)."""
         now = self.store.now()
         queue_name = req.queue or self.settings.default_queue
-        aging = self.aging_of(first_listing=False)(queue_name)
+        aging = self.aging_of(first_listing=first_listing)(queue_name)
         with tracing.producer(queue_name, req.type) as traced:
             prepared = prepare(req, self.settings, now, aging=aging)  # all that can refuse it
             if traced is not None:
                 traced(prepared.record.id)
             self.check_store()  # then the first submit checks the store, before any write
-            self.admit([prepared], first_listing=False)
-            done = submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
-        return TaskHandle(self, done.id, done.created)
+            self.admit([prepared], first_listing=first_listing)  # QueueFull past max_depth
+            return submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
 
     def submit_many(self, requests: list[SubmitRequest | dict[str, Any]], *,
                     allow_unregistered: bool = False) -> list[TaskHandle]:

@@ -57,7 +57,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from qo import fleet_metrics, tracing
+from qo import fleet_metrics
 from qo.errors import ErrorKind, QoError, shorten
 from qo.models import Status
 from qo.names import check_free_text, check_task_id
@@ -67,10 +67,8 @@ from qo.protocol.admin import TaskView
 from qo.protocol.submit import (
     InvalidBatchItem,
     SubmitRequest,
-    prepare,
     prepare_batch,
     submit_all,
-    submit_prepared,
 )
 from qo.scheduler import list_schedules
 from qo.serverless import Runtime, runtime, telemetry
@@ -152,18 +150,8 @@ def _submit_request(rt: Runtime, fields: Any, where: str = "") -> SubmitRequest:
 
 @route("/tasks", "POST")
 def post_task(rt: Runtime, req: Request) -> tuple[int, Any]:
-    submit = _submit_request(rt, req.json_object())
-    now = rt.queue.store.now()
-    queue_name = submit.queue or rt.queue.settings.default_queue
-    aging = rt.queue.aging_of()(queue_name)
-    with tracing.producer(queue_name, submit.type) as traced:
-        prepared = prepare(submit, rt.queue.settings, now, aging=aging)  # refuse before any write
-        if traced is not None:
-            traced(prepared.record.id)
-        rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
-        rt.queue.admit([prepared])  # QueueFull (429) past the queue's max_depth
-        done = submit_prepared(rt.queue.store, prepared, rt.queue.settings, now,
-                               hooks=rt.queue.hooks)
+    # Refused before any write; QueueFull (429) past the queue's max_depth.
+    done = rt.queue.submit_one(_submit_request(rt, req.json_object()))
     body = {"id": done.id, "created": done.created, "status": done.status.value}
     return (201 if done.created else 200), body
 
