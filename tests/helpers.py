@@ -7,16 +7,36 @@ them from this module.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from qo.testing.clock import ClockedStore, FakeClock
 from qo.testing.drain import all_terminal, drain
 
 __all__ = ["ClockedStore", "FakeClock", "Runs", "all_terminal", "api_call", "drain",
-           "sigterm_when_ready", "wait_for"]
+           "sigterm_when_ready", "start_qo", "wait_for"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_qo(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Run ``python -m qo ARGS`` from the project root; its stderr lines are collected,
+    as they come, into the list returned beside the process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qo", *args], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
+                              daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    return proc, lines
 
 
 class Runs:

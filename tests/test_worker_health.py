@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -30,11 +29,9 @@ from qo.store.faulty import OPS, FaultyStore
 from qo.store.memory import MemoryStore
 from qo.worker import Worker, WorkerOptions
 
-from .helpers import wait_for
+from .helpers import ROOT, start_qo, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -203,16 +200,10 @@ def test_qo_worker_probes_through_a_sigterm_drain(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qo", "--queue", url, "worker", "--app",
-         "tests.apps.demo_app:app", "--concurrency", "1", "--grace", "120", "--poll-max", "0.2",
-         "--health-port", str(free), "--metrics-port", str(free), "--log-format", "json"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
-                              daemon=True)  # type: ignore[union-attr]
-    reader.start()
+    proc, lines = start_qo(
+        "--queue", url, "worker", "--app",
+        "tests.apps.demo_app:app", "--concurrency", "1", "--grace", "120", "--poll-max", "0.2",
+        "--health-port", str(free), "--metrics-port", str(free), "--log-format", "json")
 
     def served(what: str) -> int:
         event = next(orjson.loads(line) for line in lines

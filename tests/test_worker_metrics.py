@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import threading
 import urllib.request
@@ -33,11 +31,9 @@ from qo.store.observed import Observed
 from qo.worker import Worker, WorkerOptions
 
 from .apps import metrics_app
-from .helpers import wait_for
+from .helpers import start_qo, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -229,16 +225,10 @@ def test_qo_worker_serves_metrics_on_the_port_it_logs(tmp_path: Path) -> None:
     queue = Queue.from_url(url)
     app = metrics_app.define(App(queue))
     ids = [app.submit(name).id for name in metrics_app.WORKLOAD]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qo", "--queue", url, "worker", "--app",
-         "tests.apps.metrics_app:app", "--concurrency", "2", "--poll-max", "0.2",
-         "--metrics-port", "0", "--log-format", "json"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
-                              daemon=True)  # type: ignore[union-attr]
-    reader.start()
+    proc, lines = start_qo(
+        "--queue", url, "worker", "--app",
+        "tests.apps.metrics_app:app", "--concurrency", "2", "--poll-max", "0.2",
+        "--metrics-port", "0", "--log-format", "json")
     try:
         wait_for(lambda: any('"event":"serving"' in line for line in lines), timeout=60)
         served = next(orjson.loads(line) for line in lines if '"event":"serving"' in line)
