@@ -156,6 +156,16 @@ def post_task(rt: Runtime, req: Request) -> tuple[int, Any]:
     return (201 if done.created else 200), body
 
 
+def _objects(data: dict[str, Any], field: str, noun: str, counted: str) -> list[Any]:
+    """The non-empty array ``data[field]``, of at most ``MAX_BATCH`` items."""
+    items = data.get(field)
+    if not isinstance(items, list) or not items:
+        raise bad_request(f'field "{field}" must be a non-empty array of {noun} objects')
+    if len(items) > MAX_BATCH:
+        raise HttpError.of(ErrorKind.TOO_LARGE, f"{len(items)} {counted}; at most {MAX_BATCH}")
+    return items
+
+
 @route("/tasks/batch", "POST")
 def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
     data = req.json_object()
@@ -163,11 +173,7 @@ def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
     unknown = sorted(set(data) - {"tasks"})
     if unknown:
         raise bad_request(f"unknown field(s) {', '.join(unknown)}: send {{\"tasks\": [...]}}")
-    items = data.get("tasks")
-    if not isinstance(items, list) or not items:
-        raise bad_request('field "tasks" must be a non-empty array of task objects')
-    if len(items) > MAX_BATCH:
-        raise HttpError.of(ErrorKind.TOO_LARGE, f"{len(items)} tasks in one batch; at most {MAX_BATCH}")
+    items = _objects(data, "tasks", "task", "tasks in one batch")
     reqs = [_submit_request(rt, item, f"tasks[{n}]") for n, item in enumerate(items)]
     store, settings = rt.queue.store, rt.queue.settings
     now = store.now()
@@ -240,11 +246,7 @@ def post_workflow(rt: Runtime, req: Request) -> tuple[int, Any]:
     unknown = sorted(set(data) - {"name", "nodes"})
     if unknown:
         raise bad_request(f"unknown field(s) {', '.join(unknown)}: send name and nodes")
-    nodes = data.get("nodes")
-    if not isinstance(nodes, list) or not nodes:
-        raise bad_request('field "nodes" must be a non-empty array of node objects')
-    if len(nodes) > MAX_BATCH:
-        raise HttpError.of(ErrorKind.TOO_LARGE, f"{len(nodes)} nodes; at most {MAX_BATCH}")
+    nodes = _objects(data, "nodes", "node", "nodes")
     name = data.get("name")
     if name is not None and not isinstance(name, str):
         raise bad_request('field "name" must be a string')
