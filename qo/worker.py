@@ -179,13 +179,14 @@ class Worker:
                  self.id, self.store.url, ",".join(self.queues), self.options.concurrency,
                  extra={"event": "worker_started", "worker": self.id})
         housekeeper = threading.Thread(target=self._housekeep, name="qo-housekeeper", daemon=True)
-        self.housekeeper = housekeeper
         housekeeper.start()
         slots = [threading.Thread(target=self._slot, name=f"qo-slot-{i}", daemon=True)
                  for i in range(self.threads)]
-        self.slots = slots
         for t in slots:
             t.start()
+        # Shown to the health probes only once started: a thread not started yet is not
+        # alive either, and must not read as one that died (qo.probes: "starting").
+        self.slots, self.housekeeper = slots, housekeeper
         try:
             while any(t.is_alive() for t in slots) and not self._stop.is_set():
                 self._handle_signals()
