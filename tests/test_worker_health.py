@@ -148,7 +148,8 @@ def test_livez_fails_when_a_slot_thread_dies(running: Running,
 
 def test_a_stuck_housekeeper_and_a_silent_store_fail_their_checks(running: Running) -> None:
     running.thread.start()
-    wait_for(lambda: running.worker.housekept_at is not None
+    wait_for(lambda: running.worker.housekeeper is not None  # past "starting"
+             and running.worker.housekept_at is not None
              and running.worker.health.answered_at is not None)
     later = Probes(running.worker, clock=lambda: time.monotonic() + 10_000)
     live, ready = later.live(), later.ready()
