@@ -1,36 +1,32 @@
-"""A worker process's side of the limits (docs/protocol.md §11): the admission check.
+"""A worker process's side of the limits (docs/protocol.md §11): the gate and the
+admission check.
 
-``Limiter.admit`` is a ``qo.protocol.admission.Admission``: the claimer calls it
-under a task's lease, before reading the record. For a task type without a
-limit it returns at once (no request). Otherwise, for each rate limit it takes
-one token from the process's *grant* for that bucket, and for each concurrency
-limit one slot (``qo.protocol.slots``); without them it refuses until the
-computed time, so the task stays queued, consumes no attempt and other types
-and keys keep flowing.
-
-A grant is a batch of tokens taken from the bucket object by one CAS
-(``qo.protocol.limits.take``), shared by the process's threads and valid for
-``window`` seconds (store time); what is not used by then is dropped, never
-returned. The batch adapts: it doubles when a grant is used up within its
-window and shrinks to what was used when one expires, up to one window of
-the bucket's rate. A refused grant is not asked again before the bucket can
-have refilled a batch (``Take.retry_at``): no polling of the limiter.
-Requests per admitted task: ``2 / batch`` (1 GET + 1 PUT per grant) for the
-bucket, plus the refused claims' leases (1 PUT each, see the docs).
+The claimer asks the *gate* before it takes a task's lease: ``check`` (no
+request, no side effect) tells whether a task of this type and key could be
+admitted now, so that tasks of a limit that is spent are passed over for free
+and other types and keys keep flowing; ``enter``, asked of the one task the
+claimer is about to lease, sets a token aside for it (asking the bucket if
+this process holds none: 1 GET + 1 PUT per grant) and lets it try a
+concurrency limit's slots; ``leave`` undoes that if the claim came to nothing.
+Under the lease, ``admit`` (a ``qo.protocol.admission.Admission``) uses the
+token and takes the slots (``qo.protocol.slots``: 1 LIST + 1 PUT); without
+them it refuses until the computed time, so the task stays queued and
+consumes no attempt. For a task type without a limit every call returns at
+once (no request). Grants and what the process knows of concurrency limits
+are in ``qo.grants``.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import random
 import threading
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from qo.errors import QoError, RateLimited
+from qo.grants import RECHECK, WINDOW, Grant, Room
 from qo.hooks import Event, Hooks, Kind
 from qo.protocol import keys, limits, slots
 from qo.protocol.admission import Refusal
@@ -41,71 +37,10 @@ from qo.store.base import Store
 
 log = logging.getLogger("qo.limiter")
 
-#: How long a grant's tokens stay usable (store seconds); also the most one batch covers.
-WINDOW = 1.0
 #: The events that end an attempt (the slots it held go back).
 OVER = (Kind.SUCCEEDED, Kind.RETRYING, Kind.DEAD, Kind.FENCED, Kind.RELEASED, Kind.CANCELLED)
 #: How often a busy limiter reads the bucket's limit settings again (``qo limit set``).
 REFRESH = 60.0
-
-
-@dataclass
-class Line:
-    """Tasks one limit (and key) refused, told to come back one by one in the order
-    they were refused, as fast as this process has been admitting them: so that a
-    refused task is not tried (a lease each time) again and again before its turn,
-    and a page of them is skipped and the claimer lists on to other work."""
-
-    default: float  # seconds between two turns until this process has admitted some
-    next_slot: float = 0.0  # store time of the next free turn
-    admitted: float = 0.0  # tasks admitted since ``since`` (halved every HALF_LIFE)
-    since: float | None = None
-
-    def admit(self, now: float) -> None:
-        if self.since is None:
-            self.since = now
-        elif now - self.since > 2 * LINE_HALF_LIFE:
-            self.since, self.admitted = now - LINE_HALF_LIFE, self.admitted / 2
-        self.admitted += 1
-
-    def spacing(self, now: float) -> float:
-        if self.since is None or self.admitted < 3:
-            return self.default
-        rate = self.admitted / max(1e-3, now - self.since)
-        return min(10.0, max(0.01, 1.0 / rate))
-
-    def place(self, now: float, earliest: float) -> float:
-        """The turn of the next refused task: not before ``earliest`` (store time)."""
-        slot = max(earliest, self.next_slot, now)
-        self.next_slot = slot + self.spacing(now)
-        return slot
-
-
-#: How far back a line's admission rate looks (seconds, halved past twice this).
-LINE_HALF_LIFE = 15.0
-
-
-@dataclass
-class Grant:
-    """The tokens this process holds from one bucket (one shard of one limit key)."""
-
-    key: str  # the bucket object
-    rate: float  # this shard's rate, per second
-    capacity: float  # this shard's size
-    tokens: int = 0
-    granted: int = 0  # the size of the current grant
-    expires: float = 0.0  # store time
-    batch: int = 1
-    retry_at: float = 0.0  # store time before which asking the bucket cannot pay off
-    stats: dict[str, int] = field(default_factory=lambda: {"takes": 0, "refused": 0,
-                                                           "granted": 0, "expired": 0,
-                                                           "writes": 0})
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def max_batch(self) -> int:
-        # At most half the bucket: waiting for a batch never lets the bucket overflow.
-        return max(1, min(math.floor(self.rate * WINDOW), math.floor(self.capacity / 2)))
 
 
 class Limiter:
@@ -114,7 +49,7 @@ class Limiter:
     ``specs``: the limits the app declares (``App.limits``); the bucket's
     ``limits/{name}.json`` override their numbers and may add task types, and
     limits that exist only in the bucket apply to the types they name
-    (read at the first check and every ``REFRESH`` seconds of checks after).
+    (read at the first ``enter`` or ``admit`` and every ``REFRESH`` seconds after).
     """
 
     def __init__(self, store: Store, specs: Mapping[str, LimitSpec], *, owner: str,
@@ -127,14 +62,15 @@ class Limiter:
         self._lock = threading.Lock()
         self._rng = random.Random()
         self._grants: dict[tuple[str, str, int], Grant] = {}
+        self._rooms: dict[tuple[str, str], Room] = {}
         self._by_type: dict[str, list[LimitSpec]] = {}
         self._etags: dict[str, str] = {}
         self._bucket_specs: dict[str, LimitSpec] = {}
         self._read_at: float | None = None  # store time of the last read of limits/
-        self._lines: dict[tuple[str, str], Line] = {}  # refused tasks' turns, per limit and key
-        #: Admitted tasks of limited types: their marker and slots, until their outcome.
-        self._running: dict[str, tuple[Marker, list[slots.HeldSlot]]] = {}
-        self._turns: list[float] = []  # a heap of the refused tasks' turns (store time)
+        #: Tasks the gate let through, not yet admitted: the tokens and rooms, by limit.
+        self._entered: dict[str, tuple[dict[str, Grant], dict[str, Room]]] = {}
+        #: Admitted tasks of limited types: their marker, slots and rooms, until their end.
+        self._running: dict[str, tuple[Marker, list[slots.HeldSlot], list[Room]]] = {}
         self._index()
 
     # -- which limits apply ----------------------------------------------------------
@@ -183,74 +119,149 @@ class Limiter:
             self._bucket_specs, self._etags = found, etags
         self._index()
 
-    def _refresh_due(self, now: float) -> bool:
-        """Is it time to read ``limits/`` again? True for one caller per period."""
+    def _refresh_if_due(self, now: float) -> None:
+        """Read ``limits/`` again if it is time: one caller per period does."""
+        if not self.read_bucket:
+            return
         with self._lock:
             if self._read_at is not None and now - self._read_at < REFRESH:
-                return False
+                return
             self._read_at = now
-            return True
+        self.refresh(now)
 
     def applies(self, task_type: str) -> list[LimitSpec]:
         with self._lock:
             return self._by_type.get(task_type, [])
 
-    # -- the admission check ---------------------------------------------------------
+    # -- the gate: before the lease ----------------------------------------------------
 
-    def admit(self, marker: Marker, held: HeldLease, now: float) -> Refusal | None:
-        """The ``Admission`` (see the module docstring); no request for unlimited types."""
-        if self.read_bucket and self._refresh_due(now):
-            self.refresh(now)
+    def check(self, marker: Marker, now: float) -> float | None:
+        """Could a task of ``marker``'s type and key be admitted now? None, or the store
+        time before which it would not be. No request, no side effect."""
+        latest: float | None = None
+        for spec in self.applies(marker.task_type):
+            for at in self._open_at(spec, marker, now):
+                if at is not None and (latest is None or at > latest):
+                    latest = at
+        return latest
+
+    def _open_at(self, spec: LimitSpec, marker: Marker, now: float) -> list[float | None]:
+        out: list[float | None] = []
+        if spec.rate is not None:
+            lkey = self._lkey(marker, spec.per_key)
+            ats = [self.grant(spec, lkey, shard).open_at(now) for shard in self._shards(spec)]
+            out.append(None if None in ats else min(a for a in ats if a is not None))
+        if spec.concurrency is not None:
+            out.append(self.room(spec, marker).open_at(now))
+        return out
+
+    def enter(self, marker: Marker, now: float) -> float | None:
+        """Let the task the claimer is about to lease through: a token of each rate
+        limit set aside for it, each concurrency limit's room entered. None, or when to
+        look again (store time): then nothing is held. See the module docstring."""
+        self._refresh_if_due(now)
         specs = self.applies(marker.task_type)
         if not specs:
             return None
-        taken: list[Grant] = []
-        lines: list[Line] = []  # of the limits that admitted it
+        promised: dict[str, Grant] = {}
+        rooms: dict[str, Room] = {}
         for spec in specs:
-            if spec.rate is None:
-                continue
-            grant, retry_at = self._take_token(spec, marker, now)
-            line = self._line(spec.name, self._lkey(marker, spec.per_key), 1.0 / spec.rate)
-            if grant is None:
-                self._give_back(taken)
-                with self._lock:
-                    turn = line.place(now, retry_at)
-                return self._refuse(turn, f"rate limit {spec.name!r}", now)
-            taken.append(grant)
-            lines.append(line)
-        held_slots: list[slots.HeldSlot] = []
-        for spec in specs:
-            if spec.concurrency is None:
-                continue
-            lkey = self._lkey(marker, spec.concurrency_per_key)
-            slot = slots.acquire(self.store, spec.name, lkey, spec.concurrency, held=held,
-                                 now=now, rng=self._rng)
-            line = self._line(f"{spec.name}#c", lkey, 0.5)
-            if slot is None:
-                self._give_back(taken)
-                for got in held_slots:
-                    slots.release(self.store, got)
-                with self._lock:
-                    turn = line.place(now, now + 0.25)
-                return self._refuse(turn, f"concurrency limit {spec.name!r}", now)
-            held_slots.append(slot)
-            lines.append(line)
+            at: float | None = None
+            if spec.rate is not None:
+                grant, at = self._promise(spec, marker, now)
+                if grant is not None:
+                    promised[spec.name] = grant
+            if at is None and spec.concurrency is not None:
+                room = self.room(spec, marker)
+                at = room.enter(now)
+                if at is None:
+                    rooms[spec.name] = room
+            if at is not None:
+                self._undo(promised, rooms)
+                return at
         with self._lock:
-            for line in lines:
-                line.admit(now)
-            if len(self._running) > 10_000:  # claims that ended without an event: their
-                self._running.clear()  # slots are stale anyway (qo.protocol.slots)
-            self._running[marker.task_id] = (marker, held_slots)
+            if len(self._entered) > 10_000:  # entries whose claim never came back: their
+                self._entered.clear()  # promises lapse with their grants anyway
+            self._entered[marker.task_id] = (promised, rooms)
         return None
 
-    def _line(self, name: str, lkey: str, default: float) -> Line:
+    def leave(self, marker: Marker) -> None:
+        """The claim of a task ``enter`` let through, or ``admit`` admitted, came to
+        nothing (its lease was lost, its record was stale): give back what it held.
+        Free of requests, but for its slots' DELETEs (free)."""
         with self._lock:
-            line = self._lines.get((name, lkey))
-            if line is None:
-                if len(self._lines) > 10_000:
-                    self._lines.clear()
-                line = self._lines[(name, lkey)] = Line(default)
-            return line
+            entered = self._entered.pop(marker.task_id, None)
+            running = self._running.pop(marker.task_id, None)
+        if entered is not None:
+            self._undo(*entered)
+        if running is not None:
+            self._end(running)
+
+    def _undo(self, promised: dict[str, Grant], rooms: dict[str, Room]) -> None:
+        for grant in promised.values():
+            grant.unpromise()
+        for room in rooms.values():
+            room.left()
+
+    def _promise(self, spec: LimitSpec, marker: Marker, now: float
+                 ) -> tuple[Grant | None, float | None]:
+        """A token of ``spec`` set aside: from the shard this process uses first, else one
+        more (``Grant.promise``); else None and when to look again."""
+        lkey = self._lkey(marker, spec.per_key)
+        soonest = math.inf
+        for shard in self._shards(spec):
+            grant = self.grant(spec, lkey, shard)
+            at = grant.promise(self.store, now, self._rng, self.window)
+            if at is None:
+                return grant, None
+            soonest = min(soonest, at)
+        return None, soonest
+
+    # -- the admission check: under the lease ------------------------------------------
+
+    def admit(self, marker: Marker, held: HeldLease, now: float) -> Refusal | None:
+        """The ``Admission`` (see the module docstring); no request for unlimited types."""
+        self._refresh_if_due(now)
+        specs = self.applies(marker.task_type)
+        if not specs:
+            return None
+        with self._lock:
+            promised, rooms = self._entered.pop(marker.task_id, ({}, {}))
+        used: list[Grant] = []
+        held_slots: list[slots.HeldSlot] = []
+        got_rooms: list[Room] = []
+        refusal: Refusal | None = None
+        for spec in specs:
+            if spec.rate is not None:
+                grant = promised.pop(spec.name, None)
+                if grant is None or not grant.use(promised=True):
+                    grant, at = self._promise(spec, marker, now)  # not let through by the gate
+                    if grant is None or not grant.use(promised=True):
+                        refusal = Refusal(at or now + RECHECK, f"rate limit {spec.name!r}")
+                        break
+                used.append(grant)
+            if spec.concurrency is not None:
+                room = rooms.pop(spec.name, None) or self.room(spec, marker)
+                lkey = self._lkey(marker, spec.concurrency_per_key)
+                slot = slots.acquire(self.store, spec.name, lkey, spec.concurrency, held=held,
+                                     now=now, rng=self._rng)
+                room.tried(now, got=slot is not None)
+                if slot is None:
+                    refusal = Refusal(now + RECHECK, f"concurrency limit {spec.name!r}")
+                    break
+                held_slots.append(slot)
+                got_rooms.append(room)
+        self._undo(promised, rooms)  # what the gate set aside for limits not reached
+        if refusal is not None:
+            for grant in used:
+                grant.give_back()
+            self._end((marker, held_slots, got_rooms))
+            return refusal
+        with self._lock:
+            if len(self._running) > 10_000:  # claims that ended without an event: their
+                self._running.clear()  # slots are stale anyway (qo.protocol.slots)
+            self._running[marker.task_id] = (marker, held_slots, got_rooms)
+        return None
 
     # -- outcomes: slots back, RateLimited feedback ------------------------------------
 
@@ -266,11 +277,16 @@ class Limiter:
             running = self._running.pop(event.task_id, None)
         if running is None:
             return
-        marker, held_slots = running
+        self._end(running)
+        if event.kind is Kind.RETRYING and event.detail.get("error") == RateLimited.__name__:
+            self.block(running[0], float(event.detail.get("retry_in") or 0.0))
+
+    def _end(self, running: tuple[Marker, list[slots.HeldSlot], list[Room]]) -> None:
+        _marker, held_slots, rooms = running
         for slot in held_slots:
             slots.release(self.store, slot)
-        if event.kind is Kind.RETRYING and event.detail.get("error") == RateLimited.__name__:
-            self.block(marker, float(event.detail.get("retry_in") or 0.0))
+        for room in rooms:
+            room.freed()
 
     def block(self, marker: Marker, seconds: float) -> None:
         """Admit no task of ``marker``'s rate limits and key for ``seconds`` (store time),
@@ -283,35 +299,14 @@ class Limiter:
             lkey = self._lkey(marker, spec.per_key)
             for shard in range(spec.shards):
                 grant = self.grant(spec, lkey, shard)
-                with grant.lock:
-                    grant.stats["expired"] += grant.tokens
-                    grant.tokens, grant.granted = 0, 0
-                    grant.retry_at = max(grant.retry_at, until)
+                grant.drop(until)
                 try:
                     limits.block(self.store, grant.key, until=until, capacity=grant.capacity,
                                  now=now)
                 except QoError as exc:
                     log.warning("blocking %s after RateLimited failed: %s", grant.key, exc)
 
-    def _refuse(self, retry_at: float, reason: str, now: float) -> Refusal:
-        with self._lock:
-            if len(self._turns) < 100_000:
-                heapq.heappush(self._turns, retry_at)
-        return Refusal(retry_at, reason)
-
-    def next_turn(self, now: float) -> float | None:
-        """The soonest turn (store time) of a task this limiter refused that is still to
-        come, or None: when an idle worker should claim again (``Worker``)."""
-        with self._lock:
-            while self._turns and self._turns[0] <= now:
-                heapq.heappop(self._turns)
-            return self._turns[0] if self._turns else None
-
-    def _give_back(self, grants: list[Grant]) -> None:
-        """Tokens taken for a task another limit refused go back to their grants (free)."""
-        for grant in grants:
-            with grant.lock:
-                grant.tokens += 1
+    # -- the process's grants and rooms ---------------------------------------------------
 
     def grant(self, spec: LimitSpec, lkey: str, shard: int) -> Grant:
         assert spec.rate is not None
@@ -320,59 +315,30 @@ class Limiter:
             grant = self._grants.get(ident)
             rate, capacity = spec.rate / spec.shards, max(1.0, spec.capacity / spec.shards)
             if grant is None or grant.rate != rate or grant.capacity != capacity:
+                if len(self._grants) > 10_000:
+                    self._grants.clear()
                 grant = self._grants[ident] = Grant(keys.bucket_key(spec.name, lkey, shard),
                                                     rate, capacity)
             return grant
 
+    def room(self, spec: LimitSpec, marker: Marker) -> Room:
+        assert spec.concurrency is not None
+        ident = (spec.name, self._lkey(marker, spec.concurrency_per_key))
+        with self._lock:
+            room = self._rooms.get(ident)
+            if room is None or room.limit != spec.concurrency:
+                if len(self._rooms) > 10_000:
+                    self._rooms.clear()
+                room = self._rooms[ident] = Room(spec.concurrency)
+            return room
+
+    def _shards(self, spec: LimitSpec) -> list[int]:
+        """The shards this process takes from: its own, then one more."""
+        first = zlib.crc32(self.owner.encode()) % spec.shards
+        return list(dict.fromkeys([first, (first + 1) % spec.shards]))
+
     def _lkey(self, marker: Marker, per_key: bool) -> str:
         return marker.limit_key if per_key and marker.limit_key else keys.NO_LIMIT_KEY
-
-    def _take_token(self, spec: LimitSpec, marker: Marker, now: float
-                    ) -> tuple[Grant | None, float]:
-        """One token of ``spec`` for this task, or None and when to come back (store time)."""
-        lkey = self._lkey(marker, spec.per_key)
-        first = zlib.crc32(self.owner.encode()) % spec.shards
-        soonest = math.inf
-        for shard in dict.fromkeys([first, (first + 1) % spec.shards]):  # own shard, then one more
-            grant = self.grant(spec, lkey, shard)
-            retry_at = self._take_from(grant, now)
-            if retry_at is None:
-                return grant, now
-            soonest = min(soonest, retry_at)
-        return None, soonest
-
-    def _take_from(self, grant: Grant, now: float) -> float | None:
-        """Take one token from ``grant``, refilling it from the bucket when it is empty or
-        expired; None on success, else when the refused task is told to come back."""
-        with grant.lock:
-            if grant.tokens > 0 and now < grant.expires:
-                grant.tokens -= 1
-                return None
-            if grant.tokens > 0:  # expired with tokens left: the batch was too big
-                grant.stats["expired"] += grant.tokens
-                grant.batch = max(1, grant.granted - grant.tokens)
-                grant.tokens = 0
-            elif grant.granted and now < grant.expires:  # used up within its window
-                grant.batch = min(grant.max_batch, grant.batch * 2)
-            grant.granted = 0  # adapted once per grant
-            if now >= grant.retry_at:
-                want = min(grant.batch, grant.max_batch)
-                got = limits.take(self.store, grant.key, rate=grant.rate,
-                                  capacity=grant.capacity, want=want, least=(want + 1) // 2,
-                                  now=now)
-                grant.stats["takes"] += 1
-                if got.granted:
-                    grant.granted, grant.tokens = got.granted, got.granted - 1
-                    grant.expires = now + self.window
-                    grant.stats["granted"] += got.granted
-                    grant.stats["writes"] += 1
-                    grant.retry_at = 0.0
-                    return None
-                # Jitter, so that the processes waiting for one bucket do not all read it
-                # at the instant it refills (the tokens wait in the bucket meanwhile).
-                grant.retry_at = got.retry_at + self._rng.uniform(0, 0.5 * want / grant.rate)
-            grant.stats["refused"] += 1
-            return grant.retry_at
 
     def stats(self) -> dict[str, int]:
         """Counters summed over every grant: takes (bucket reads), writes (grants: the

@@ -126,6 +126,7 @@ class Worker:
             fleet=Fleet(self.store, self.id, serves_like_me=self._info("running")),
             labels=self.labels,
             admission=[self.limiter.admit] if self.limiter else [],
+            gate=self.limiter,
         )
         if self.limiter is not None:
             self.limiter.connect(self.hooks)  # slots back on outcomes, RateLimited feedback
@@ -138,21 +139,6 @@ class Worker:
         self._busy_lock = threading.Lock()
         self.idle = IdlePoll(self.claimer, self.options.poll_min, self.options.poll_max)
         self._rng = random.Random()
-
-    def _wake_for_limits(self) -> None:
-        """After an empty claim: if a limit refused tasks whose turn is still to come,
-        idle slots poll at the soonest one rather than backing off (``qo.idle`` reads
-        the claimer's ``next_try``); no request."""
-        if self.limiter is None:
-            return
-        now = self.store.now()
-        turn = self.limiter.next_turn(now)
-        if turn is None:
-            return
-        at = time.monotonic() + (turn - now)
-        current = self.claimer.next_try
-        if current is None or current <= time.monotonic() or at < current:
-            self.claimer.next_try = at
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -339,7 +325,6 @@ class Worker:
         self.health.ok()
         self._report_seen()
         if claim is None:
-            self._wake_for_limits()
             self.idle.polled(found=False)
             if self.options.burst:
                 self._burst_done()

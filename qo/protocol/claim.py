@@ -20,7 +20,7 @@ from typing import Any
 from qo.hooks import NO_HOOKS, Hooks, Kind
 from qo.models import CorruptRecord, FutureSchema, TaskRecord
 from qo.protocol import index, leases, records
-from qo.protocol.admission import Admission, first_refusal
+from qo.protocol.admission import Admission, Gate, first_refusal
 from qo.protocol.cas import delete_outcome
 from qo.protocol.keys import Marker, parse_ready_key
 from qo.protocol.leases import HeldLease
@@ -65,6 +65,11 @@ MAX_PAGES = 5
 FLOOR_TTL = 5.0
 #: How old a page may be when it is used to take another worker's key.
 STEAL_FRESH = 0.5
+#: How many keys a page lists when a pick looks past a page of tasks the gate holds
+#: back (one LIST either way; S3 returns at most 1,000 keys per LIST).
+MORE_PAGE = 1000
+#: How many tasks one pick lets the gate turn away before it gives up for now.
+MAX_GATED = 8
 
 
 @dataclass
@@ -104,6 +109,7 @@ class Claimer:
         rng: random.Random | None = None,
         hooks: Hooks = NO_HOOKS,
         admission: Sequence[Admission] = (),
+        gate: Gate | None = None,
         fleet: Fleet | None = None,
         labels: frozenset[str] | None = None,
     ) -> None:
@@ -121,6 +127,9 @@ class Claimer:
         self.rng = rng or random.Random()
         self.hooks = hooks
         self.admission = tuple(admission)
+        #: Asked before a lease (``qo.protocol.admission.Gate``): tasks it holds back are
+        #: passed over for free, and ``next_try`` is set to when it lets them through.
+        self.gate = gate
         #: With a fleet, keys other workers rank first are left to them for a while
         #: (``qo.protocol.ownership``); ``next_try`` is when one becomes ours to try.
         self.fleet = fleet
@@ -147,12 +156,15 @@ class Claimer:
                 picked = self._pick(queue)
                 if picked is None:
                     break
+                claim = None
                 try:
                     claim = self._try(*picked)
                 finally:  # then skipped a little longer: its marker's delete may be in flight
                     self._skip_for(picked[0].key, 2.0)
                     with self._lock:
                         self._inflight.discard(picked[0].key)
+                    if claim is None and self.gate is not None:
+                        self.gate.leave(picked[1])
                 if claim is not None:
                     with self._lock:
                         self.spread = max(self.min_spread, self.spread * self.shrink)
@@ -172,7 +184,13 @@ class Claimer:
         if self.task_types is not None and marker.handler not in self.task_types:
             return None
         seen = self.store.now() if last_modified is None else last_modified
-        return self._try(ObjectInfo(key, "", 0, seen), marker)
+        claim = None
+        try:
+            claim = self._try(ObjectInfo(key, "", 0, seen), marker)
+        finally:
+            if claim is None and self.gate is not None:
+                self.gate.leave(marker)
+        return claim
 
     def seen(self) -> tuple[set[tuple[str, str]], set[str]]:
         """Copies of ``unknown_types`` and ``paused``, for the worker's log."""
@@ -194,15 +212,30 @@ class Claimer:
         starting after that one, so that healthy tasks further down keep
         flowing. Such a *floor* is remembered for ``FLOOR_TTL`` seconds, after
         which the head of the queue is listed again (it may have new work).
+        Keys the gate holds back (a spent rate limit) are passed over without a
+        request; a page with nothing else for this worker is followed by the
+        next one (``Listing.more``, ``MORE_PAGE`` keys), kept with it until the
+        listing is renewed, so that the held-back keys are seen again the moment
+        the gate lets them through.
         """
-        for _ in range(MAX_PAGES):
-            listing = self._fresh_listing(queue)
-            if listing is None:
-                with self._list_lock(queue):  # one LIST at a time per queue: the others wait
-                    listing = self._fresh_listing(queue) or self._list(queue, self._floor_of(queue))
-            if self.fleet is not None and listing.items:
+        head: Listing | None = None
+        page: Listing | None = None
+        gated_tries = pages = 0
+        while pages <= MAX_PAGES and gated_tries <= MAX_GATED:
+            if page is None:
+                head = self._fresh_listing(queue)
+                if head is None:
+                    with self._list_lock(queue):  # one LIST at a time per queue: the others wait
+                        head = self._fresh_listing(queue) or self._list(queue,
+                                                                       self._floor_of(queue))
+                page = head
+                pages += 1
+            assert head is not None
+            if self.fleet is not None and page.items:
                 self.fleet.refresh_if_due()
-            store_now = self.store.now() if self.fleet is not None else 0.0
+            store_now = self.store.now() if self.fleet is not None or self.gate else 0.0
+            chosen = None
+            more = False  # look at the next page
             with self._lock:
                 now = time.monotonic()
                 if len(self._skip) > 1000:
@@ -210,37 +243,92 @@ class Claimer:
                     self._misses = {k: n for k, n in self._misses.items() if k in self._skip}
                 if len(self._held_back) > 1000:
                     self._held_back.clear()  # only delays a steal from a stalled worker
-                if listing.paused:
+                if page.paused:
                     return None
                 usable = [
-                    (info, m) for info, m in listing.items
+                    (info, m) for info, m in page.items
                     if self._skip.get(info.key, 0) <= now and info.key not in self._inflight
                 ]
+                gated = False
+                if self.gate is not None and usable:
+                    usable, reopen = self._ungated(usable, store_now)
+                    if reopen is not None:
+                        gated = True
+                        self._try_at(now + max(0.0, reopen - store_now))
                 if self.fleet is not None and usable:
-                    usable, stealing, soonest = triable(self.fleet, listing, usable, store_now,
+                    usable, stealing, soonest = triable(self.fleet, page, usable, store_now,
                                                        self._held_back)
-                    if soonest is not None and not (self.next_try is not None
-                                                    and now < self.next_try <= now + soonest):
-                        self.next_try = now + soonest
-                    if not usable:
+                    if soonest is not None:
+                        self._try_at(now + soonest)
+                    if not usable and not gated:
                         return None  # others' keys, not yet ours to try: see next_try
-                    if stealing and now - listing.fetched > STEAL_FRESH:
-                        listing.fetched = 0.0  # judge others' progress on a fresh page
+                    if stealing and now - page.fetched > STEAL_FRESH:
+                        head.fetched = 0.0  # judge others' progress on a fresh page
+                        page = None
                         continue
                 if usable:
                     best = usable[0][1].priority
                     same = [c for c in usable[: int(self.spread)] if c[1].priority == best]
-                    choice = self.rng.choice(same)
-                    listing.items.remove(choice)
-                    if not listing.items:
-                        listing.fetched = 0.0  # used up, not empty: list again next time
-                    self._inflight.add(choice[0].key)  # no other thread of ours tries it
-                    return choice
-                if listing.last_key is None:
+                    chosen = self.rng.choice(same)
+                    self._inflight.add(chosen[0].key)  # no other thread of ours tries it
+                elif page.last_key is None:
                     return None  # the rest of the queue is empty
-                self._floor[queue] = (listing.last_key, now + FLOOR_TTL)
-                self._listings.pop(queue, None)
+                elif gated or page is not head:
+                    more = True
+                else:
+                    self._floor[queue] = (page.last_key, now + FLOOR_TTL)
+                    self._listings.pop(queue, None)
+                    page = None
+                    continue
+            if chosen is not None:
+                if self.gate is not None:
+                    at = self.gate.enter(chosen[1], store_now)
+                    if at is not None:  # spent after all: its siblings are passed over now
+                        with self._lock:
+                            self._inflight.discard(chosen[0].key)
+                            self._try_at(time.monotonic() + max(0.0, at - store_now))
+                        gated_tries += 1
+                        continue
+                with self._lock:
+                    if chosen in page.items:
+                        page.items.remove(chosen)
+                    if not head.items:
+                        head.fetched = 0.0  # used up, not empty: list again next time
+                return chosen
+            if more:
+                assert page.last_key is not None
+                with self._list_lock(queue):
+                    if page.more is None:
+                        page.more = self._list(queue, page.last_key, limit=MORE_PAGE,
+                                               cache=False)
+                page = page.more
+                pages += 1
         return None
+
+    def _ungated(self, usable: list[tuple[ObjectInfo, Marker]], store_now: float
+                 ) -> tuple[list[tuple[ObjectInfo, Marker]], float | None]:
+        """The candidates the gate does not hold back, and the soonest store time it
+        lets one of the others through (None: it held none back). No request."""
+        assert self.gate is not None
+        verdict: dict[tuple[str, str | None], float | None] = {}
+        open_: list[tuple[ObjectInfo, Marker]] = []
+        soonest: float | None = None
+        for info, m in usable:
+            group = (m.task_type, m.limit_key)
+            if group not in verdict:
+                verdict[group] = self.gate.check(m, store_now)
+            at = verdict[group]
+            if at is None:
+                open_.append((info, m))
+            elif soonest is None or at < soonest:
+                soonest = at
+        return open_, soonest
+
+    def _try_at(self, at: float) -> None:
+        """Note that some key becomes triable at ``at`` (monotonic): the idle slots poll
+        then (``qo.idle``) rather than backing off. Called with ``_lock`` held."""
+        if self.next_try is None or self.next_try <= time.monotonic() or at < self.next_try:
+            self.next_try = at
 
     def _fresh_listing(self, queue: str) -> Listing | None:
         with self._lock:
@@ -261,15 +349,18 @@ class Claimer:
                 return None
             return floor[0]
 
-    def _list(self, queue: str, start_after: str | None = None) -> Listing:
+    def _list(self, queue: str, start_after: str | None = None, *, limit: int | None = None,
+              cache: bool = True) -> Listing:
+        """LIST a page; ``cache``: as the queue's listing (its head, or a floor's page)."""
         with self._lock:
             known_paused = start_after is not None and queue in self.paused
         listing, skipped = read_page(self.store, queue, task_types=self.task_types,
-                                     start_after=start_after, limit=self.listing_size,
+                                     start_after=start_after, limit=limit or self.listing_size,
                                      paused=known_paused, labels=self.labels)
         with self._lock:
             self.stats.lists += 1
-            self._listings[queue] = listing
+            if cache:
+                self._listings[queue] = listing
             if len(self.unknown_types) < 1000:
                 self.unknown_types |= skipped
             if start_after is None:  # only the head listing can see `!paused`

@@ -26,6 +26,7 @@ class Listing:
     last_key: str | None  # the last key listed when the page was full, else None
     waits: dict[str, tuple[float, str, int]] = field(default_factory=dict)  # key -> Fleet.rank
     fleet_view: int = -1  # which Fleet.refreshes the cached waits are of
+    more: Listing | None = None  # the next page, once a pick had to look past this one
 
 
 def read_page(

@@ -124,7 +124,7 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         app=app, deadline=deadline,
         claimer=Claimer(q.store, q.settings, queues=queues, task_types=app.accepted(()),
                         owner=owner, spread=1, hooks=q.hooks, labels=frozenset(),
-                        admission=[limiter.admit] if limiter else []),
+                        admission=[limiter.admit] if limiter else [], gate=limiter),
         runner=Runner(app, q.store, q.settings, hooks=q.hooks, deadline=deadline,
                       deadline_error=InvocationDeadline))
     disconnect = eventlog.connect(q.hooks, owner)

@@ -1,0 +1,104 @@
+"""The limiter's gate (docs/protocol.md section 11, "The gate"): tasks of a spent limit
+are passed over before their lease, for free, and are seen again as soon as it refills."""
+
+from __future__ import annotations
+
+from qo.hooks import Event, Kind
+from qo.protocol import keys, leases, slots
+from qo.protocol.keys import Marker
+from qo.store.metrics import diff
+
+from .test_limits import claim_all, claimer_for, make_app
+
+
+def first_marker(store) -> Marker:  # type: ignore[no-untyped-def]
+    marker = keys.parse_ready_key(next(iter(store.list(keys.READY))).key)
+    assert marker is not None
+    return marker
+
+
+def test_a_deep_backlog_of_a_spent_limit_costs_no_lease_and_hides_nothing_behind_it() -> None:
+    app, store, clock = make_app()
+    app.task(name="slow", rate="1/s", burst=2)(lambda n: n)
+    app.task(name="free")(lambda n: n)
+    for n in range(30):  # six pages of the claimer's five keys, all ahead of the free ones
+        app.submit("slow", {"n": n})
+    for n in range(3):
+        app.submit("free", {"n": n})
+    claimer, _ = claimer_for(app, store)
+    claimer.listing_size = 5
+    before = store.counts.snapshot()
+    claimed = claim_all(claimer)
+    assert claimed == ["slow", "slow", "free", "free", "free"]  # the burst, then past the rest
+    assert claimer.stats.refused == 0
+    spent = diff(store.counts.snapshot(), before)
+    # 5 claims: a lease PUT each, and the bucket's two grants of 1 token (a grant is at
+    # most one second of the rate); nothing for the 28 held back but the pages that
+    # reach past them and a refused take (a GET)
+    assert spent["PUT"] == 5 + 2
+    assert claimer.next_try is not None  # when the bucket will have refilled
+    clock.advance(2.0)  # the refill, and the refused take's jitter (at most half a second)
+    head = first_marker(store)
+    again = claimer.claim()
+    assert again is not None and again.task_id == head.task_id  # from the head again
+    assert claimer.stats.refused == 0
+
+
+def test_enter_sets_a_token_aside_and_leave_gives_it_back() -> None:
+    app, store, clock = make_app()
+    app.task(name="slow", rate="1/s", burst=1)(lambda n: n)
+    for n in range(2):
+        app.submit("slow", {"n": n})
+    _, limiter = claimer_for(app, store)
+    marker, other = [keys.parse_ready_key(i.key) for i in store.list(keys.READY)]
+    assert marker is not None and other is not None
+    assert limiter.enter(marker, clock()) is None  # asks the bucket: a grant of 1
+    assert limiter.enter(other, clock()) is not None  # that token is promised; bucket empty
+    assert limiter.check(other, clock()) is not None
+    before = store.counts.snapshot()
+    limiter.leave(marker)  # the lease was lost: the token is free again
+    assert limiter.check(other, clock()) is None
+    assert diff(store.counts.snapshot(), before) == {}
+    assert limiter.enter(marker, clock()) is None
+    held = leases.acquire(store, "default", marker.task_id, owner="w", kind="run", seconds=60,
+                          now=clock())
+    assert held is not None
+    before = store.counts.snapshot()
+    assert limiter.admit(marker, held, clock()) is None  # uses the promised token: no request
+    assert diff(store.counts.snapshot(), before) == {}
+
+
+def test_a_concurrency_limit_held_by_this_process_is_closed_without_a_request() -> None:
+    app, store, _clock = make_app()
+    app.task(name="c", concurrency=2)(lambda n: n)
+    for n in range(5):
+        app.submit("c", {"n": n})
+    claimer, limiter = claimer_for(app, store)
+    limiter.connect(app.queue.hooks)
+    first, second = claimer.claim(), claimer.claim()
+    assert first is not None and second is not None
+    before = store.counts.snapshot()
+    assert claimer.claim() is None  # both slots are this process's: no lease, no LIST
+    assert claimer.stats.refused == 0
+    assert "PUT" not in diff(store.counts.snapshot(), before)
+    limiter._on_outcome(Event(Kind.SUCCEEDED, first.task_id))  # (what the outcome emits)
+    claimer._skip.clear()
+    assert claimer.claim() is not None
+    assert len(slots.read_slots(store, "c")) == 2
+
+
+def test_a_claim_admitted_but_not_run_gives_its_slot_back() -> None:
+    app, store, clock = make_app()
+    app.task(name="c", concurrency=1)(lambda n: n)
+    app.submit("c", {"n": 1})
+    _, limiter = claimer_for(app, store)
+    marker = first_marker(store)
+    held = leases.acquire(store, "default", marker.task_id, owner="w", kind="run", seconds=60,
+                          now=clock())
+    assert held is not None
+    assert limiter.admit(marker, held, clock()) is None
+    assert len(slots.read_slots(store, "c")) == 1
+    assert limiter.check(marker, clock()) is not None  # its one slot is ours
+    limiter.leave(marker)  # e.g. the record was no longer claimable
+    assert slots.read_slots(store, "c") == []
+    assert limiter.check(marker, clock()) is None
