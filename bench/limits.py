@@ -269,6 +269,11 @@ def figures(gathered: list[Any], t0: float, duration: float, counts: dict[str, i
     }
     limited_admitted = sum(len(starts(t)) for t in ("limited", "keyed", "shared", "conc"))
     out["admitted_limited_tasks"] = limited_admitted
+    free_starts = starts("free")
+    if free_starts:  # what else the workers ran meanwhile: the limited types, at their limits
+        last = max(free_starts)
+        out["free"]["limited_ran_meanwhile"] = sum(
+            1 for t, _, s, _ in notes if t != "free" and s <= last)
     if wire is not None:
         fam = wire.families
         limiter_requests = sum(v for k, v in fam.items()
@@ -330,6 +335,11 @@ def summary(result: dict[str, Any]) -> list[str]:
          f"{result['split']['free']['all_done_after_s']} s with the limited types in a queue "
          f"of their own, {alone['free']['all_done_after_s']} s alone"),
     ]
+    if "limited_ran_meanwhile" in mixed["free"]:
+        lines.append(f"meanwhile, in one queue, the workers ran "
+                     f"{mixed['free']['limited_ran_meanwhile']} limited tasks (in their own "
+                     f"queue: {result['split']['free'].get('limited_ran_meanwhile', 0)}, a "
+                     f"worker tries its queues in order)")
     if req:
         lines.append(
             f"limiter requests per admitted task {req['limiter_per_admitted_task']}, refused "
