@@ -23,6 +23,7 @@ def test_a_deep_backlog_of_a_spent_limit_costs_no_lease_and_hides_nothing_behind
     app.task(name="free")(lambda n: n)
     for n in range(30):  # six pages of the claimer's five keys, all ahead of the free ones
         app.submit("slow", {"n": n})
+        clock.advance(0.001)  # (tasks submitted at one instant are in the order of their ids)
     for n in range(3):
         app.submit("free", {"n": n})
     claimer, _ = claimer_for(app, store)
