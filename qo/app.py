@@ -183,6 +183,13 @@ class App:
     def use(self, queue: Queue) -> None:
         self._queue = queue
 
+    def use_unless_bound(self, queue: Queue) -> None:
+        """Use ``queue`` if the app was given no queue or URL of its own: what a
+        ``Worker(app, queue)`` does, so that its handlers' ``submit`` calls go to the
+        queue it works on rather than to ``QO_QUEUE`` or the default store."""
+        if self._queue is None and self._url is None:
+            self._queue = queue
+
     def task(
         self,
         fn: Callable[P, R] | None = None,

@@ -177,19 +177,19 @@ class Queue:
         """
         return self.registry.resolve(fields, allow_unregistered=allow_unregistered)
 
-    def queue_settings(self, queue: str, *, first_listing: bool = True) -> QueueSettings | None:
+    def queue_settings(self, queue: str) -> QueueSettings | None:
         """A queue's ``max_depth`` and ``aging``, from the registry listing (see
         ``Registry.queue_settings``: free while it is fresh)."""
-        return self.registry.queue_settings(queue, first_listing=first_listing)
+        return self.registry.queue_settings(queue)
 
-    def aging_of(self, *, first_listing: bool = True) -> Callable[[str], int | None]:
+    def aging_of(self) -> Callable[[str], int | None]:
         """``queue -> its priority aging``, for ``prepare`` and ``prepare_batch``."""
         def aging(queue: str) -> int | None:
-            found = self.queue_settings(queue, first_listing=first_listing)
+            found = self.queue_settings(queue)
             return found.aging if found else None
         return aging
 
-    def admit(self, prepared: list[Prepared], *, first_listing: bool = True) -> None:
+    def admit(self, prepared: list[Prepared]) -> None:
         """Raise ``QueueFull`` if these tasks would take a queue past its ``max_depth``.
 
         Call it after ``check_store`` and before writing. A queue without
@@ -200,7 +200,7 @@ class Queue:
         for p in prepared:
             per_queue[p.record.queue] = per_queue.get(p.record.queue, 0) + 1
         for name, n in per_queue.items():
-            found = self.queue_settings(name, first_listing=first_listing)
+            found = self.queue_settings(name)
             if found is not None and found.max_depth is not None:
                 self.depth.admit(self.store, name, n, found.max_depth)
 
@@ -238,27 +238,24 @@ class Queue:
         return self.submit_request(SubmitRequest(**fields))
 
     def submit_request(self, req: SubmitRequest) -> TaskHandle:
-        """Submit a request exactly as it is (no registry lookup: ``App.submit`` uses this).
+        """Submit a request exactly as it is (no lookup of its type: ``App.submit`` uses
+        this). Its queue's settings (``max_depth``, ``aging``) apply: they come with the
+        registry's listing, 1 LIST at the first submit and then at most once per
+        ``Settings.registry_ttl`` (``Registry.queue_settings``)."""
+        return self._handle(self.submit_one(req))
 
-        Queue settings (``max_depth``, ``aging``) apply once this Queue has listed the
-        registry (``Queue.submit`` does, and ``queue_settings()``): it lists nothing
-        for them itself.
-        """
-        return self._handle(self.submit_one(req, first_listing=False))
-
-    def submit_one(self, req: SubmitRequest, *, first_listing: bool = True) -> Submitted:
+    def submit_one(self, req: SubmitRequest) -> Submitted:
         """``submit_request``'s steps, answering what was written (id, created, status:
-        what the HTTP API returns). ``first_listing``: may the queue settings' first
-        look list the registry (False: only a listing already made is used)."""
+        what the HTTP API returns)."""
         now = self.store.now()
         queue_name = req.queue or self.settings.default_queue
-        aging = self.aging_of(first_listing=first_listing)(queue_name)
+        aging = self.aging_of()(queue_name)
         with tracing.producer(queue_name, req.type) as traced:
             prepared = prepare(req, self.settings, now, aging=aging)  # all that can refuse it
             if traced is not None:
                 traced(prepared.record.id)
             self.check_store()  # then the first submit checks the store, before any write
-            self.admit([prepared], first_listing=first_listing)  # QueueFull past max_depth
+            self.admit([prepared])  # QueueFull past max_depth
             return submit_prepared(self.store, prepared, self.settings, now, hooks=self.hooks)
 
     def submit_many(self, requests: list[SubmitRequest | dict[str, Any]], *,

@@ -88,6 +88,7 @@ class Worker:
     def __init__(self, app: App, queue: Queue | None = None, options: WorkerOptions | None = None):
         self.app = app
         self.queue = queue or app.queue
+        app.use_unless_bound(self.queue)  # its handlers submit where it works
         self.store = self.queue.store
         self.hooks = self.queue.hooks
         self.settings = self.queue.settings
@@ -205,12 +206,9 @@ class Worker:
 
     def _publish_types(self) -> None:
         """Publish the app's task types that changed (``qo.protocol.registry``): 1 GET each,
-        + 1 PUT for each that changed. Then 1 LIST of the registry, so that what handlers
-        submit (``App.submit``) follows the queues' settings (docs/protocol.md section 12).
-        A failure is logged; the worker runs on."""
+        + 1 PUT for each that changed. A failure is logged; the worker runs on."""
         try:
             report = self.app.publish(self.store, self.id)
-            self.app.queue.registry.listing()
         except QoError as exc:
             self.health.failed(exc, "publishing task types")
             return

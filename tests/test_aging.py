@@ -21,6 +21,7 @@ from qo.protocol.keys import Marker, parse_delayed_key, parse_ready_key
 from qo.queue import Queue
 from qo.store.base import Store
 from qo.store.memory import MemoryStore
+from qo.store.metrics import diff
 
 from .helpers import ClockedStore, FakeClock
 
@@ -177,17 +178,18 @@ def test_an_aging_task_keeps_its_form_through_retry_cancel_stats_and_ls(
     assert list(store.list(keys.READY)) == []
 
 
-def test_app_submit_applies_aging_once_its_queue_listed_the_registry() -> None:
+def test_app_submit_applies_its_queues_aging_from_the_first_submit() -> None:
     store = MemoryStore(clock=FakeClock())
     backpressure.set_settings(store, "default", aging=5)
     app = App(Queue(store))
     app.task(name="t")(lambda: None)
-    first = app.submit("t")  # reads nothing it does not need: strict, as documented
-    assert app.queue.get(first.id).record.aging is None
-    app.queue.registry.listing()
-    second = app.submit("t")
+    first = app.submit("t")  # lists the registry, where the queue's settings are
+    assert app.queue.get(first.id).record.aging == 5
+    before = store.counts.snapshot()
+    second = app.submit("t")  # the listing is fresh: nothing but the task's two writes
+    assert diff(store.counts.snapshot(), before) == {"PUT": 2}
     assert app.queue.get(second.id).record.aging == 5
-    assert sorted(parse_ready_key(i.key).aging for i in store.list(keys.READY)) == [0, 5]  # type: ignore[union-attr]
+    assert sorted(parse_ready_key(i.key).aging for i in store.list(keys.READY)) == [5, 5]  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("aging", [0, 86_401])

@@ -89,6 +89,20 @@ def test_a_submit_beyond_max_depth_raises_queue_full(any_store: Store) -> None:
     assert queue.get(other.id).record.queue == "other"
 
 
+def test_app_submit_in_a_fresh_process_keeps_the_bound() -> None:
+    from qo.app import App
+
+    store = MemoryStore()
+    backpressure.set_settings(store, "default", max_depth=2)
+    app = App(Queue(store))  # a producer that never listed the registry before
+    send = app.task(name="send")(lambda n: n)
+    send.submit(1)
+    send.submit(2)
+    with pytest.raises(QueueFull, match="queue 'default' is full"):
+        send.submit(3)
+    assert ready(store) == 2
+
+
 def test_clearing_max_depth_lifts_the_bound() -> None:
     store = MemoryStore()
     ticks = Ticks()

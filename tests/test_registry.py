@@ -214,6 +214,9 @@ def test_app_submit_uses_the_app_not_the_registry() -> None:
     queue, _ = published(store)
     app = App(queue)
     app.task(name="local_only")(lambda: None)
+    before = store.counts.snapshot()  # no GET of a definition: only the queues' settings
+    app.submit("local_only")
+    assert diff(store.counts.snapshot(), before) == {"LIST": 1, "PUT": 2}
     before = store.counts.snapshot()
     app.submit("local_only")
     assert diff(store.counts.snapshot(), before) == {"PUT": 2}

@@ -210,3 +210,28 @@ def test_a_timed_out_handler_sees_a_stop_reason_that_is_also_its_string() -> Non
     wait_for(lambda: bool(seen))
     assert seen == [StopReason.TIMEOUT] and seen[0] == "timeout"
     assert queue.get(task.id).record.error.type == "TaskTimeout"
+
+
+def test_a_worker_given_a_queue_is_where_its_handlers_submit(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path) -> None:
+    monkeypatch.setenv("QO_QUEUE", f"file://{tmp_path}/elsewhere")  # not the worker's store
+    app = App()  # no queue of its own
+
+    @app.task(name="parent")
+    def parent() -> None:
+        child.submit()
+
+    @app.task(name="child")
+    def child() -> None:
+        pass
+
+    store = MemoryStore()
+    queue = Queue(store)
+    queue.submit("parent", allow_unregistered=True)
+    Worker(app, queue, WorkerOptions(concurrency=1, burst=True)).run()
+    views = queue.ls()
+    assert sorted(v.record.type for v in views) == ["child", "parent"]
+    assert all(v.status == Status.SUCCEEDED for v in views)
+    bound = App(Queue(MemoryStore()))  # an app with a queue of its own keeps it
+    Worker(bound, queue, WorkerOptions(concurrency=1))
+    assert bound.queue is not queue

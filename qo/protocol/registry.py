@@ -252,17 +252,11 @@ class Registry:
         with self._lock:
             self._listing = None
 
-    def queue_settings(self, queue: str, *, first_listing: bool = True) -> QueueSettings | None:
+    def queue_settings(self, queue: str) -> QueueSettings | None:
         """The settings of ``queue`` as the listing shows them (None: it has none).
 
-        Free while the listing is fresh, plus 1 GET per etag seen. With
-        ``first_listing=False`` (``App.submit``, which reads nothing it does not
-        need) a process that never listed the registry does not list it for this.
+        Free while the listing is fresh, plus 1 GET per etag seen.
         """
-        with self._lock:
-            known = self._listing is not None
-        if not known and not first_listing:
-            return None
         etag = self.listing().queues.get(queue)
         if etag is None:
             return None
