@@ -270,6 +270,12 @@ class Queue:
             except QoError as exc:
                 raise InvalidBatchItem(n, exc) from None
             reqs.append(SubmitRequest(**fields))
+        return [self._handle(d) for d in self.submit_batch(reqs)]
+
+    def submit_batch(self, reqs: list[SubmitRequest]) -> list[Submitted]:
+        """``submit_many``'s steps for requests taken as they are (the HTTP API's batch):
+        all are checked (``InvalidBatchItem``, ``QueueFull``) before any is written, in
+        one producer span."""
         if not reqs:
             return []
         now = self.store.now()
@@ -279,8 +285,7 @@ class Queue:
             prepared = prepare_batch(reqs, self.settings, now, self.aging_of())
             self.check_store()
             self.admit(prepared)
-            done = submit_all(self.store, prepared, self.settings, now, hooks=self.hooks)
-        return [self._handle(d) for d in done]
+            return submit_all(self.store, prepared, self.settings, now, hooks=self.hooks)
 
     def _handle(self, done: Submitted) -> TaskHandle:
         return TaskHandle(self, done.id, done.created)

@@ -181,6 +181,23 @@ def test_a_batch_is_one_producer_span_that_every_task_continues(
         send.context.span_id}
 
 
+def test_the_apis_batch_is_one_producer_span(spans: InMemorySpanExporter) -> None:
+    from qo import serverless
+
+    from .helpers import api_call
+
+    serverless.reset()
+    try:
+        queue, _app = traced_app(MemoryStore())
+        serverless.configure(queue=queue)
+        status, body = api_call("POST", "/tasks/batch", {"tasks": [{"type": "work"}] * 2})
+        assert status == 201, body
+    finally:
+        serverless.reset()
+    [send] = by_name(spans)["send default"]
+    assert dict(send.attributes or {})["messaging.batch.message_count"] == 2
+
+
 def test_a_record_without_trace_context_runs_as_a_new_trace(
     spans: InMemorySpanExporter,
 ) -> None:

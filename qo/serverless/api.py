@@ -67,8 +67,6 @@ from qo.protocol.admin import TaskView
 from qo.protocol.submit import (
     InvalidBatchItem,
     SubmitRequest,
-    prepare_batch,
-    submit_all,
 )
 from qo.scheduler import list_schedules
 from qo.serverless import Runtime, runtime, telemetry
@@ -175,15 +173,10 @@ def post_batch(rt: Runtime, req: Request) -> tuple[int, Any]:
         raise bad_request(f"unknown field(s) {', '.join(unknown)}: send {{\"tasks\": [...]}}")
     items = _objects(data, "tasks", "task", "tasks in one batch")
     reqs = [_submit_request(rt, item, f"tasks[{n}]") for n, item in enumerate(items)]
-    store, settings = rt.queue.store, rt.queue.settings
-    now = store.now()
-    try:  # sizes, delay and at: refuse before writing anything
-        prepared = prepare_batch(reqs, settings, now, rt.queue.aging_of())
+    try:  # sizes, delay and at, then QueueFull (429): refused before anything is written
+        done = rt.queue.submit_batch(reqs)
     except InvalidBatchItem as exc:  # of the kind of the item's error
         raise HttpError.of(exc.kind, f"tasks[{exc.index}]: {exc.error}") from None
-    rt.queue.check_store()  # the first submit refuses a store that cannot keep qo's guarantees
-    rt.queue.admit(prepared)  # QueueFull (429) past a queue's max_depth: none is written
-    done = submit_all(rt.queue.store, prepared, settings, now, hooks=rt.queue.hooks)
     rows = [{"id": d.id, "created": d.created, "status": d.status.value} for d in done]
     return (201 if any(d.created for d in done) else 200), {"tasks": rows}
 
