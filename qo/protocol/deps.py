@@ -31,24 +31,30 @@ import functools
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from qo.errors import DependencyError, PreconditionFailed, StoreError
-from qo.models import TERMINAL, WAITING, CorruptRecord, ErrorInfo, Status, TaskRecord, Trigger
+from qo.models import TERMINAL, WAITING, CorruptRecord, ErrorInfo, Status, TaskRecord
 from qo.names import check_task_id
 from qo.protocol import index, keys, records
 from qo.protocol.cas import delete_quietly, put_if_absent
+from qo.protocol.triggers import (
+    FAILED_STATUSES,
+    MISSING,
+    NODE_TAG,
+    RUN,
+    UPSTREAM,
+    UPSTREAM_FAILED,
+    UPSTREAM_SKIPPED,
+    DependencyOutcome,
+    Verdict,
+    decide,
+)
 from qo.protocol.versioned import Versioned
 from qo.store.base import Store
 
 log = logging.getLogger("qo.protocol.deps")
 
-#: The error type of a dependent that will never run because a dependency failed.
-UPSTREAM_FAILED = "UpstreamFailed"
-#: The error type (the reason) of a dependent skipped by its trigger rule.
-UPSTREAM_SKIPPED = "UpstreamSkipped"
-UPSTREAM = frozenset({UPSTREAM_FAILED, UPSTREAM_SKIPPED})
 #: How far ahead of this reader's clock a released task may be due and still count as
 #: due now (claimers accept as much: ``qo.protocol.claim.CLOCK_TOLERANCE``).
 CLOCK_TOLERANCE = 1.0
@@ -60,13 +66,10 @@ def _index(store: Store, record: TaskRecord, now: float) -> None:
                          if record.status == Status.PENDING else now)
 
 
-#: The status a done marker gives a dependency that no longer exists.
-MISSING = "missing"
 #: Parallel requests of one fan-out (like ``submit_all``'s batches).
 THREADS = 32
 #: CAS attempts on one record before giving up (each loser re-reads; the sweep repairs).
 MAX_CAS = 10
-FAILED_STATUSES = frozenset({Status.DEAD.value, Status.CANCELLED.value, MISSING})
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -78,35 +81,6 @@ def _each(items: list[T], fn: Callable[[T], R]) -> list[R]:
         return [fn(i) for i in items]
     with ThreadPoolExecutor(min(THREADS, len(items))) as pool:
         return list(pool.map(fn, items))
-
-
-# -- the trigger rules (pure) --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What a trigger rule decided for a blocked task: run it, or end it and why."""
-
-    status: Status  # PENDING (run), DEAD or SKIPPED
-    error: str | None = None  # UPSTREAM_FAILED or UPSTREAM_SKIPPED
-    reason: str = ""
-
-
-RUN = Verdict(Status.PENDING)
-
-
-def decide(trigger: Trigger, parents: list[str], done: dict[str, str]) -> Verdict | None:
-    """The verdict for a task waiting on ``parents`` of which ``done`` ended (id -> status),
-    or None while it must still wait. A failure decides at once; the rest when all ended."""
-    failed = [p for p in parents if done.get(p) in FAILED_STATUSES]
-    if failed and trigger in (Trigger.ALL_SUCCESS, Trigger.NONE_FAILED):
-        return Verdict(Status.DEAD, UPSTREAM_FAILED, f"dependency {failed[0]} is {done[failed[0]]}")
-    if any(p not in done for p in parents):
-        return None
-    skipped = [p for p in parents if done[p] == Status.SKIPPED.value]
-    if skipped and trigger == Trigger.ALL_SUCCESS:
-        return Verdict(Status.SKIPPED, UPSTREAM_SKIPPED, f"dependency {skipped[0]} was skipped")
-    return RUN
 
 
 # -- reading the edges ------------------------------------------------------------------
@@ -393,22 +367,6 @@ def forget(store: Store, record: TaskRecord) -> None:
 # -- what a handler sees ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DependencyOutcome:
-    """How one dependency ended, as a handler sees it (``ctx.dependencies``)."""
-
-    id: str
-    type: str
-    status: str
-    result: Any = None
-    error: ErrorInfo | None = None
-    node: str | None = None  # its name in a workflow
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status == Status.SUCCEEDED.value
-
-
 def outcomes(store: Store, record: TaskRecord) -> list[DependencyOutcome]:
     """Each dependency's outcome and result (1 GET each, + 1 per large result)."""
     def one(task_id: str) -> DependencyOutcome:
@@ -422,8 +380,6 @@ def outcomes(store: Store, record: TaskRecord) -> list[DependencyOutcome]:
     return _each(record.depends_on, one)
 
 
-#: The tag naming a task's node in its workflow (qo/protocol/workflow.py).
-NODE_TAG = "qo.node"
-
-__all__ = ["TERMINAL", "DependencyOutcome", "Verdict", "arm", "decide", "follow_up",
+__all__ = ["MISSING", "NODE_TAG", "RUN", "TERMINAL", "UPSTREAM", "UPSTREAM_FAILED",
+           "UPSTREAM_SKIPPED", "DependencyOutcome", "Verdict", "arm", "decide", "follow_up",
            "on_terminal", "outcomes", "rearm", "settle", "validate", "write_edges"]

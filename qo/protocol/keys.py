@@ -113,12 +113,20 @@ def edge_key(parent_id: str, child_id: str, parents: int) -> str:
     return f"{DEPS_OUT}{parent_id}/{child_id}/{parents}"
 
 
+def _three_under(prefix: str, key: str) -> tuple[str, str, str] | None:
+    """The three segments of ``key`` after ``prefix`` (two segments, e.g. ``deps/out/``)."""
+    parts = key.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}/" != prefix:
+        return None
+    return parts[2], parts[3], parts[4]
+
+
 def parse_edge_key(key: str) -> tuple[str, str, int] | None:
     """(parent, child, number of the child's parents) of an edge key, or None."""
-    parts = key.split("/")
-    if len(parts) != 5 or f"{parts[0]}/{parts[1]}/" != DEPS_OUT or not parts[4].isdigit():
+    found = _three_under(DEPS_OUT, key)
+    if found is None or not found[2].isdigit():
         return None
-    return parts[2], parts[3], int(parts[4])
+    return found[0], found[1], int(found[2])
 
 
 def done_prefix(child_id: str) -> str:
@@ -132,10 +140,7 @@ def done_key(child_id: str, parent_id: str, status: str) -> str:
 
 def parse_done_key(key: str) -> tuple[str, str, str] | None:
     """(child, parent, the parent's terminal status) of a done key, or None."""
-    parts = key.split("/")
-    if len(parts) != 5 or f"{parts[0]}/{parts[1]}/" != DEPS_DONE:
-        return None
-    return parts[2], parts[3], parts[4]
+    return _three_under(DEPS_DONE, key)
 
 
 def workflow_key(workflow_id: str) -> str:
