@@ -7,7 +7,8 @@ admitted now, so that tasks of a limit that is spent are passed over for free
 and other types and keys keep flowing; ``enter``, asked of the one task the
 claimer is about to lease, sets a token aside for it (asking the bucket if
 this process holds none: 1 GET + 1 PUT per grant) and lets it try a
-concurrency limit's slots; ``leave`` undoes that if the claim came to nothing.
+concurrency limit's slots (a limit last found full is looked at first: 1
+LIST); ``leave`` undoes that if the claim came to nothing.
 Under the lease, ``admit`` (a ``qo.protocol.admission.Admission``) uses the
 token and takes the slots (``qo.protocol.slots``: 1 LIST + 1 PUT); without
 them it refuses until the computed time, so the task stays queued and
@@ -174,6 +175,11 @@ class Limiter:
             if at is None and spec.concurrency is not None:
                 room = self.room(spec, marker)
                 at = room.enter(now)
+                if at is None and room.full_until is not None:  # probing a full limit:
+                    lkey = self._lkey(marker, spec.concurrency_per_key)  # look, no lease
+                    if slots.looks_full(self.store, spec.name, lkey, spec.concurrency, now):
+                        room.tried(now, got=False)
+                        at = room.full_until
                 if at is None:
                     rooms[spec.name] = room
             if at is not None:

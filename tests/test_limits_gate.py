@@ -103,3 +103,22 @@ def test_a_claim_admitted_but_not_run_gives_its_slot_back() -> None:
     limiter.leave(marker)  # e.g. the record was no longer claimable
     assert slots.read_slots(store, "c") == []
     assert limiter.check(marker, clock()) is None
+
+
+def test_a_concurrency_limit_another_process_holds_is_looked_at_without_a_lease() -> None:
+    app, store, clock = make_app()
+    app.task(name="c", concurrency=1)(lambda n: n)
+    for n in range(3):
+        app.submit("c", {"n": n})
+    holder, _ = claimer_for(app, store, owner="a")
+    assert holder.claim() is not None  # holds the one slot (its task runs on)
+    waiter, _ = claimer_for(app, store, owner="b")
+    assert waiter.claim() is None  # the first look is under a lease: refused
+    assert waiter.stats.refused == 1
+    for _ in range(3):
+        clock.advance(0.3)  # past the recheck
+        waiter._skip.clear()
+        before = store.counts.snapshot()
+        assert waiter.claim() is None
+        assert diff(store.counts.snapshot(), before) == {"LIST": 2}  # the page, the slots
+    assert waiter.stats.refused == 1  # no lease since

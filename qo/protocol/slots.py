@@ -11,7 +11,8 @@ crash between the lease's release and the slot's is free at once.
 
 Cost: taking a slot 1 LIST + 1 PUT while one is free; with all N held, + 2 GET
 (slot, lease) for each of the ``STALE_CHECKS`` oldest taken over ``STALE_AGE``
-seconds ago, + 1 PUT to take a stale one over. Releasing: 1 DELETE (free), ``If-Match`` the etag it was taken at.
+seconds ago, + 1 PUT to take a stale one over. Releasing: 1 DELETE (free),
+``If-Match`` the etag it was taken at. ``looks_full``, before a lease: 1 LIST.
 """
 
 from __future__ import annotations
@@ -88,6 +89,16 @@ def acquire(store: Store, name: str, lkey: str, limit: int, *, held: leases.Held
             continue
         return HeldSlot(info.key, etag)
     return None
+
+
+def looks_full(store: Store, name: str, lkey: str, limit: int, now: float) -> bool:
+    """Are all ``limit`` slots held, none old enough to be worth a staleness check? 1 LIST,
+    asked before a task's lease is taken (the limiter's gate), so that a limit full of
+    live tasks costs its waiting tasks no lease. A hint: ``acquire`` decides."""
+    prefix = keys.slots_prefix(name, lkey)
+    held = [i for i in store.list(prefix)
+            if i.key[len(prefix):].isdigit() and int(i.key[len(prefix):]) < limit]
+    return len(held) >= limit and all(now - i.last_modified < STALE_AGE for i in held)
 
 
 def release(store: Store, slot: HeldSlot) -> bool:
