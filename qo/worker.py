@@ -37,7 +37,7 @@ from qo.idle import IdlePoll
 from qo.ids import new_token
 from qo.limiter import Limiter
 from qo.models import WorkerInfo, dumps
-from qo.protocol import keys, sweep
+from qo.protocol import keys, retention, sweep
 from qo.protocol.cas import delete_quietly
 from qo.protocol.claim import Claim, Claimer
 from qo.protocol.ownership import Fleet, signature
@@ -82,6 +82,9 @@ class WorkerOptions:
     labels: list[str] | None = None
     #: Apply rate and concurrency limits (``qo.limiter``); default: if the app declares any.
     limits: bool | None = None
+    #: Finished tasks (and workflows) older than this are deleted by the fleet's sweep
+    #: turns (``qo.protocol.retention``), as the Lambda sweeper does; 0 keeps them.
+    retention: float = 7 * 86_400.0
 
 
 class Worker:
@@ -396,6 +399,9 @@ class Worker:
                     if due_sweep or sweep.take_sweep_turn(self.store, self.id, interval):
                         report = self.queue.sweep(owner=self.id)
                         self.queue.refresh_stats(owner=self.id)  # at most every stats_interval
+                        if self.options.retention > 0:  # a bounded step: 1 GET when not due
+                            report.errors += retention.run_retention(
+                                self.store, self.options.retention).errors
                         due_sweep, errors = False, report.errors
                         if report.next_due is not None:  # wake up when the next one is due
                             wait = max(0.05, report.next_due - self.store.now())

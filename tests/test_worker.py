@@ -235,3 +235,33 @@ def test_a_worker_given_a_queue_is_where_its_handlers_submit(monkeypatch: pytest
     bound = App(Queue(MemoryStore()))  # an app with a queue of its own keeps it
     Worker(bound, queue, WorkerOptions(concurrency=1))
     assert bound.queue is not queue
+
+
+@pytest.mark.parametrize("retention", [7 * 86_400.0, 0.0], ids=["default", "kept"])
+def test_the_workers_sweep_turn_applies_retention(retention: float) -> None:
+    from qo.protocol import keys
+    from qo.protocol.sweep import TURN_KEY
+    from qo.testing.clock import FakeClock as Clock
+
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    queue = Queue(store, Settings())
+    app = App(queue)
+    app.task(name="t")(lambda: None)
+    done = queue.submit("t")
+    drain(queue, app, [done.id])
+    clock.advance(8 * 86_400)  # a week and a day later
+    worker = Worker(app, queue, WorkerOptions(concurrency=1, retention=retention,
+                                              sweep_interval=0.2))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: store.head(TURN_KEY) is not None and worker.housekept_at is not None)
+        turn = worker.housekept_at
+        assert turn is not None
+        # the housekeeper went round again: the turn's sweep and retention are over
+        wait_for(lambda: (worker.housekept_at or 0) > turn)
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert (store.head(keys.task_key(done.id)) is None) == bool(retention)

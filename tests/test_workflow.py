@@ -131,3 +131,22 @@ def test_graph_around_a_plain_task() -> None:
     g = graph.collect(queue.store, b.id)
     assert set(g.nodes) == {a.id, b.id, c.id}
     assert sorted(g.edges) == sorted([(a.id, b.id), (b.id, c.id)])
+
+
+def test_retention_deletes_a_workflows_manifest_with_its_last_task() -> None:
+    from qo.protocol import retention
+
+    clock = FakeClock()
+    store, queue, app = setup(MemoryStore(clock=clock))
+    done = etl().submit(queue)
+    drain(queue, app, [h.id for h in done.tasks.values()])
+    waiting = etl().submit(queue)  # not run: its tasks are not finished, so they stay
+    clock.advance(10 * 86_400)
+    report = retention.run_retention(store, 86_400, budget=2)  # 2 keys a run: resumable
+    while not report.pass_done:
+        report = retention.run_retention(store, 86_400, budget=2)
+    manifests = [i.key for i in store.list(keys.WORKFLOWS)]
+    assert manifests == [keys.workflow_key(waiting.id)]
+    assert Workflow.run(queue, waiting.id).status() == "running"
+    with pytest.raises(workflow.WorkflowNotFound):
+        Workflow.run(queue, done.id)

@@ -119,6 +119,10 @@ def worker(
         "--limits/--no-limits",
         help="Apply rate and concurrency limits, the bucket's (qo limit set) too; default: "
              "if the app declares any.")] = None,
+    retention: Annotated[float, typer.Option(
+        parser=common.as_param(common.parse_duration), metavar="DURATION",
+        help="Delete finished tasks (and done workflows) this old, on the fleet's sweep "
+             "turns; 0 keeps them.")] = WorkerOptions.retention,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
     log_format: Annotated[LogFormat, typer.Option(case_sensitive=False)] = LogFormat.text,
     queue: QueueOption = None,
@@ -138,10 +142,13 @@ def worker(
     q = app.queue.check_store()  # refuse a store that cannot keep qo's guarantees
     if poll_max <= 0:
         raise CliError("--poll-max must be positive")
+    if retention < 0:
+        raise CliError("--retention must be 0 (keep finished tasks) or a duration")
     options = WorkerOptions(queues=names, concurrency=concurrency, burst=burst,
                             poll_max=max(poll_max, WorkerOptions.poll_min), grace=grace,
                             cancel_wait=cancel_wait, threads=threads,
-                            labels=check_labels(label or []), limits=limits)
+                            labels=check_labels(label or []), limits=limits,
+                            retention=retention)
     if metrics is not None:
         q.store = metrics.observe_store(q.store)  # before the worker holds it
     w = Worker(app, q, options)

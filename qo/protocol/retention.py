@@ -17,11 +17,19 @@ Work is bounded per run and resumable:
   reaches the end of ``tasks/``, the cursor records when, and the next pass
   starts no sooner than ``interval`` seconds later.
 
+Then, at the end of ``tasks/``, the workflows' manifests: one written before
+the cutoff is deleted once none of its nodes' records is left, so a workflow
+goes with its last task (``_retain_manifests``; same budget, its own place
+in the cursor).
+
 **Request cost per run:** 1 GET (the cursor). When a pass is under way, add
 1 LIST (a page of up to ``budget`` keys), 1 GET per record examined, 1 PUT
 (the cursor), free DELETEs, and 1 LIST per deleted task that had payloads
-stored apart (over 256 KiB). With nothing to delete, a pass costs 1 LIST +
-1 PUT once per ``interval`` (an hour by default) plus 1 GET per minute.
+stored apart (over 256 KiB); at its end 1 LIST of ``workflows/`` (per
+``budget`` manifests), + 1 GET per manifest older than the cutoff and 1 HEAD
+per node until one is still there. With nothing to delete, a pass costs
+2 LIST + 1 PUT once per ``interval`` (an hour by default) plus 1 GET per
+sweep that runs retention.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from typing import Any
 from qo.errors import PreconditionFailed, StoreError
 from qo.ids import new_task_id
 from qo.models import CorruptRecord, Status, TaskRecord
-from qo.protocol import cursor, deps, keys, records
+from qo.protocol import cursor, deps, keys, records, workflow
 from qo.protocol.cas import delete_quietly
 from qo.store.base import Store
 
@@ -49,7 +57,8 @@ class RetentionReport:
     examined: int = 0
     deleted: int = 0
     skipped: bool = False  # the last pass ended less than `interval` ago
-    pass_done: bool = False  # this run reached the end of tasks/
+    pass_done: bool = False  # this run reached the end of tasks/ (and of workflows/)
+    workflows_deleted: int = 0  # manifests whose every node had been deleted
     errors: list[str] = field(default_factory=list)
 
 
@@ -91,7 +100,9 @@ def run_retention(
         start = after
     last = None
     listed = 0
-    for info in store.list(keys.TASKS, start_after=start, limit=max(1, budget)):
+    tasks_page = [] if after == _DONE else store.list(keys.TASKS, start_after=start,
+                                                       limit=max(1, budget))
+    for info in tasks_page:
         listed += 1
         last = info.key
         task_id = keys.task_id_from_key(info.key)
@@ -104,17 +115,55 @@ def run_retention(
         except (StoreError, CorruptRecord) as exc:
             report.errors.append(f"{info.key}: {exc}")
             log.warning("retention of %s failed: %s", info.key, exc)
-    if listed < budget:
-        report.pass_done = True
-        new_cursor: dict[str, Any] = {"after": None, "finished_at": now}
-    else:
+    new_cursor: dict[str, Any]
+    if listed >= budget:
         new_cursor = {"after": last, "finished_at": finished, "at": now}
+    else:  # the end of tasks/: then the workflows' manifests, with a cursor of their own
+        wf_after = _retain_manifests(store, state.get("wf_after"), cutoff, budget, report)
+        if wf_after is None:
+            report.pass_done = True
+            new_cursor = {"after": None, "finished_at": now}
+        else:
+            new_cursor = {"after": _DONE, "wf_after": wf_after, "finished_at": finished,
+                          "at": now}
     cursor.write(store, CURSOR_KEY, new_cursor, cursor_etag)
-    if report.deleted:
-        log.info("retention deleted %d task(s) finished before %.0f", report.deleted, cutoff,
+    if report.deleted or report.workflows_deleted:
+        log.info("retention deleted %d task(s) finished before %.0f and %d workflow(s)",
+                 report.deleted, cutoff, report.workflows_deleted,
                  extra={"event": "retention", "deleted": report.deleted,
-                        "examined": report.examined})
+                        "examined": report.examined,
+                        "workflows_deleted": report.workflows_deleted})
     return report
+
+
+#: The cursor's ``after`` while the manifests' part of a pass is under way.
+_DONE = "~tasks-done"
+
+
+def _retain_manifests(store: Store, after: object, cutoff: float, budget: int,
+                      report: RetentionReport) -> str | None:
+    """Delete the manifests (``workflows/{id}.json``) written before ``cutoff`` whose every
+    node's record is gone (retention deleted them): a workflow goes with its last task.
+    Returns where to resume, or None at the end of ``workflows/``. 1 LIST, + per old
+    manifest 1 GET and 1 HEAD per node until one still exists, + free DELETEs."""
+    start = after if isinstance(after, str) else None
+    last, listed = None, 0
+    for info in store.list(keys.WORKFLOWS, start_after=start, limit=max(1, budget)):
+        listed += 1
+        last = info.key
+        if info.last_modified > cutoff or not info.key.endswith(".json"):
+            continue
+        try:
+            manifest = workflow.read(store, info.key[len(keys.WORKFLOWS):-len(".json")])
+        except (workflow.WorkflowNotFound, CorruptRecord, StoreError) as exc:
+            if not isinstance(exc, workflow.WorkflowNotFound):
+                report.errors.append(f"{info.key}: {exc}")
+            continue
+        if any(store.head(keys.task_key(n.task_id)) is not None for n in manifest.nodes):
+            continue  # a node is still there (lazily: stops at the first one found)
+        if delete_quietly(store, info.key, if_match=info.etag):
+            report.workflows_deleted += 1
+    return last if listed >= budget else None
 
 
 def _delete_if_expired(store: Store, task_id: str, cutoff: float, now: float) -> bool:
