@@ -25,7 +25,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from qo import eventlog, lifecycle
 from qo.aio_runner import AsyncRunner, slot_threads
@@ -44,6 +43,7 @@ from qo.protocol.ownership import Fleet, signature
 from qo.queue import Queue
 from qo.runner import Runner, TaskTimeout, WorkerDeadline, WorkerSummary
 from qo.shutdown import EXIT_ABANDONED
+from qo.worker_options import WorkerOptions
 
 __all__ = ["EXIT_ABANDONED", "TaskTimeout", "Worker", "WorkerDeadline", "WorkerOptions",
            "WorkerSummary"]
@@ -55,36 +55,6 @@ class StoreCheckFailed(QoError):
     """The worker's first request (its heartbeat record) failed: it does not start."""
 
     kind = ErrorKind.MISCONFIGURED  # each instance takes the kind of the failure
-
-
-@dataclass
-class WorkerOptions:
-    queues: list[str] | None = None  # default: the queues of the app's tasks
-    concurrency: int = 4
-    burst: bool = False  # exit once no task is ready
-    poll_min: float = 0.05
-    poll_max: float = 20.0  # idle polling backs off to this, with jitter
-    grace: float = 30.0  # on SIGTERM, how long in-flight tasks may finish
-    #: Once stopped, how long handlers told to stop may take to return
-    #: before they count as abandoned.
-    cancel_wait: float = 5.0
-    sweep_interval: float = 60.0  # promote and reap at most this often when idle
-    heartbeat_interval: float = 300.0  # worker record refresh (for inspection only)
-    worker_id: str | None = None
-    #: A ``time.monotonic()`` instant no handler may run past (e.g. a Lambda
-    #: invocation's end); a task stopped by it fails with ``deadline_error``.
-    deadline: float | None = None
-    deadline_error: type[TaskTimeout] = WorkerDeadline
-    #: Slot threads (each claims, and runs a sync handler itself); default:
-    #: ``qo.aio_runner.slot_threads`` (async handlers run on the worker's loop).
-    threads: int | None = None
-    #: Capability labels (``--label gpu``): it claims only tasks needing a subset of them.
-    labels: list[str] | None = None
-    #: Apply rate and concurrency limits (``qo.limiter``); default: if the app declares any.
-    limits: bool | None = None
-    #: Finished tasks (and workflows) older than this are deleted by the fleet's sweep
-    #: turns (``qo.protocol.retention``), as the Lambda sweeper does; 0 keeps them.
-    retention: float = 7 * 86_400.0
 
 
 class Worker:
