@@ -68,8 +68,10 @@ class Workflow:
         store = queue.store
         now = store.now()
         workflow_id = new_task_id(now)
-        manifest, prepared = workflow.plan(workflow_id, self.name, requests, queue.settings, now)
+        manifest, prepared = workflow.plan(workflow_id, self.name, requests, queue.settings, now,
+                                           aging=queue.aging_of())
         queue.check_store()
+        queue.admit(list(prepared.values()))  # QueueFull past max_depth: nothing is written
         workflow.submit(queue.store, manifest, prepared, queue.settings, now)
         return WorkflowRun(queue, workflow_id, {n.name: n.task_id for n in manifest.nodes})
 

@@ -150,3 +150,18 @@ def test_retention_deletes_a_workflows_manifest_with_its_last_task() -> None:
     assert Workflow.run(queue, waiting.id).status() == "running"
     with pytest.raises(workflow.WorkflowNotFound):
         Workflow.run(queue, done.id)
+
+
+def test_a_workflow_follows_its_queues_settings() -> None:
+    from qo.protocol import backpressure
+    from qo.protocol.backpressure import QueueFull
+
+    store, queue, _app = setup()
+    backpressure.set_settings(store, "default", max_depth=2, aging=60)
+    with pytest.raises(QueueFull, match="3 more would not fit"):
+        etl().submit(queue)  # three nodes, room for two: none is written
+    assert list(store.list(keys.WORKFLOWS)) == [] and list(store.list(keys.TASKS)) == []
+    backpressure.set_settings(store, "default", max_depth=10, aging=60)
+    fresh = Queue(store, Settings())  # (the first one trusts its listing for registry_ttl)
+    run = etl().submit(fresh)
+    assert {fresh.get(h.id).record.aging for h in run.tasks.values()} == {60}

@@ -147,9 +147,11 @@ def scope(workflow_id: str) -> str:
 
 
 def plan(workflow_id: str, name: str | None, nodes: list[tuple[str, SubmitRequest, list[str]]],
-         settings: Settings, now: float) -> tuple[Manifest, dict[str, Prepared]]:
+         settings: Settings, now: float, aging: Callable[[str], int | None] | None = None
+         ) -> tuple[Manifest, dict[str, Prepared]]:
     """Check a whole graph (names, unknown dependencies, cycles, every request) before
-    any write; the manifest and each node's prepared record."""
+    any write; the manifest and each node's prepared record. ``aging``: queue -> its
+    priority aging (``Queue.aging_of``)."""
     if not nodes:
         raise DependencyError("a workflow needs at least one node")
     if len(nodes) > MAX_NODES:
@@ -175,7 +177,8 @@ def plan(workflow_id: str, name: str | None, nodes: list[tuple[str, SubmitReques
                                        "depends_on": ids,
                                        "tags": {**req.tags, deps.NODE_TAG: node}})
         try:
-            ready = prepare(fixed, settings, now)
+            ready = prepare(fixed, settings, now, aging=aging(
+                fixed.queue or settings.default_queue) if aging else None)
         except QoError as exc:
             exc.args = (f"workflow node {node!r}: {exc}",)
             raise
