@@ -109,9 +109,10 @@ class Grant:
             if unused > 0:  # expired with tokens left: the batch was too big
                 self.stats["expired"] += unused
                 self.batch = max(1, self.granted - unused)
-                self.tokens = self.promised
             elif self.granted and now < self.expires:  # used up within its window
                 self.batch = min(self.max_batch, self.batch * 2)
+            if now >= self.expires:  # promises lapse with their grant: a claim still in
+                self.tokens = self.promised = 0  # flight takes a fresh token at admission
             self.granted = 0  # adapted once per grant
             want = min(self.batch, self.max_batch)
         got = limits.take(store, self.key, rate=self.rate, capacity=self.capacity, want=want,

@@ -265,7 +265,9 @@ class Limiter:
             return refusal
         with self._lock:
             if len(self._running) > 10_000:  # claims that ended without an event: their
-                self._running.clear()  # slots are stale anyway (qo.protocol.slots)
+                self._running.clear()  # slots are stale anyway (qo.protocol.slots), and
+                for room in self._rooms.values():  # what the rooms count of them goes
+                    room.mine = 0
             self._running[marker.task_id] = (marker, held_slots, got_rooms)
         return None
 

@@ -122,3 +122,20 @@ def test_a_concurrency_limit_another_process_holds_is_looked_at_without_a_lease(
         assert waiter.claim() is None
         assert diff(store.counts.snapshot(), before) == {"LIST": 2}  # the page, the slots
     assert waiter.stats.refused == 1  # no lease since
+
+
+def test_a_promise_never_given_back_lapses_with_its_grant() -> None:
+    app, store, clock = make_app()
+    app.task(name="slow", rate="1/s", burst=1)(lambda n: n)
+    for n in range(2):
+        app.submit("slow", {"n": n})
+    _, limiter = claimer_for(app, store)
+    lost, other = [keys.parse_ready_key(i.key) for i in store.list(keys.READY)]
+    assert lost is not None and other is not None
+    assert limiter.enter(lost, clock()) is None  # a promise whose claim never came back
+    assert limiter.enter(other, clock()) is not None  # the bucket is empty
+    clock.advance(2.0)  # past the grant's window and the refused take's retry time
+    assert limiter.check(other, clock()) is None
+    assert limiter.enter(other, clock()) is None  # a fresh grant: the lost promise is gone
+    [grant] = limiter._grants.values()
+    assert (grant.tokens, grant.promised) == (1, 1)
