@@ -139,3 +139,46 @@ def test_a_promise_never_given_back_lapses_with_its_grant() -> None:
     assert limiter.enter(other, clock()) is None  # a fresh grant: the lost promise is gone
     [grant] = limiter._grants.values()
     assert (grant.tokens, grant.promised) == (1, 1)
+
+
+def test_several_gated_limiters_admit_within_the_limit_and_use_it() -> None:
+    """Four processes' limiters, two threads each, every claim through the gate; one in
+    five loses its lease race after ``enter`` (``leave``). 60 s of the test clock."""
+    import dataclasses
+    import random
+    import threading
+
+    from qo.limiter import Limiter
+
+    app, store, clock = make_app()
+    app.task(name="api", rate="20/s", burst=40)(lambda n: n)
+    app.submit("api", {"n": 1})
+    marker = first_marker(store)
+    limiters = [Limiter(store, app.limits, owner=f"w{i}") for i in range(4)]
+    admitted, lock, rng = [0], threading.Lock(), random.Random(7)
+
+    def demand(limiter: Limiter, thread: int, lost: list[bool]) -> None:
+        for n, lose in enumerate(lost):  # a task of its own each time, as the claimer's are
+            task = dataclasses.replace(marker, task_id=f"{marker.task_id}-{thread}-{n}")
+            if limiter.enter(task, clock()) is not None:
+                continue
+            if lose:
+                limiter.leave(task)
+            elif limiter.admit(task, None, clock()) is None:  # type: ignore[arg-type]
+                with lock:
+                    admitted[0] += 1
+
+    seconds, step = 60.0, 0.05
+    for _ in range(round(seconds / step)):
+        threads = [threading.Thread(target=demand, args=(lim, t, [rng.random() < 0.2
+                                                                  for _ in range(4)]))
+                   for lim in limiters for t in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        clock.advance(step)
+    bound = 20 * seconds + 40
+    assert admitted[0] <= bound
+    assert admitted[0] >= 0.9 * bound
+    assert all(g.promised == 0 for lim in limiters for g in lim._grants.values())
