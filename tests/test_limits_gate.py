@@ -179,6 +179,7 @@ def test_several_gated_limiters_admit_within_the_limit_and_use_it() -> None:
             t.join()
         clock.advance(step)
     bound = 20 * seconds + 40
+    print(f"admitted {admitted[0]} of {bound}")
     assert admitted[0] <= bound
     assert admitted[0] >= 0.9 * bound
     assert all(g.promised == 0 for lim in limiters for g in lim._grants.values())
