@@ -183,3 +183,25 @@ def test_several_gated_limiters_admit_within_the_limit_and_use_it() -> None:
     assert admitted[0] <= bound
     assert admitted[0] >= 0.9 * bound
     assert all(g.promised == 0 for lim in limiters for g in lim._grants.values())
+
+
+def test_one_pick_lists_at_most_max_pages_past_held_back_tasks(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from qo.protocol import picking
+
+    monkeypatch.setattr(picking, "MORE_PAGE", 5)
+    app, store, clock = make_app()
+    app.task(name="slow", rate="1/s", burst=1)(lambda n: n)
+    app.task(name="free")(lambda n: n)
+    for n in range(40):  # eight pages of five held-back tasks, then one free task
+        app.submit("slow", {"n": n})
+        clock.advance(0.001)
+    app.submit("free", {"n": 0})
+    claimer, limiter = claimer_for(app, store)
+    claimer.listing_size = 5
+    claimed = claimer.claim()
+    assert claimed is not None and claimed.record.type == "slow"  # the burst
+    marker = first_marker(store)
+    assert limiter.enter(marker, clock()) is not None  # the bucket is spent now
+    before = store.counts.snapshot()
+    assert claimer.claim() is None  # the free task is past what one pick may look at
+    assert diff(store.counts.snapshot(), before)["LIST"] == picking.MAX_PAGES

@@ -191,6 +191,8 @@ class Picker:
                 return chosen
             if more:
                 assert page.last_key is not None
+                if pages >= MAX_PAGES:
+                    break  # (a page listed now would not be looked at)
                 with self._list_lock(queue):
                     if page.more is None:
                         page.more = self._list(queue, page.last_key, limit=MORE_PAGE,
