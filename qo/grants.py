@@ -190,10 +190,11 @@ class Room:
                 self.probing_until = now + PROBE
             return at
 
-    def tried(self, now: float, *, got: bool) -> None:
+    def tried(self, now: float, *, got: bool, last: bool = False) -> None:
+        """A task tried the slots: ``got`` one, and it was the ``last`` one free."""
         with self.lock:
             self.probing_until = 0.0
-            self.full_until = None if got else now + RECHECK
+            self.full_until = None if got and not last else now + RECHECK
             self.mine += got
 
     def left(self) -> None:
@@ -202,7 +203,10 @@ class Room:
             self.probing_until = 0.0
 
     def freed(self) -> None:
-        """A task of this process that held a slot of it ended: it is not full now."""
+        """A task of this process that held a slot of it ended: a slot is free now (if it
+        was full, one task at a time goes for it, so this process's threads do not race)."""
         with self.lock:
-            self.full_until, self.probing_until = None, 0.0
+            if self.full_until is not None:  # one slot is free: one task at a time tries
+                self.full_until = 0.0
+            self.probing_until = 0.0
             self.mine = max(0, self.mine - 1)

@@ -251,7 +251,7 @@ class Limiter:
                 lkey = self._lkey(marker, spec.concurrency_per_key)
                 slot = slots.acquire(self.store, spec.name, lkey, spec.concurrency, held=held,
                                      now=now, rng=self._rng)
-                room.tried(now, got=slot is not None)
+                room.tried(now, got=slot is not None, last=slot is not None and slot.last)
                 if slot is None:
                     refusal = Refusal(now + RECHECK, f"concurrency limit {spec.name!r}")
                     break

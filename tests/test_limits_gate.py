@@ -205,3 +205,18 @@ def test_one_pick_lists_at_most_max_pages_past_held_back_tasks(monkeypatch) -> N
     before = store.counts.snapshot()
     assert claimer.claim() is None  # the free task is past what one pick may look at
     assert diff(store.counts.snapshot(), before)["LIST"] == picking.MAX_PAGES
+
+
+def test_taking_the_last_free_slot_closes_the_limit_without_a_refusal() -> None:
+    app, store, _clock = make_app()
+    app.task(name="c", concurrency=2)(lambda n: n)
+    for n in range(4):
+        app.submit("c", {"n": n})
+    first, _ = claimer_for(app, store, owner="a")
+    second, _ = claimer_for(app, store, owner="b")
+    assert first.claim() is not None  # one of two: the limit is not full
+    assert second.claim() is not None  # the other, the last free one: full now
+    before = store.counts.snapshot()
+    assert second.claim() is None
+    assert second.stats.refused == 0
+    assert diff(store.counts.snapshot(), before) == {"LIST": 1}  # its page only

@@ -55,6 +55,7 @@ class Slot(BaseModel):
 class HeldSlot:
     key: str
     etag: str
+    last: bool = False  # the listing showed no other free slot: the limit is full now
 
 
 def acquire(store: Store, name: str, lkey: str, limit: int, *, held: leases.HeldLease,
@@ -78,7 +79,7 @@ def acquire(store: Store, name: str, lkey: str, limit: int, *, held: leases.Held
             etag = put_checked(store, f"{prefix}{n}", dumps(body), if_none_match=True)
         except PreconditionFailed:
             continue
-        return HeldSlot(f"{prefix}{n}", etag)
+        return HeldSlot(f"{prefix}{n}", etag, last=len(free) == 1)
     old = [i for i in taken.values() if now - i.last_modified >= STALE_AGE]
     for info in sorted(old, key=lambda i: i.last_modified)[:STALE_CHECKS]:
         if not _stale(store, info, now):
@@ -87,7 +88,7 @@ def acquire(store: Store, name: str, lkey: str, limit: int, *, held: leases.Held
             etag = put_checked(store, info.key, dumps(body), if_match=info.etag)
         except PreconditionFailed:
             continue
-        return HeldSlot(info.key, etag)
+        return HeldSlot(info.key, etag, last=not free)
     return None
 
 
