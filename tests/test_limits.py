@@ -34,6 +34,14 @@ def make_app(clock: FakeClock | None = None) -> tuple[App, MemoryStore, FakeCloc
     return app, store, clock
 
 
+def run_lease(store: MemoryStore, marker: keys.Marker, now: float) -> leases.HeldLease:
+    """The task's run lease, as a claimer takes it before admission."""
+    held = leases.acquire(store, marker.queue, marker.task_id, owner="w", kind="run",
+                          seconds=60, now=now)
+    assert held is not None
+    return held
+
+
 def claimer_for(app: App, store: MemoryStore, owner: str = "w", *, gate: bool = True
                 ) -> tuple[Claimer, Limiter]:
     limiter = Limiter(store, app.limits, owner=owner)
@@ -321,9 +329,7 @@ def test_slot_costs_one_list_and_one_put_and_release_is_free() -> None:
     limiter.refresh(clock())
     marker = keys.parse_ready_key(next(iter(store.list(keys.READY))).key)
     assert marker is not None
-    held = leases.acquire(store, "default", marker.task_id, owner="w", kind="run", seconds=60,
-                          now=clock())
-    assert held is not None
+    held = run_lease(store, marker, clock())
     before = store.counts.snapshot()
     assert limiter.admit(marker, held, clock()) is None
     assert diff(store.counts.snapshot(), before) == {"LIST": 1, "PUT": 1}

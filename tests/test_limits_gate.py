@@ -4,11 +4,11 @@ are passed over before their lease, for free, and are seen again as soon as it r
 from __future__ import annotations
 
 from qo.hooks import Event, Kind
-from qo.protocol import keys, leases, slots
+from qo.protocol import keys, slots
 from qo.protocol.keys import Marker
 from qo.store.metrics import diff
 
-from .test_limits import claim_all, claimer_for, make_app
+from .test_limits import claim_all, claimer_for, make_app, run_lease
 
 
 def first_marker(store) -> Marker:  # type: ignore[no-untyped-def]
@@ -61,9 +61,7 @@ def test_enter_sets_a_token_aside_and_leave_gives_it_back() -> None:
     assert limiter.check(other, clock()) is None
     assert diff(store.counts.snapshot(), before) == {}
     assert limiter.enter(marker, clock()) is None
-    held = leases.acquire(store, "default", marker.task_id, owner="w", kind="run", seconds=60,
-                          now=clock())
-    assert held is not None
+    held = run_lease(store, marker, clock())
     before = store.counts.snapshot()
     assert limiter.admit(marker, held, clock()) is None  # uses the promised token: no request
     assert diff(store.counts.snapshot(), before) == {}
@@ -94,9 +92,7 @@ def test_a_claim_admitted_but_not_run_gives_its_slot_back() -> None:
     app.submit("c", {"n": 1})
     _, limiter = claimer_for(app, store)
     marker = first_marker(store)
-    held = leases.acquire(store, "default", marker.task_id, owner="w", kind="run", seconds=60,
-                          now=clock())
-    assert held is not None
+    held = run_lease(store, marker, clock())
     assert limiter.admit(marker, held, clock()) is None
     assert len(slots.read_slots(store, "c")) == 1
     assert limiter.check(marker, clock()) is not None  # its one slot is ours
